@@ -1,0 +1,213 @@
+"""Command line: `whisper-daemon run|watch|work|status|enqueue|retry`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from daemon import config, logs
+from daemon.config import Config, ConfigError
+from daemon.db import Job, connect
+from daemon.supervisor import EXIT_CONFIG, PARENT_PID_ENV
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    flags = common.add_argument_group("settings (also WHISPER_DAEMON_<NAME> in the environment, or a TOML file)")
+    flags.add_argument("--inbox", help="folder to watch for recordings")
+    flags.add_argument("--outbox", help="folder for .srt transcripts (not inside the inbox)")
+    flags.add_argument("--db", help="SQLite queue database")
+    flags.add_argument("--model", help="tiny, tiny.en, base, base.en, small, …; a .pt file; or a CTranslate2 folder")
+    flags.add_argument("--language", help="spoken language code (default: detect)")
+    flags.add_argument("--quiet-seconds", dest="quiet_seconds", type=float,
+                       help="how long a new file must stay unchanged before it is queued (default 2)")
+    flags.add_argument("--config", help=f"TOML settings file (default {config.DEFAULT_CONFIG_FILE} if present)")
+
+    parser = argparse.ArgumentParser(prog="whisper-daemon", description="Transcribe recordings dropped into a folder.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", parents=[common], help="watcher and worker together, in the foreground")
+    sub.add_parser("watch", parents=[common], help="only the inbox watcher")
+    work = sub.add_parser("work", parents=[common], help="only the transcription worker")
+    work.add_argument("--exit-when-empty", action="store_true", help="drain the queue, then exit 0")
+    status = sub.add_parser("status", parents=[common], help="show the jobs")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--limit", type=int, default=50)
+    enqueue = sub.add_parser("enqueue", parents=[common], help="queue files directly")
+    enqueue.add_argument("files", nargs="+", type=Path)
+    retry = sub.add_parser("retry", parents=[common], help="queue finished or failed jobs again")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("ids", nargs="*", type=int, default=[])
+    which.add_argument("--failed", action="store_true", help="every failed job")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "retry" and not args.ids and not args.failed:
+        print("retry: give job IDs or --failed", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        cfg = config.load(vars(args))
+    except ConfigError as e:
+        print(f"whisper-daemon: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    handler = COMMANDS[args.command]
+    return handler(cfg, args)
+
+
+def _stop_on_signals() -> threading.Event:
+    """First SIGTERM/SIGINT: stop at the next safe point. A second one: stop now."""
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    parent = os.environ.get(PARENT_PID_ENV)
+    if parent:
+        threading.Thread(target=_stop_when_orphaned, args=(int(parent), stop), daemon=True).start()
+    return stop
+
+
+def _stop_when_orphaned(parent: int, stop: threading.Event) -> None:
+    # Children of `run` sit in their own session; if `run` dies they must not linger.
+    while not stop.wait(1.0):
+        if os.getppid() != parent:
+            logger.warning("parent process {} is gone; stopping", parent)
+            stop.set()
+
+
+def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
+    from daemon.supervisor import Supervisor
+
+    logs.setup(cfg.log_dir, "run", foreground=True)
+    cfg.inbox.mkdir(parents=True, exist_ok=True)
+    cfg.outbox.mkdir(parents=True, exist_ok=True)
+    logger.info("inbox {} → outbox {}; queue {}; logs {}", cfg.inbox, cfg.outbox, cfg.db, cfg.log_dir)
+    return Supervisor(cfg, _stop_on_signals()).run()
+
+
+def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
+    from daemon.queue import JobQueue
+    from daemon.watcher import Watcher
+
+    logs.setup(cfg.log_dir, "watcher", foreground=sys.stderr.isatty() or PARENT_PID_ENV in os.environ)
+    queue = JobQueue(connect(cfg.db), cfg.outbox)
+
+    def enqueue(path: Path) -> None:
+        result = queue.enqueue(path)
+        if result.created:
+            logger.info("queued job {}: {}", result.job.id, path.name)
+
+    Watcher(cfg.inbox, enqueue, cfg.quiet_seconds, cfg.rescan_seconds).run(_stop_on_signals())
+    return 0
+
+
+def cmd_work(cfg: Config, args: argparse.Namespace) -> int:
+    from daemon.weights import ModelError
+    from daemon.worker import Worker
+
+    logs.setup(cfg.log_dir, "worker", foreground=sys.stderr.isatty() or PARENT_PID_ENV in os.environ)
+    worker = Worker(cfg, _stop_on_signals())
+    try:
+        worker.initialize()
+    except ModelError as e:
+        logger.error("{}", e)
+        return EXIT_CONFIG
+    try:
+        worker.run(exit_when_empty=args.exit_when_empty)
+    finally:
+        worker.shutdown()
+    return 0
+
+
+def cmd_enqueue(cfg: Config, args: argparse.Namespace) -> int:
+    from daemon.queue import JobQueue
+
+    queue = JobQueue(connect(cfg.db), cfg.outbox)
+    code = 0
+    for path in args.files:
+        try:
+            result = queue.enqueue(path)
+        except OSError as e:
+            print(f"{path}: cannot read it ({e.strerror})", file=sys.stderr)
+            code = 1
+            continue
+        state = "queued as" if result.created else "already known as"
+        print(f"{path}: {state} job {result.job.id}")
+    return code
+
+
+def cmd_retry(cfg: Config, args: argparse.Namespace) -> int:
+    from daemon.queue import JobQueue
+
+    jobs = JobQueue(connect(cfg.db), cfg.outbox).retry(args.ids, failed=args.failed)
+    for job in jobs:
+        print(f"job {job.id}: queued again ({Path(job.path).name})")
+    missing = set(args.ids) - {job.id for job in jobs}
+    for job_id in sorted(missing):
+        print(f"job {job_id}: no such finished or failed job", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
+    from daemon.queue import JobQueue
+
+    if not cfg.db.exists():
+        print(f"no queue database at {cfg.db} yet: start the daemon with `whisper-daemon run`")
+        return 0
+    jobs = JobQueue(connect(cfg.db), cfg.outbox).jobs(args.limit)
+    if args.json:
+        print(json.dumps([_job_dict(j) for j in jobs], indent=2, ensure_ascii=False))
+    else:
+        print(_table(jobs))
+    return 0
+
+
+def _job_dict(job: Job) -> dict[str, Any]:
+    data = job.model_dump()
+    for key, value in data.items():
+        if isinstance(value, datetime):
+            data[key] = value.isoformat()
+    data["status"] = job.status.value
+    return data
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _table(jobs: list[Job]) -> str:
+    if not jobs:
+        return "no jobs yet: drop a recording into the inbox"
+    rows = [("ID", "STATUS", "DURATION", "RTF", "TRIES", "FILE", "OUTPUT / ERROR")]
+    for job in jobs:
+        detail = job.error or (Path(job.srt_path).name if job.status.value in ("done", "duplicate") else "")
+        rows.append((str(job.id), job.status.value, _duration(job.audio_seconds),
+                     "-" if job.rtf is None else f"{job.rtf:.2f}", str(job.attempts), Path(job.path).name, detail))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
+
+
+COMMANDS = {"run": cmd_run, "watch": cmd_watch, "work": cmd_work, "status": cmd_status,
+            "enqueue": cmd_enqueue, "retry": cmd_retry}

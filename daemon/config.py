@@ -1,0 +1,107 @@
+"""Settings, built once at the entry point: defaults, then a TOML file, then env, then CLI flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+APP = "whisper-daemon"
+ENV_PREFIX = "WHISPER_DAEMON_"
+DATA_DIR = Path(platformdirs.user_data_dir(APP))
+DEFAULT_CONFIG_FILE = Path(platformdirs.user_config_dir(APP)) / "config.toml"
+
+
+class ConfigError(Exception):
+    """Settings that cannot work; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class Config:
+    inbox: Path = DATA_DIR / "inbox"
+    outbox: Path = DATA_DIR / "outbox"
+    db: Path = DATA_DIR / "jobs.db"
+    model: str = "base"  # multilingual; English-only users can pick tiny.en or base.en
+    language: str | None = None  # None: detect per recording
+    beam_size: int | None = None  # None: greedy decoding with temperature fallback
+    quiet_seconds: float = 2.0  # a file is complete once its size and mtime hold this long
+    rescan_seconds: float = 60.0  # safety net for missed filesystem events
+    max_attempts: int = 3
+    log_dir: Path = Path(platformdirs.user_log_dir(APP))
+    cache_dir: Path = Path(platformdirs.user_cache_dir(APP))
+    config: Path | None = field(default=None, compare=False)
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as WHISPER_DAEMON_* variables, to hand the same config to child processes."""
+        return {
+            ENV_PREFIX + f.name.upper(): str(getattr(self, f.name))
+            for f in fields(self)
+            if getattr(self, f.name) is not None and f.name != "config"
+        }
+
+
+def _coerce(name: str, hint: Any, raw: Any) -> Any:
+    """Turn a TOML/env/CLI value into the field's type, naming the setting when it can't."""
+    if raw is None:
+        return None
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    target = args[0] if isinstance(hint, types.UnionType) and args else hint
+    if isinstance(raw, str) and raw.strip().lower() in {"", "none"} and target is not str:
+        return None
+    try:
+        if target is Path:
+            return Path(os.path.expanduser(str(raw))).absolute()
+        return target(raw)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"setting {name!r}: {raw!r} is not a valid {target.__name__}") from e
+
+
+def load(cli: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Merge the layers; `cli` holds only the flags the user actually gave."""
+    cli = {k: v for k, v in (cli or {}).items() if v is not None}
+    env = os.environ if env is None else env
+    hints = typing.get_type_hints(Config)
+    names = {f.name for f in fields(Config)}
+
+    config_file = cli.get("config") or env.get(ENV_PREFIX + "CONFIG")
+    path = Path(config_file).expanduser() if config_file else DEFAULT_CONFIG_FILE
+    layered: dict[str, Any] = {}
+    if config_file or path.exists():
+        try:
+            with path.open("rb") as f:
+                from_file = tomllib.load(f)
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file {path} does not exist") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+        unknown = set(from_file) - names
+        if unknown:
+            raise ConfigError(f"config file {path}: unknown setting(s) {sorted(unknown)}; known: {sorted(names)}")
+        layered.update(from_file)
+        layered["config"] = path
+    for name in names:
+        if ENV_PREFIX + name.upper() in env:
+            layered[name] = env[ENV_PREFIX + name.upper()]
+    layered.update({k: v for k, v in cli.items() if k in names})
+    cfg = Config(**{k: _coerce(k, hints[k], v) for k, v in layered.items()})
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    inbox, outbox = cfg.inbox.resolve(), cfg.outbox.resolve()
+    if outbox == inbox or outbox.is_relative_to(inbox):
+        raise ConfigError(
+            f"the outbox {cfg.outbox} is inside the inbox {cfg.inbox}: transcripts would be watched "
+            "as new input. Choose an outbox folder outside the inbox."
+        )
+    if cfg.quiet_seconds < 0 or cfg.max_attempts < 1:
+        raise ConfigError("quiet_seconds must be >= 0 and max_attempts >= 1")
+

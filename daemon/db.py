@@ -1,0 +1,132 @@
+"""SQLite schema and connections: the only module that knows the database is SQLite.
+
+Everything SQLite-specific (pragmas, `BEGIN IMMEDIATE`, the file path URL) lives here, so a
+PostgreSQL backend only has to replace `connect()` and the begin hook.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, Engine, String, event
+from sqlalchemy import Enum as SAEnum
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, Session, SQLModel, create_engine
+
+BUSY_TIMEOUT_MS = 30_000
+# Pragmas applied to every connection; tests read them back.
+PRAGMAS = {"journal_mode": "wal", "busy_timeout": BUSY_TIMEOUT_MS, "synchronous": 1, "foreign_keys": 1}
+
+
+class JobStatus(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    DUPLICATE = "duplicate"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes stored as ISO 8601 text, readable from the sqlite3 shell."""
+
+    impl = String(32)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> str | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: timestamps must be timezone-aware UTC")
+        return value.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+
+    def process_result_value(self, value: str | None, dialect: Any) -> datetime | None:
+        return None if value is None else datetime.fromisoformat(value)
+
+
+def _status_column() -> Any:
+    # Store the enum's values ('queued'), not its names, and let the database reject any other.
+    return Column(
+        SAEnum(JobStatus, values_callable=lambda e: [m.value for m in e], native_enum=False,
+               create_constraint=True, length=16, name="job_status"),
+        nullable=False, index=True, default=JobStatus.QUEUED,
+    )
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    path: str = Field(index=True)
+    sha256: str = Field(index=True)
+    size: int
+    mtime_ns: int
+    status: JobStatus = Field(default=JobStatus.QUEUED, sa_column=_status_column())
+    srt_path: str
+    error: str | None = None
+    attempts: int = 0
+    audio_seconds: float | None = None
+    rtf: float | None = None
+    language: str | None = None
+    model: str | None = None
+    duplicate_of: int | None = Field(default=None, foreign_key="jobs.id")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+def connect(db_path: Path) -> Engine:
+    """Open (and create) the queue database with WAL, busy_timeout and synchronous=NORMAL."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    if not db_path.exists():
+        # Owner-only: transcripts and file names are private.
+        os.close(os.open(db_path, os.O_CREAT | os.O_WRONLY, 0o600))
+    engine = create_engine(
+        f"sqlite:///{db_path}",
+        connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Autocommit at the driver level so the begin hook below owns transaction start.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        for name, value in PRAGMAS.items():
+            cursor.execute(f"PRAGMA {name}={value}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Writers take the write lock up front: a deferred transaction that later upgrades
+        # to a writer fails with "database is locked" instead of waiting on busy_timeout.
+        immediate = conn.get_execution_options().get("immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    # Under the write lock, so two processes starting together don't both create tables.
+    with engine.execution_options(immediate=True).begin() as conn:
+        SQLModel.metadata.create_all(conn)
+    return engine
+
+
+@contextmanager
+def writing(engine: Engine) -> Iterator[Session]:
+    """A write transaction that holds the write lock from its first statement."""
+    with Session(engine.execution_options(immediate=True), expire_on_commit=False) as session:
+        with session.begin():
+            yield session
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Session]:
+    with Session(engine, expire_on_commit=False) as session:
+        with session.begin():
+            yield session

@@ -1,0 +1,51 @@
+"""SRT rendering and atomic output writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from daemon.engine import Segment
+
+MIN_CUE_SECONDS = 0.001  # SRT players drop cues whose end is not after their start
+
+
+def timestamp(seconds: float) -> str:
+    ms = max(0, round(seconds * 1000))
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    secs, ms = divmod(ms, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d},{ms:03d}"
+
+
+def render(segments: Iterable[Segment]) -> str:
+    """Numbered cues with strictly increasing, non-overlapping times; blank text is dropped."""
+    cues: list[str] = []
+    last_end = 0.0
+    for seg in segments:
+        text = " ".join(seg.text.split())  # a blank line inside a cue would end it early
+        if not text:
+            continue
+        start = max(seg.start, last_end)
+        end = max(seg.end, start + MIN_CUE_SECONDS)
+        cues.append(f"{len(cues) + 1}\n{timestamp(start)} --> {timestamp(end)}\n{text}\n")
+        last_end = end
+    return "\n".join(cues)
+
+
+def write_atomic(path: Path, data: str) -> None:
+    """Readers see the old file or the whole new one, never a partial write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

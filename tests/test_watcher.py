@@ -1,0 +1,141 @@
+"""The inbox watcher: which names count, and that only complete files are queued."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.watcher import Watcher, is_candidate
+from tests.speech import write_slowly
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("meeting.m4a", True), ("a.MP3", True), ("x.wav", True), ("x.flac", True), ("x.ogg", True),
+        ("x.opus", True), ("x.aac", True), ("clip.mp4", True), ("clip.MOV", True), ("x.webm", True),
+        (".DS_Store", False), ("._meeting.m4a", False), (".hidden.mp3", False),
+        ("song.mp3.part", False), ("song.mp3.crdownload", False), ("song.mp3.download", False),
+        ("song.mp3.tmp", False), ("notes.txt", False), ("noext", False), ("meeting.srt", False),
+    ],
+)
+def test_candidate_names(name: str, expected: bool) -> None:
+    assert is_candidate(Path("/inbox") / name) is expected
+
+
+class FakeClock:
+    """Injected monotonic clock: quiet periods without real sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_file_is_queued_only_after_a_quiet_period(tmp_path: Path) -> None:
+    clock = FakeClock()
+    queued: list[Path] = []
+    watcher = Watcher(tmp_path, queued.append, quiet_seconds=2.0, clock=clock)
+    path = tmp_path / "a.wav"
+    path.write_bytes(b"x" * 10)
+    watcher.notice(path)
+    clock.now += 1.9
+    assert watcher.poll() == []
+    with path.open("ab") as f:  # still being written: the quiet period starts again
+        f.write(b"more")
+    clock.now += 1.9
+    assert watcher.poll() == []
+    clock.now += 2.0
+    assert watcher.poll() == [path] and queued == [path]
+    clock.now += 10
+    assert watcher.poll() == []  # not twice
+
+
+def test_ignored_and_vanished_files_are_dropped(tmp_path: Path) -> None:
+    clock = FakeClock()
+    queued: list[Path] = []
+    watcher = Watcher(tmp_path, queued.append, quiet_seconds=0, clock=clock)
+    (tmp_path / "x.mp3.part").write_bytes(b"x")
+    watcher.notice(tmp_path / "x.mp3.part")
+    gone = tmp_path / "gone.wav"
+    gone.write_bytes(b"x")
+    watcher.notice(gone)
+    gone.unlink()
+    (tmp_path / "dir.mp3").mkdir()
+    watcher.notice(tmp_path / "dir.mp3")
+    clock.now += 1
+    assert watcher.poll() == [] and queued == []
+
+
+def test_startup_scan_finds_files_that_arrived_while_down(tmp_path: Path) -> None:
+    clock = FakeClock()
+    queued: list[Path] = []
+    (tmp_path / "sub").mkdir()
+    for name in ("a.m4a", "sub/b.mp3", ".DS_Store", "c.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    watcher = Watcher(tmp_path, queued.append, quiet_seconds=1.0, clock=clock)
+    watcher.scan()
+    clock.now += 1.0
+    assert sorted(watcher.poll()) == [tmp_path / "a.m4a", tmp_path / "sub" / "b.mp3"]
+
+
+@pytest.fixture
+def running_watcher(tmp_path: Path) -> Iterator[Callable[[], list[Path]]]:
+    """A real watcher thread on tmp_path/inbox with a 1 s quiet period."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    queued: list[Path] = []
+    lock = threading.Lock()
+
+    def enqueue(path: Path) -> None:
+        with lock:
+            queued.append(path)
+
+    stop = threading.Event()
+    thread = threading.Thread(target=Watcher(inbox, enqueue, quiet_seconds=1.0).run, args=(stop,))
+    thread.start()
+
+    def snapshot() -> list[Path]:
+        with lock:
+            return list(queued)
+
+    yield snapshot
+    stop.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_rename_after_download_is_picked_up(tmp_path: Path, running_watcher: Callable[[], list[Path]]) -> None:
+    partial = tmp_path / "inbox" / "talk.mp3.crdownload"
+    partial.write_bytes(b"x" * 1000)
+    final = partial.with_name("talk.mp3")
+    partial.rename(final)
+    assert wait_for(lambda: running_watcher() == [final])
+
+
+def test_slowly_written_file_is_not_queued_before_it_is_complete(
+    tmp_path: Path, running_watcher: Callable[[], list[Path]]
+) -> None:
+    path = tmp_path / "inbox" / "slow.wav"
+    data = b"RIFF" + bytes(40_000)
+    writer = threading.Thread(target=write_slowly, args=(data, path, 3.0))
+    writer.start()
+    while writer.is_alive():
+        assert running_watcher() == [], "queued while still being written"
+        writer.join(timeout=0.1)
+    assert wait_for(lambda: running_watcher() == [path])
+    assert path.stat().st_size == len(data)
