@@ -94,3 +94,14 @@ def _frames(container: av.container.InputContainer, stream: av.AudioStream, path
             yield frame
     if bad:
         logger.warning("{}: skipped {} damaged packet(s), kept {} good frame(s)", path.name, bad, decoded)
+
+
+def probe_seconds(path: Path) -> float | None:
+    """The container's idea of the duration, for progress and ETA before decoding finishes."""
+    try:
+        with _open(path) as container:
+            if container.duration:
+                return container.duration / av.time_base
+    except AudioError:
+        pass
+    return None

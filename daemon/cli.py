@@ -17,7 +17,8 @@ from loguru import logger
 
 from daemon import config, logs
 from daemon.config import Config, ConfigError
-from daemon.db import Job, connect
+from daemon.db import Job, JobStatus, connect
+from daemon.service import add_service_parser, cmd_service
 from daemon.supervisor import EXIT_CONFIG, PARENT_PID_ENV
 
 EXIT_USAGE = 2
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("ids", nargs="*", type=int, default=[])
     which.add_argument("--failed", action="store_true", help="every failed job")
+    add_service_parser(sub, common)
     return parser
 
 
@@ -186,6 +188,7 @@ def _job_dict(job: Job) -> dict[str, Any]:
         if isinstance(value, datetime):
             data[key] = value.isoformat()
     data["status"] = job.status.value
+    data.pop("prompt")  # decoder state, not for people
     return data
 
 
@@ -197,12 +200,30 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+PROGRESS_WIDTH = 20
+
+
+def progress_line(job: Job) -> str:
+    """`[########------------]  40%  1:12 of 3:00, ETA 0:25` for a running job."""
+    filled = round(job.progress * PROGRESS_WIDTH)
+    bar = "#" * filled + "-" * (PROGRESS_WIDTH - filled)
+    line = f"[{bar}] {job.progress:4.0%}  {_duration(job.processed_seconds)} of {_duration(job.audio_seconds)}"
+    if job.rtf and job.audio_seconds:
+        line += f", ETA {_duration(max(0.0, job.audio_seconds - job.processed_seconds) * job.rtf)}"
+    return line
+
+
 def _table(jobs: list[Job]) -> str:
     if not jobs:
         return "no jobs yet: drop a recording into the inbox"
-    rows = [("ID", "STATUS", "DURATION", "RTF", "TRIES", "FILE", "OUTPUT / ERROR")]
+    rows = [("ID", "STATUS", "DURATION", "RTF", "TRIES", "FILE", "PROGRESS / OUTPUT / ERROR")]
     for job in jobs:
-        detail = job.error or (Path(job.srt_path).name if job.status.value in ("done", "duplicate") else "")
+        if job.status == JobStatus.RUNNING or (job.status == JobStatus.QUEUED and job.processed_seconds):
+            detail = progress_line(job)
+        elif job.status in (JobStatus.DONE, JobStatus.DUPLICATE):
+            detail = Path(job.srt_path).name
+        else:
+            detail = job.error or ""
         rows.append((str(job.id), job.status.value, _duration(job.audio_seconds),
                      "-" if job.rtf is None else f"{job.rtf:.2f}", str(job.attempts), Path(job.path).name, detail))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
@@ -210,4 +231,4 @@ def _table(jobs: list[Job]) -> str:
 
 
 COMMANDS = {"run": cmd_run, "watch": cmd_watch, "work": cmd_work, "status": cmd_status,
-            "enqueue": cmd_enqueue, "retry": cmd_retry}
+            "enqueue": cmd_enqueue, "retry": cmd_retry, "service": cmd_service}

@@ -31,6 +31,7 @@ class Config:
     model: str = "base"  # multilingual; English-only users can pick tiny.en or base.en
     language: str | None = None  # None: detect per recording
     beam_size: int | None = None  # None: greedy decoding with temperature fallback
+    chunk_seconds: float = 30.0  # audio per window and per checkpoint (Whisper's window is 30 s)
     quiet_seconds: float = 2.0  # a file is complete once its size and mtime hold this long
     rescan_seconds: float = 60.0  # safety net for missed filesystem events
     max_attempts: int = 3
@@ -104,4 +105,6 @@ def validate(cfg: Config) -> None:
         )
     if cfg.quiet_seconds < 0 or cfg.max_attempts < 1:
         raise ConfigError("quiet_seconds must be >= 0 and max_attempts >= 1")
+    if not 1 <= cfg.chunk_seconds <= 30:
+        raise ConfigError(f"chunk_seconds is {cfg.chunk_seconds}: it must be between 1 and 30 (Whisper's window)")
 

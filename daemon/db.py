@@ -14,7 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Engine, String, event
+from sqlalchemy import Column, Engine, String, UniqueConstraint, event
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, create_engine
@@ -74,14 +74,31 @@ class Job(SQLModel, table=True):
     srt_path: str
     error: str | None = None
     attempts: int = 0
-    audio_seconds: float | None = None
+    audio_seconds: float | None = None  # estimated from the container until the job is done
+    processed_seconds: float = 0.0  # audio finished and checkpointed; a restart resumes here
+    progress: float = 0.0  # processed_seconds / audio_seconds, 0.0 to 1.0
     rtf: float | None = None
     language: str | None = None
+    prompt: str = "[]"  # JSON token list carried into the next window, part of the checkpoint
     model: str | None = None
     duplicate_of: int | None = Field(default=None, foreign_key="jobs.id")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class SegmentRow(SQLModel, table=True):
+    """A finished segment, committed with the checkpoint of the window that produced it."""
+
+    __tablename__ = "segments"
+    __table_args__ = (UniqueConstraint("job_id", "seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    seq: int  # order within the job
+    start: float
+    end: float
+    text: str
 
 
 def connect(db_path: Path) -> Engine:

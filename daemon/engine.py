@@ -2,15 +2,18 @@
 
 This follows openai-whisper's `transcribe()` window by window (same decoding, temperature
 fallback, prompt carrying and timestamp-based seeking), but never holds the whole recording or
-its whole log-mel spectrogram: the buffer holds at most one 30 s window plus one decoded piece.
-The engine knows nothing about the queue; it maps a file to timed segments.
+its whole log-mel spectrogram: the buffer holds at most one window plus one decoded piece.
+A sentence that runs over a window's end is dropped from that window and decoded whole at the
+start of the next one, so nothing is cut or repeated at chunk boundaries.
+
+The engine knows nothing about the queue: it maps a file (and a checkpoint) to windows of timed
+segments, and the caller decides what to do between windows.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,24 +24,14 @@ from whisper.decoding import DecodingOptions, DecodingResult
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from daemon.audio import SAMPLE_RATE, stream_audio
+from daemon.transcript import Checkpoint, Segment, Window
 
+CHUNK_SECONDS = 30  # Whisper's own window; shorter chunks checkpoint more often but cost speed
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 COMPRESSION_RATIO_THRESHOLD = 2.4  # above: repetitive loop, retry hotter
 LOGPROB_THRESHOLD = -1.0  # below: unsure, retry hotter
 NO_SPEECH_THRESHOLD = 0.6  # above (and unsure): silence, emit nothing
 PROMPT_RESET_TEMPERATURE = 0.5  # text decoded this hot is not trusted as context
-
-
-class Interrupted(Exception):
-    """The caller asked to stop; raised only between windows, never inside one."""
-
-
-@dataclass(frozen=True)
-class Segment:
-    start: float
-    end: float
-    text: str
-    tokens: tuple[int, ...] = ()  # fed back as the next window's prompt
 
 
 @dataclass(frozen=True)
@@ -47,78 +40,65 @@ class DecodeSettings:
     beam_size: int | None = None  # None: greedy
     best_of: int = 5  # samples per try when falling back to temperature > 0
     condition_on_previous_text: bool = True
-
-
-@dataclass
-class Transcript:
-    segments: list[Segment] = field(default_factory=list)
-    language: str | None = None
-    audio_seconds: float = 0.0
-    elapsed_seconds: float = 0.0
-
-    @property
-    def rtf(self) -> float:
-        """Real-time factor: seconds of work per second of audio."""
-        return self.elapsed_seconds / self.audio_seconds if self.audio_seconds else 0.0
+    chunk_seconds: float = CHUNK_SECONDS
 
 
 class Engine:
     def __init__(self, model: whisper.model.Whisper, settings: DecodeSettings = DecodeSettings()) -> None:
         self.model = model
         self.settings = settings
+        self.window_samples = int(settings.chunk_seconds * SAMPLE_RATE)
+        self.window_frames = self.window_samples // HOP_LENGTH
         self.input_stride = N_FRAMES // model.dims.n_audio_ctx  # mel frames per output token
         self.time_precision = self.input_stride * HOP_LENGTH / SAMPLE_RATE  # 0.02 s per token
         self.max_prompt = model.dims.n_text_ctx // 2 - 1  # what DecodingTask keeps of a prompt
 
-    def transcribe(
-        self,
-        path: Path,
-        should_stop: Callable[[], bool] = lambda: False,
-        on_progress: Callable[[float], None] = lambda seconds: None,
-    ) -> Transcript:
-        started = time.monotonic()
-        out = Transcript(language=self.settings.language)
+    def windows(self, path: Path, start: Checkpoint = Checkpoint()) -> Iterator[Window]:
+        """Decode `path` from `start`, one window at a time.
+
+        Each window is a safe stopping point: resuming from its checkpoint gives the same output
+        as never having stopped (sampling at temperature > 0 is seeded by the window position).
+        """
+        offset = round(start.offset_seconds * SAMPLE_RATE)
+        prompt = list(start.prompt)
+        language = start.language or self.settings.language
         tokenizer: Tokenizer | None = None
-        prompt: list[int] = []
-        pieces = stream_audio(path, N_SAMPLES)
+        pieces = stream_audio(path, self.window_samples)
         buffer = np.empty(0, np.float32)
-        offset_samples = 0  # global position of buffer[0]
+        decoded = 0  # samples decoded from the start of the file
         exhausted = False
         while True:
-            if not exhausted and len(buffer) < N_SAMPLES:
+            if not exhausted and len(buffer) < self.window_samples:
                 piece = next(pieces, None)
                 if piece is None:
                     exhausted = True
-                else:
-                    buffer = np.concatenate([buffer, piece])
-                    out.audio_seconds += len(piece) / SAMPLE_RATE
+                    continue
+                decoded += len(piece)
+                # Resuming: skip what earlier runs finished (decoding is far cheaper than re-transcribing).
+                keep = piece[max(0, len(piece) - (decoded - offset)):] if decoded > offset else piece[:0]
+                buffer = np.concatenate([buffer, keep])
                 continue
-            content_frames = min(N_FRAMES, len(buffer) // HOP_LENGTH)
+            content_frames = min(self.window_frames, len(buffer) // HOP_LENGTH)
             if content_frames == 0:
-                break
-            if should_stop():
-                raise Interrupted(f"stopped at {offset_samples / SAMPLE_RATE:.1f} s")
-            mel = log_mel_spectrogram(buffer[:N_SAMPLES], self.model.dims.n_mels, padding=N_SAMPLES)
+                return
+            mel = log_mel_spectrogram(buffer[: self.window_samples], self.model.dims.n_mels, padding=N_SAMPLES)
             mel = pad_or_trim(mel[:, :content_frames], N_FRAMES).to(self.model.device)
             if tokenizer is None:
-                out.language = out.language or self._detect_language(mel)
+                language = language or self._detect_language(mel)
                 tokenizer = get_tokenizer(self.model.is_multilingual, num_languages=self.model.num_languages,
-                                          language=out.language, task="transcribe")
-            result = self._decode_with_fallback(mel, prompt, out.language)
-            window_start = offset_samples / SAMPLE_RATE
-            segments, advance = self._segments(result, tokenizer, window_start, content_frames)
-            kept = [s for s in segments if s.text and s.end > s.start]
-            out.segments.extend(kept)
+                                          language=language, task="transcribe")
+            torch.manual_seed(offset)
+            result = self._decode_with_fallback(mel, prompt, language)
+            segments, advance = self._segments(result, tokenizer, offset / SAMPLE_RATE, content_frames)
+            kept = tuple(s for s in segments if s.text and s.end > s.start)
             if self.settings.condition_on_previous_text and result.temperature <= PROMPT_RESET_TEMPERATURE:
                 prompt = (prompt + [t for s in kept for t in s.tokens])[-self.max_prompt:]
             else:
                 prompt = []
             consumed = max(advance, 1) * HOP_LENGTH
             buffer = buffer[consumed:]
-            offset_samples += consumed
-            on_progress(offset_samples / SAMPLE_RATE)
-        out.elapsed_seconds = time.monotonic() - started
-        return out
+            offset += consumed
+            yield Window(kept, Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), decoded / SAMPLE_RATE)
 
     def _detect_language(self, mel: torch.Tensor) -> str:
         if not self.model.is_multilingual:
@@ -159,7 +139,6 @@ class Engine:
         is_ts = [t >= begin for t in tokens]
         cuts = [i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]]
         single_ending = is_ts[-2:] == [False, True]
-
         content_end = window_start + content_frames * HOP_LENGTH / SAMPLE_RATE
 
         def segment(piece: list[int], start_pos: int, end_pos: int) -> Segment:

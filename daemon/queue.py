@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, func, update
+from sqlalchemy import Engine, delete, func, update
 from sqlmodel import Session, col, select
 
-from daemon.db import Job, JobStatus, reading, utcnow, writing
+from daemon.db import Job, JobStatus, SegmentRow, reading, utcnow, writing
+from daemon.transcript import Checkpoint, Segment, Window
 
 MAX_ATTEMPTS = 3
 HASH_BLOCK = 1 << 20
@@ -57,9 +59,9 @@ class JobQueue:
                 session.add(latest)
                 return Enqueued(latest, False)
             if latest is not None and latest.status == JobStatus.QUEUED:
-                # Replaced before the worker got to it: transcribe the new content instead.
+                # Replaced before the worker finished it: transcribe the new content from the start.
                 latest.sha256, latest.size, latest.mtime_ns = digest, stat.st_size, stat.st_mtime_ns
-                session.add(latest)
+                _reset_progress(session, latest)
                 return Enqueued(latest, True)
             srt_path = latest.srt_path if latest is not None else self._free_srt_path(session, path)
             job = Job(path=str(path), sha256=digest, size=stat.st_size, mtime_ns=stat.st_mtime_ns,
@@ -137,8 +139,32 @@ class JobQueue:
             for job in jobs:
                 job.status, job.attempts, job.error = JobStatus.QUEUED, 0, None
                 job.started_at = job.finished_at = None
-                session.add(job)
+                _reset_progress(session, job)
             return list(jobs)
+
+    def save_window(self, job_id: int, window: Window, audio_seconds: float | None, rtf: float) -> None:
+        """Commit a window's segments and the checkpoint after it in one transaction."""
+        with writing(self.engine) as session:
+            job = session.get_one(Job, job_id)
+            seq = session.exec(select(func.count()).where(SegmentRow.job_id == job_id)).one()
+            for i, seg in enumerate(window.segments, start=seq):
+                session.add(SegmentRow(job_id=job_id, seq=i, start=seg.start, end=seg.end, text=seg.text))
+            job.processed_seconds = window.checkpoint.offset_seconds
+            job.prompt = json.dumps(window.checkpoint.prompt)
+            job.language = window.checkpoint.language
+            job.audio_seconds = max(audio_seconds or 0.0, window.decoded_seconds)
+            job.progress = min(1.0, job.processed_seconds / job.audio_seconds) if job.audio_seconds else 0.0
+            job.rtf = rtf
+            session.add(job)
+
+    def segments(self, job_id: int) -> list[Segment]:
+        with reading(self.engine) as session:
+            rows = session.exec(select(SegmentRow).where(SegmentRow.job_id == job_id).order_by(col(SegmentRow.seq)))
+            return [Segment(r.start, r.end, r.text) for r in rows]
+
+    @staticmethod
+    def checkpoint_of(job: Job) -> Checkpoint:
+        return Checkpoint(job.processed_seconds, tuple(json.loads(job.prompt)), job.language)
 
     def finished_twin(self, job: Job) -> Job | None:
         """An earlier job with the same content whose transcript can be reused."""
@@ -175,3 +201,10 @@ class JobQueue:
             if owner is None:
                 return candidate
             n += 1
+
+
+def _reset_progress(session: Session, job: Job) -> None:
+    session.exec(delete(SegmentRow).where(col(SegmentRow.job_id) == job.id))  # type: ignore[call-overload]
+    job.processed_seconds = job.progress = 0.0
+    job.prompt, job.language, job.rtf = "[]", None, None
+    session.add(job)

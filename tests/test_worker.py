@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import srt
 
 from daemon import config
 from daemon.db import JobStatus
@@ -57,38 +60,50 @@ def test_unknown_model_is_a_config_error_not_a_crash_loop(cli: CliRunner) -> Non
     assert "no-such-model" in result.stdout + result.stderr
 
 
-def _long_job(tmp_path: Path, cli: CliRunner) -> Path:
-    meeting(150, seed=3).write(tmp_path / "inbox" / "long.m4a")
-    cli("enqueue", str(tmp_path / "inbox" / "long.m4a"))
+def _long_job(tmp_path: Path, cli: CliRunner, name: str = "long.m4a") -> Path:
+    meeting(150, seed=3).write(tmp_path / "inbox" / name)
+    cli("enqueue", str(tmp_path / "inbox" / name))
     return tmp_path / "state" / "jobs.db"
 
 
-def test_sigterm_mid_job_exits_zero_in_time_and_requeues(
+def _checkpointed(db: Path) -> dict | None:  # type: ignore[type-arg]
+    job = rows(db)[0]
+    return job if job["status"] == "running" and job["processed_seconds"] > 0 else None
+
+
+def test_sigterm_mid_job_keeps_a_checkpoint_and_exits_zero_in_time(
     tmp_path: Path, daemon_env: dict[str, str], cli: CliRunner
 ) -> None:
     db = _long_job(tmp_path, cli)
     worker = start("work", daemon_env)
-    wait_until(lambda: rows(db)[0]["status"] == "running", 120, "the job to start", worker)
-    time.sleep(1.0)  # mid-job, not at its first window
+    running = wait_until(lambda: _checkpointed(db), 120, "the first checkpoint", worker)
+    assert 0 < running["progress"] < 1
+    status = cli("status").stdout  # progress is visible while it runs
+    assert "running" in status and "%" in status and "ETA" in status, status
     signalled = time.monotonic()
     code, output = stop(worker, signal.SIGTERM, timeout=LAUNCHD_EXIT_TIMEOUT)
     assert code == 0, output
     assert time.monotonic() - signalled < LAUNCHD_EXIT_TIMEOUT
     (job,) = rows(db)
     assert job["status"] == "queued" and job["attempts"] == 0, job
+    stopped_at = job["processed_seconds"]
+    assert stopped_at >= running["processed_seconds"]
+    segments = rows(db, "SELECT count(*) AS n FROM segments WHERE job_id = ?", (job["id"],))[0]["n"]
+    assert segments > 0
     assert not (tmp_path / "outbox" / "long.srt").exists()
 
     cli("work", "--exit-when-empty", timeout=300)
     (job,) = rows(db)
-    assert job["status"] == "done" and job["attempts"] == 1
+    assert job["status"] == "done" and job["attempts"] == 1 and job["progress"] == 1.0
+    assert f"resuming long.m4a at {stopped_at:.1f} s" in (tmp_path / "logs" / "worker.log").read_text()
 
 
-def test_sigkill_mid_job_is_recovered_on_restart(
+def test_resume_after_sigkill_gives_the_same_srt_as_an_uninterrupted_run(
     tmp_path: Path, daemon_env: dict[str, str], cli: CliRunner
 ) -> None:
     db = _long_job(tmp_path, cli)
     worker = start("work", daemon_env)
-    wait_until(lambda: rows(db)[0]["status"] == "running", 120, "the job to start", worker)
+    killed_at = wait_until(lambda: _checkpointed(db), 120, "the first checkpoint", worker)["processed_seconds"]
     stop(worker, signal.SIGKILL)
     (job,) = rows(db)
     assert job["status"] == "running" and job["attempts"] == 1  # what a crash leaves behind
@@ -96,4 +111,20 @@ def test_sigkill_mid_job_is_recovered_on_restart(
     cli("work", "--exit-when-empty", timeout=300)
     (job,) = rows(db)
     assert job["status"] == "done" and job["attempts"] == 2
-    assert "recovered job" in (tmp_path / "logs" / "worker.log").read_text()
+    log = (tmp_path / "logs" / "worker.log").read_text()
+    assert "recovered job" in log and "resuming long.m4a at" in log
+    resumed_from = float(log.split("resuming long.m4a at ")[1].split(" s")[0])
+    assert resumed_from >= killed_at  # not from zero
+
+    # The same recording, transcribed without interruption by a fresh queue.
+    fresh = {**daemon_env, "WHISPER_DAEMON_DB": str(tmp_path / "fresh.db"),
+             "WHISPER_DAEMON_OUTBOX": str(tmp_path / "fresh-out")}
+    (tmp_path / "inbox" / "long.m4a").rename(tmp_path / "inbox" / "again.m4a")
+    subprocess.run([sys.executable, "-m", "daemon", "enqueue", str(tmp_path / "inbox" / "again.m4a")],
+                   env=fresh, check=True, timeout=60)
+    subprocess.run([sys.executable, "-m", "daemon", "work", "--exit-when-empty"], env=fresh, check=True,
+                   timeout=300, capture_output=True)
+    resumed = list(srt.parse((tmp_path / "outbox" / "long.srt").read_text()))
+    uninterrupted = list(srt.parse((tmp_path / "fresh-out" / "again.srt").read_text()))
+    assert [c.content for c in resumed] == [c.content for c in uninterrupted]
+    assert [(c.start, c.end) for c in resumed] == [(c.start, c.end) for c in uninterrupted]

@@ -1,0 +1,89 @@
+"""Accuracy: WER of our chunked worker vs openai-whisper's `model.transcribe()` on the same long file.
+
+Same checkpoint, same decoding options (the daemon's defaults: greedy, temperature fallback
+0.0…1.0 with best_of 5, thresholds 2.4 / -1.0 / 0.6, conditioning on previous text, fp32;
+language "en" for .en models, detected otherwise). Chunking must not cost accuracy: target is
+ours at most 1.0 WER point worse than transcribe(). transcribe() runs in its own process
+(bench/_transcribe.py) so both wall times cover a whole process, model load included.
+
+    .venv/bin/python bench/accuracy.py [--minutes 15] [--model tiny.en]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import common
+from common import mb, pct
+
+TARGET_POINTS = 1.0  # ours may be at most this many WER points (percent) worse
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=15.0)
+    parser.add_argument("--model", default="tiny.en")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--format", default=".m4a")
+    parser.add_argument("--language", default=None, help='default: "en" for .en models, else detected')
+    args = parser.parse_args()
+    language = args.language or ("en" if args.model.endswith(".en") else None)
+
+    machine = common.machine()
+    audio, reference = common.recording(args.minutes, args.seed, args.format)
+    checkpoint = common.converted_checkpoint(args.model)
+    common.warm_file_cache(checkpoint)
+    common.warm_file_cache(audio)
+
+    with tempfile.TemporaryDirectory(prefix="bench-acc-") as tmp:
+        run = common.daemon_transcribe(audio, args.model, Path(tmp), language=language)
+        ours_text = common.srt_text(run.srt_path)
+    print(f"  ours: {run.measurement.wall_seconds:.1f} s")
+    with tempfile.TemporaryDirectory(prefix="bench-acc-ref-") as tmp:
+        out = Path(tmp) / "transcribe.json"
+        cmd = [common.PYTHON, str(common.BENCH / "_transcribe.py"), str(checkpoint), str(audio), str(out)]
+        ref_m = common.measure([*cmd, "--language", language] if language else cmd, cwd=common.REPO)
+        if ref_m.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"transcribe() run exited {ref_m.returncode}:\n{ref_m.stderr[-3000:]}")
+        ref_result = json.loads(out.read_text(encoding="utf-8"))
+    print(f"  transcribe(): {ref_m.wall_seconds:.1f} s")
+    # Score the segments' text, as the SRT holds them, rather than result["text"]: same words,
+    # but the same joining as on our side.
+    ref_text = " ".join(s["text"].strip() for s in ref_result["segments"])
+
+    ours_wer, ref_wer = common.wer(reference, ours_text), common.wer(reference, ref_text)
+    points = (ours_wer - ref_wer) * 100
+    verdict = "PASS" if points <= TARGET_POINTS else "FAIL"
+    audio_s = run.job["audio_seconds"]
+    rows = [
+        ["ours (chunked worker)", pct(ours_wer), f"{run.measurement.wall_seconds:.1f}",
+         f"{run.measurement.cpu_seconds:.1f}", mb(run.measurement.peak_rss_mb), len(ours_text.split())],
+        ["openai-whisper transcribe()", pct(ref_wer), f"{ref_m.wall_seconds:.1f}", f"{ref_m.cpu_seconds:.1f}",
+         mb(ref_m.peak_rss_mb), len(ref_text.split())],
+    ]
+    print(f"\nAccuracy, model {args.model}, {audio.name} ({audio_s:.0f} s, {len(reference.split())} reference "
+          f"words, language {language or 'detected'})\n")
+    print(common.table(["run", "WER", "wall s", "cpu s", "peak RSS MB", "words"], rows))
+    print(f"\nours - transcribe() = {points:+.2f} WER points (target <= +{TARGET_POINTS:.1f}): {verdict}")
+    print(f"wall time ratio ours/transcribe() = {run.measurement.wall_seconds / ref_m.wall_seconds:.2f}x")
+    path = common.write_result("accuracy", {
+        "params": {"minutes": args.minutes, "model": args.model, "seed": args.seed, "format": args.format,
+                   "language": language, "audio": str(audio), "checkpoint": str(checkpoint),
+                   "transcribe_options": ref_result["options"]},
+        "machine": machine, "target_points": TARGET_POINTS, "verdict": verdict, "audio_seconds": audio_s,
+        "results": {
+            "ours": {"wer": ours_wer, **run.measurement.summary()},
+            "transcribe": {"wer": ref_wer, "language": ref_result["language"], **ref_m.summary()},
+            "difference_points": points,
+            "time_ratio": run.measurement.wall_seconds / ref_m.wall_seconds,
+        },
+        "texts": {"reference": reference, "ours": ours_text, "transcribe": ref_text},
+    })
+    print(f"wrote {path.relative_to(common.REPO)}")
+
+
+if __name__ == "__main__":
+    main()
