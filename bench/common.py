@@ -222,7 +222,9 @@ def daemon_transcribe(audio: Path, model: str, tmp: Path, language: str | None =
     m = measure([PYTHON, "-m", "daemon", "work", "--exit-when-empty"], env=env, cwd=REPO)
     status = subprocess.run([PYTHON, "-m", "daemon", "status", "--json"], env=env, cwd=REPO, check=True,
                             capture_output=True, text=True)
-    jobs = json.loads(status.stdout)
+    data = json.loads(status.stdout)
+    # `status --json` was a list of jobs and later became {"jobs": [...], "workers": [...]}: take either.
+    jobs = data["jobs"] if isinstance(data, dict) else data
     if m.returncode != 0 or len(jobs) != 1 or jobs[0]["status"] != "done":
         log = tmp / "log" / "worker.log"
         tail = log.read_text(encoding="utf-8", errors="replace")[-3000:] if log.is_file() else m.stderr[-3000:]

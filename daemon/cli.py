@@ -9,7 +9,8 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,10 @@ from loguru import logger
 
 from daemon import config, logs
 from daemon.config import Config, ConfigError
-from daemon.db import Job, JobStatus, connect
+from daemon.db import Job, JobStatus, WorkerRow, connect
+from daemon.registry import Registry
 from daemon.service import add_service_parser, cmd_service
-from daemon.supervisor import EXIT_CONFIG, PARENT_PID_ENV
+from daemon.supervisor import EXIT_CONFIG, EXIT_RECYCLE, PARENT_PID_ENV
 
 EXIT_USAGE = 2
 
@@ -136,7 +138,7 @@ def cmd_work(cfg: Config, args: argparse.Namespace) -> int:
         worker.run(exit_when_empty=args.exit_when_empty)
     finally:
         worker.shutdown()
-    return 0
+    return EXIT_RECYCLE if worker.recycle else 0
 
 
 def cmd_enqueue(cfg: Config, args: argparse.Namespace) -> int:
@@ -174,22 +176,41 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     if not cfg.db.exists():
         print(f"no queue database at {cfg.db} yet: start the daemon with `whisper-daemon run`")
         return 0
-    jobs = JobQueue(connect(cfg.db), cfg.outbox).jobs(args.limit)
+    engine = connect(cfg.db)
+    jobs = JobQueue(engine, cfg.outbox).jobs(args.limit)
+    workers = Registry(engine).workers()
     if args.json:
-        print(json.dumps([_job_dict(j) for j in jobs], indent=2, ensure_ascii=False))
+        print(json.dumps({"workers": [_plain(w.model_dump()) for w in workers],
+                          "jobs": [_job_dict(j) for j in jobs]}, indent=2, ensure_ascii=False))
     else:
+        print(_workers_table(workers))
+        print()
         print(_table(jobs))
     return 0
 
 
+def _plain(data: dict[str, Any]) -> dict[str, Any]:
+    """JSON-ready: datetimes as ISO 8601, enums as their values."""
+    return {k: v.isoformat() if isinstance(v, datetime) else v.value if isinstance(v, Enum) else v
+            for k, v in data.items()}
+
+
 def _job_dict(job: Job) -> dict[str, Any]:
-    data = job.model_dump()
-    for key, value in data.items():
-        if isinstance(value, datetime):
-            data[key] = value.isoformat()
-    data["status"] = job.status.value
+    data = _plain(job.model_dump())
     data.pop("prompt")  # decoder state, not for people
     return data
+
+
+def _workers_table(workers: list[WorkerRow]) -> str:
+    if not workers:
+        return "no worker running"
+    rows = [("WORKER", "STATE", "MODEL", "PRECISION", "RSS", "JOB", "HEARTBEAT", "REASON")]
+    now = datetime.now(timezone.utc)
+    for w in workers:
+        rows.append((str(w.pid), w.state.value, w.model or "-", w.precision or "-",
+                     "-" if w.rss_mb is None else f"{w.rss_mb:.0f} MB", str(w.current_job_id or "-"),
+                     f"{(now - w.heartbeat_at).total_seconds():.0f} s ago", w.reason or ""))
+    return _columns(rows)
 
 
 def _duration(seconds: float | None) -> str:
@@ -226,6 +247,11 @@ def _table(jobs: list[Job]) -> str:
             detail = job.error or ""
         rows.append((str(job.id), job.status.value, _duration(job.audio_seconds),
                      "-" if job.rtf is None else f"{job.rtf:.2f}", str(job.attempts), Path(job.path).name, detail))
+    return _columns(rows)
+
+
+def _columns(rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns; the last one is free-form and not padded."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
 

@@ -35,6 +35,8 @@ class Config:
     quiet_seconds: float = 2.0  # a file is complete once its size and mtime hold this long
     rescan_seconds: float = 60.0  # safety net for missed filesystem events
     max_attempts: int = 3
+    min_available_mb: float = 1024.0  # pause (model kept) when free memory drops below this
+    max_rss_mb: float = 4096.0  # after a job above this, exit so the service manager restarts fresh
     log_dir: Path = Path(platformdirs.user_log_dir(APP))
     cache_dir: Path = Path(platformdirs.user_cache_dir(APP))
     config: Path | None = field(default=None, compare=False)

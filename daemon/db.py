@@ -32,6 +32,13 @@ class JobStatus(str, Enum):
     DUPLICATE = "duplicate"
 
 
+class WorkerState(str, Enum):
+    IDLE = "idle"
+    BUSY = "busy"
+    PAUSED = "paused"  # memory pressure: waiting, model kept, checkpoint saved
+    BACKOFF = "backoff"  # throttling: waiting between windows
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -53,12 +60,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         return None if value is None else datetime.fromisoformat(value)
 
 
-def _status_column() -> Any:
+def _enum_column(enum: type[Enum], default: Enum, name: str) -> Any:
     # Store the enum's values ('queued'), not its names, and let the database reject any other.
     return Column(
-        SAEnum(JobStatus, values_callable=lambda e: [m.value for m in e], native_enum=False,
-               create_constraint=True, length=16, name="job_status"),
-        nullable=False, index=True, default=JobStatus.QUEUED,
+        SAEnum(enum, values_callable=lambda e: [m.value for m in e], native_enum=False,
+               create_constraint=True, length=16, name=name),
+        nullable=False, index=True, default=default,
     )
 
 
@@ -70,7 +77,7 @@ class Job(SQLModel, table=True):
     sha256: str = Field(index=True)
     size: int
     mtime_ns: int
-    status: JobStatus = Field(default=JobStatus.QUEUED, sa_column=_status_column())
+    status: JobStatus = Field(default=JobStatus.QUEUED, sa_column=_enum_column(JobStatus, JobStatus.QUEUED, "job_status"))
     srt_path: str
     error: str | None = None
     attempts: int = 0
@@ -99,6 +106,24 @@ class SegmentRow(SQLModel, table=True):
     start: float
     end: float
     text: str
+
+
+class WorkerRow(SQLModel, table=True):
+    """One row per worker process, kept fresh by its heartbeat."""
+
+    __tablename__ = "workers"
+
+    pid: int = Field(primary_key=True)
+    host: str
+    state: WorkerState = Field(default=WorkerState.IDLE,
+                               sa_column=_enum_column(WorkerState, WorkerState.IDLE, "worker_state"))
+    reason: str | None = None
+    model: str | None = None
+    precision: str | None = None
+    rss_mb: float | None = None
+    current_job_id: int | None = Field(default=None, foreign_key="jobs.id")
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    heartbeat_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
 def connect(db_path: Path) -> Engine:

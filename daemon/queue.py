@@ -116,10 +116,13 @@ class JobQueue:
             job.attempts = max(0, job.attempts - 1)
             session.add(job)
 
-    def recover(self, max_attempts: int = MAX_ATTEMPTS) -> list[Job]:
-        """Requeue jobs left `running` by a crashed worker; give up on repeat offenders."""
+    def recover(self, max_attempts: int = MAX_ATTEMPTS, held: Iterable[int] = ()) -> list[Job]:
+        """Requeue jobs left `running` by a crashed worker (not those `held` by live ones);
+        give up on repeat offenders."""
         with writing(self.engine) as session:
-            stuck = session.exec(select(Job).where(Job.status == JobStatus.RUNNING)).all()
+            stuck = session.exec(
+                select(Job).where(Job.status == JobStatus.RUNNING, col(Job.id).not_in(list(held)))
+            ).all()
             for job in stuck:
                 if job.attempts >= max_attempts:
                     job.status = JobStatus.FAILED

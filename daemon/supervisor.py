@@ -21,6 +21,7 @@ from daemon.config import Config
 
 PARENT_PID_ENV = "WHISPER_DAEMON_PARENT_PID"  # tells a child to stop if `run` disappears
 EXIT_CONFIG = 78  # EX_CONFIG: restarting cannot help, so the supervisor stops too
+EXIT_RECYCLE = 75  # EX_TEMPFAIL: the worker outgrew its memory cap between jobs; restart it fresh
 STOP_TIMEOUT_SECONDS = 20.0  # launchd's default ExitTimeOut
 RESTART_MIN_SECONDS = 1.0
 RESTART_MAX_SECONDS = 60.0

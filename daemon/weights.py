@@ -69,6 +69,18 @@ _TOP_NAMES = {"encoder.conv1": "encoder/conv1", "encoder.conv2": "encoder/conv2"
               "encoder.ln_post": "encoder/layer_norm", "decoder.ln": "decoder/layer_norm"}
 
 
+_PARAMS_M = {"tiny": 39, "base": 74, "small": 244, "medium": 769, "turbo": 809, "large": 1550}
+
+
+def smaller_models(name: str) -> list[str]:
+    """Official models smaller than `name`, largest first, English-only if `name` is."""
+    size = _PARAMS_M.get(name.split(".")[0].split("-")[0], _PARAMS_M["small"])
+    english = name.endswith(".en")
+    names = [n for n in whisper.available_models()
+             if _PARAMS_M[n.split(".")[0].split("-")[0]] < size and n.endswith(".en") == english]
+    return sorted(names, key=lambda n: _PARAMS_M[n.split(".")[0].split("-")[0]], reverse=True)
+
+
 def whisper_cache_dir() -> Path:
     """Where openai-whisper's `load_model(name)` downloads to (same rule as whisper)."""
     return Path(os.getenv("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))) / "whisper"
@@ -97,6 +109,10 @@ def resolve_model(spec: str, cache_dir: Path, *, network_timeout: float = 2.0) -
 
 def load_model(spec: str, cache_dir: Path, device: str = "cpu") -> tuple[Whisper, ResolvedModel]:
     resolved = resolve_model(spec, cache_dir)
+    return load_resolved(resolved, device), resolved
+
+
+def load_resolved(resolved: ResolvedModel, device: str = "cpu") -> Whisper:
     try:  # whisper's own loader: fp32 modules, the checkpoint's fp16 weights copied into them
         model = whisper.load_model(str(resolved.checkpoint), device="cpu")
     except _LOAD_ERRORS as e:
@@ -105,7 +121,7 @@ def load_model(spec: str, cache_dir: Path, device: str = "cpu") -> tuple[Whisper
         _set_alignment_heads(model, heads)
     elif resolved.source in ("openai-whisper cache", "download"):
         model.set_alignment_heads(whisper._ALIGNMENT_HEADS[resolved.name])
-    return model.to(device), resolved
+    return model.to(device)
 
 
 def _resolve_name(name: str, cache_dir: Path, network_timeout: float) -> ResolvedModel:

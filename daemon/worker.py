@@ -1,6 +1,7 @@
 """The worker: one resident model, one job at a time, claimed from the queue.
 
 Shaped like huey's consumer: `initialize()` once, `run_once()` per job, `shutdown()` at the end.
+Between windows it commits a checkpoint, then lets the guard pause or back off.
 """
 
 from __future__ import annotations
@@ -13,32 +14,55 @@ from loguru import logger
 
 from daemon.audio import AudioError, probe_seconds
 from daemon.config import Config
-from daemon.db import Job, JobStatus, connect
+from daemon.db import Job, JobStatus, WorkerState, connect
 from daemon.engine import DecodeSettings, Engine
+from daemon.guards import Guard, Status, model_fits, read_memory, rss_mb
 from daemon.queue import JobQueue
+from daemon.registry import Registry
 from daemon.subtitles import render, write_atomic
-from daemon.weights import load_model
+from daemon.weights import ModelError, load_resolved, resolve_model, smaller_models
 
 IDLE_MIN_SECONDS = 0.2
 IDLE_MAX_SECONDS = 2.0  # worst-case pickup delay for a new job while idle
+HEARTBEAT_SECONDS = 10.0  # while idle; busy workers beat once per window
+PRECISION = "fp32"
 
 
 class Worker:
     def __init__(self, cfg: Config, stop: threading.Event | None = None) -> None:
         self.cfg = cfg
         self.stop = stop or threading.Event()
-        self.queue = JobQueue(connect(cfg.db), cfg.outbox)
+        engine = connect(cfg.db)
+        self.queue = JobQueue(engine, cfg.outbox)
+        self.registry = Registry(engine)
+        # Tests replace the guard with one whose probes and clock are injected.
+        self.guard = Guard(self.report, self.stop.wait, low_memory_mb=cfg.min_available_mb)
         self.engine: Engine | None = None
         self.model_name = cfg.model
+        self.current_job: int | None = None
+        self.recycle = False  # set when RSS outgrew its cap: exit so the service manager restarts us
+        self._last_beat = 0.0
 
     def initialize(self) -> None:
-        for job in self.queue.recover(self.cfg.max_attempts):
+        for row in self.registry.prune():
+            logger.warning("worker {} on this host is gone (last heartbeat {}); forgetting it",
+                           row.pid, row.heartbeat_at.isoformat(timespec="seconds"))
+        for job in self.queue.recover(self.cfg.max_attempts, held=self.registry.busy_job_ids()):
             logger.warning("recovered job {} ({}) left running by a previous worker: now {}",
                            job.id, Path(job.path).name, job.status.value)
-        model, resolved = load_model(self.cfg.model, self.cfg.cache_dir / "models")
+        resolved = resolve_model(self.cfg.model, self.cfg.cache_dir / "models")
+        memory = read_memory()
+        if not model_fits(resolved.checkpoint.stat().st_size, memory, self.cfg.min_available_mb):
+            smaller = ", ".join(smaller_models(resolved.name)) or "none"
+            raise ModelError(f"model {resolved.name} does not fit: only {memory.available_mb:.0f} MB of memory "
+                             f"is available. Choose a smaller model (--model {smaller.split(',')[0]}; "
+                             f"smaller ones: {smaller}) or free some memory.")
+        model = load_resolved(resolved)
         self.model_name = resolved.name
         self.engine = Engine(model, DecodeSettings(language=self.cfg.language, beam_size=self.cfg.beam_size,
                                                    chunk_seconds=self.cfg.chunk_seconds))
+        self.registry.register(resolved.name, PRECISION)
+        self.report(Status(WorkerState.IDLE))
         logger.info("worker ready: model {} from {}", resolved.name, resolved.source)
 
     def run(self, exit_when_empty: bool = False) -> None:
@@ -50,15 +74,21 @@ class Worker:
                 continue
             if exit_when_empty:
                 break
+            if time.monotonic() - self._last_beat >= HEARTBEAT_SECONDS:
+                self.report(Status(WorkerState.IDLE))
             self.stop.wait(delay)
             delay = min(delay * 2, IDLE_MAX_SECONDS)
 
     def run_once(self) -> bool:
-        """Claim and process one job; False when the queue had nothing to claim."""
+        """Claim and process one job; False when the queue had nothing to claim (or we must stop)."""
+        if not self.guard.check():  # don't start a job under memory pressure
+            return False
         job = self.queue.claim()
         if job is None:
             return False
         assert job.id is not None
+        self.current_job = job.id
+        self.report(Status(WorkerState.BUSY))
         try:
             twin = self.queue.finished_twin(job)
             if twin is not None and Path(twin.srt_path).is_file():
@@ -69,11 +99,29 @@ class Worker:
             logger.exception("job {}: unexpected error", job.id)
             self.queue.fail(job.id, f"{Path(job.path).name}: unexpected error ({type(e).__name__}: {e}); "
                                     "see the worker log")
+        finally:
+            self.current_job = None
+            self.report(Status(WorkerState.IDLE))
+        self._check_rss()
         return True
 
     def shutdown(self) -> None:
+        self.registry.unregister()
         self.queue.engine.dispose()
         logger.info("worker stopped")
+
+    def report(self, status: Status) -> None:
+        self._last_beat = time.monotonic()
+        self.registry.heartbeat(status.state, status.reason, rss_mb(), self.current_job)
+
+    def _check_rss(self) -> None:
+        """Long-lived whisper processes leak; past the cap, exit between jobs for a fresh start."""
+        rss = rss_mb()
+        if rss > self.cfg.max_rss_mb:
+            logger.warning("RSS {:.0f} MB is above the {:.0f} MB cap; exiting for a fresh restart", rss,
+                           self.cfg.max_rss_mb)
+            self.recycle = True
+            self.stop.set()
 
     def _transcribe(self, job: Job) -> None:
         """Window by window, committing each window's segments with its checkpoint."""
@@ -85,17 +133,21 @@ class Worker:
         else:
             logger.info("job {}: transcribing {}", job.id, path.name)
         expected = probe_seconds(path)
-        began = time.monotonic()
+        began = window_began = time.monotonic()
         processed, decoded = start.offset_seconds, 0.0
         try:
             for window in self.engine.windows(path, start):
+                now = time.monotonic()
+                window_rtf = (now - window_began) / max(window.checkpoint.offset_seconds - processed, 1e-6)
                 processed, decoded = window.checkpoint.offset_seconds, window.decoded_seconds
-                rtf = (time.monotonic() - began) / max(processed - start.offset_seconds, 1e-6)
+                rtf = (now - began) / max(processed - start.offset_seconds, 1e-6)
                 self.queue.save_window(job.id, window, expected, rtf)
-                if self.stop.is_set():
+                self.report(Status(WorkerState.BUSY))
+                if self.stop.is_set() or not self.guard.check(window_rtf):
                     self.queue.release(job.id)
                     logger.info("job {}: stopped at {:.1f} s; it resumes there next time", job.id, processed)
                     return
+                window_began = time.monotonic()
             write_atomic(Path(job.srt_path), render(self.queue.segments(job.id)))
         except AudioError as e:
             self.queue.fail(job.id, f"{path.name}: {e}")
@@ -111,5 +163,5 @@ class Worker:
         if Path(twin.srt_path) != Path(job.srt_path):
             write_atomic(Path(job.srt_path), Path(twin.srt_path).read_text(encoding="utf-8"))
         self.queue.finish(job.id, JobStatus.DUPLICATE, duplicate_of=twin.id, audio_seconds=twin.audio_seconds,
-                          rtf=0.0, language=twin.language, model=twin.model)
+                          rtf=0.0, progress=1.0, language=twin.language, model=twin.model)
         logger.info("job {}: same content as job {}; copied its transcript to {}", job.id, twin.id, job.srt_path)

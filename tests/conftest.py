@@ -47,8 +47,9 @@ CliRunner = Callable[..., subprocess.CompletedProcess[str]]
 def cli(daemon_env: dict[str, str]) -> CliRunner:
     """Run `python -m daemon ARGS…` to completion, with a deadline."""
 
-    def run(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "daemon", *args], env=daemon_env, cwd=REPO,
+    def run(*args: str, timeout: float = 300, check: bool = True,
+            env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "daemon", *args], env={**daemon_env, **(env_extra or {})}, cwd=REPO,
                               capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")

@@ -44,7 +44,7 @@ def test_drop_a_recording_get_a_transcript(tmp_path: Path, daemon_env: dict[str,
 
         table = cli("status").stdout
         assert "done" in table and "meeting.m4a" in table and "meeting.srt" in table
-        (as_json,) = json.loads(cli("status", "--json").stdout)
+        (as_json,) = json.loads(cli("status", "--json").stdout)["jobs"]
         assert as_json["status"] == "done" and as_json["rtf"] == pytest.approx(job["rtf"])
     finally:
         code, output = stop(daemon, signal.SIGINT)

@@ -1,0 +1,214 @@
+"""Being a good citizen: pause under memory pressure, back off when the machine is throttling.
+
+Readings come from probes that tests replace (memory, thermal, clock), because pressure and heat
+cannot be produced on demand. Checks run between windows, never inside one.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+
+from daemon.db import WorkerState
+
+MB = 1 << 20
+LOW_MEMORY_MB = 1024  # below this available, pause; resume above 1.5× (hysteresis)
+RESUME_FACTOR = 1.5
+PSI_PAUSE = 25.0  # % of time some task stalled on memory (avg10); resume below half
+BACKOFF_START_SECONDS = 5.0
+BACKOFF_MAX_SECONDS = 120.0
+SLOWDOWN_FACTOR = 1.5  # a window this much slower than our running baseline means throttling
+BASELINE_WEIGHT = 0.2  # EWMA weight of each normal-speed window in the baseline
+SLOW_WINDOWS = 3  # ... for this many windows in a row (one slow window is noise)
+FIT_OVERHEAD_MB = 400  # activations, decoder caches and the interpreter beside the weights
+
+
+@dataclass(frozen=True)
+class Memory:
+    available_mb: float
+    psi_some_avg10: float | None = None  # Linux pressure stall information
+    macos_level: int | None = None  # kern.memorystatus_vm_pressure_level: 1 normal, 2 warn, 4 critical
+
+
+def rss_mb() -> float:
+    """This process's resident set size now."""
+    try:
+        with open(f"/proc/{os.getpid()}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MB
+    except OSError:  # macOS: no /proc; ru_maxrss (bytes there) is the best cheap figure
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / MB
+
+
+def read_memory() -> Memory:
+    if sys.platform == "darwin":
+        return _read_memory_macos()
+    return _read_memory_linux()
+
+
+def _read_memory_linux() -> Memory:
+    available = 0.0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) / 1024
+    psi = None
+    try:
+        with open("/proc/pressure/memory") as f:
+            match = re.search(r"some avg10=([\d.]+)", f.read())
+            psi = float(match.group(1)) if match else None
+    except OSError:
+        pass  # kernels without PSI
+    return Memory(available, psi_some_avg10=psi)
+
+
+def _sysctl(name: str) -> int:
+    return int(subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5).stdout)
+
+
+def _read_memory_macos() -> Memory:
+    # psutil-style "available" understates free memory on macOS (compressed and file-backed
+    # pages); the kernel's own pressure level is what memory_pressure(1) reports.
+    level = _sysctl("kern.memorystatus_vm_pressure_level")
+    free_pct = _sysctl("kern.memorystatus_level")  # % of memory the kernel considers available
+    total = _sysctl("hw.memsize") / MB
+    return Memory(total * free_pct / 100, macos_level=level)
+
+
+def read_thermal() -> str | None:
+    """A reason string when the OS says the machine is hot or clocked down, else None."""
+    if sys.platform == "darwin":
+        try:
+            from Foundation import NSProcessInfo  # type: ignore[import-not-found]  # optional pyobjc
+        except ImportError:
+            return None
+        state = NSProcessInfo.processInfo().thermalState()
+        return f"macOS thermal state {state} (serious or worse)" if state >= 2 else None
+    return _linux_thermal()
+
+
+def _linux_thermal() -> str | None:
+    for zone in glob.glob("/sys/class/thermal/thermal_zone*"):
+        try:
+            temp = int(Path(zone, "temp").read_text())
+            trips = [int(Path(p).read_text()) for p in glob.glob(f"{zone}/trip_point_*_temp")]
+        except (OSError, ValueError):
+            continue
+        passive = [t for t in trips if t > 0]
+        if passive and temp >= min(passive):
+            return f"{Path(zone).name} at {temp / 1000:.0f} °C, past its trip point"
+    for cpu in glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq"):
+        try:
+            cur = int(Path(cpu, "scaling_cur_freq").read_text())
+            top = int(Path(cpu, "cpuinfo_max_freq").read_text())
+            limit = int(Path(cpu, "scaling_max_freq").read_text())
+        except (OSError, ValueError):
+            continue
+        if limit < top * 0.8:
+            return f"CPU clock capped at {limit / top:.0%} of its maximum ({cur // 1000} MHz now)"
+    return None
+
+
+def model_fits(checkpoint_bytes: int, memory: Memory, reserve_mb: float = LOW_MEMORY_MB) -> bool:
+    """Whether loading a checkpoint leaves `reserve_mb` free: stored fp16, held in fp32 (twice
+    its bytes), plus working room for activations and caches."""
+    needed_mb = 2 * checkpoint_bytes / MB + FIT_OVERHEAD_MB
+    return needed_mb + reserve_mb <= memory.available_mb
+
+
+@dataclass
+class Status:
+    state: WorkerState
+    reason: str | None = None
+
+
+class Guard:
+    """Decides, between windows, whether to go on, pause for memory, or back off for heat.
+
+    `wait(seconds)` returns True when the worker was asked to stop meanwhile; in production
+    it is the stop event's wait, in tests a fake that advances a fake clock.
+    """
+
+    def __init__(
+        self,
+        report: Callable[[Status], None],
+        wait: Callable[[float], bool],
+        memory: Callable[[], Memory] = read_memory,
+        thermal: Callable[[], str | None] = read_thermal,
+        clock: Callable[[], float] = time.monotonic,
+        low_memory_mb: float = LOW_MEMORY_MB,
+    ) -> None:
+        self.report = report
+        self.wait = wait
+        self.memory = memory
+        self.thermal = thermal
+        self.clock = clock
+        self.low_memory_mb = low_memory_mb
+        self.baseline_rtf: float | None = None
+        self.slow_windows = 0
+        self.backoff = BACKOFF_START_SECONDS
+
+    def pressure(self, m: Memory, resuming: bool) -> str | None:
+        """Why memory is too tight now; `resuming` applies the stricter resume thresholds."""
+        factor = RESUME_FACTOR if resuming else 1.0
+        if m.macos_level is not None and m.macos_level >= (2 if resuming else 4):
+            return f"macOS memory pressure level {m.macos_level}"
+        if m.available_mb < self.low_memory_mb * factor:
+            return f"only {m.available_mb:.0f} MB of memory available"
+        if m.psi_some_avg10 is not None and m.psi_some_avg10 > PSI_PAUSE / factor:
+            return f"memory pressure stall {m.psi_some_avg10:.0f}%"
+        return None
+
+    def check(self, window_rtf: float | None = None) -> bool:
+        """Block while memory is tight or the machine throttles; False if asked to stop meanwhile."""
+        if not self._memory_ok():
+            return False
+        return self._throttle_ok(window_rtf)
+
+    def _memory_ok(self) -> bool:
+        reason = self.pressure(self.memory(), resuming=False)
+        if reason is None:
+            return True
+        logger.warning("pausing: {}", reason)
+        paused_at = self.clock()
+        delay = BACKOFF_START_SECONDS
+        while reason is not None:
+            self.report(Status(WorkerState.PAUSED, reason))
+            if self.wait(delay):
+                return False
+            delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+            reason = self.pressure(self.memory(), resuming=True)
+        logger.info("resuming after {:.0f} s paused for memory", self.clock() - paused_at)
+        self.report(Status(WorkerState.BUSY))
+        return True
+
+    def _throttle_ok(self, window_rtf: float | None) -> bool:
+        reason = self.thermal()
+        if window_rtf is not None and window_rtf > 0:
+            baseline = self.baseline_rtf or window_rtf
+            slow = window_rtf > baseline * SLOWDOWN_FACTOR
+            self.slow_windows = self.slow_windows + 1 if slow else 0
+            if not slow:  # slow windows must not drag the baseline up, or throttling becomes normal
+                self.baseline_rtf = baseline + BASELINE_WEIGHT * (window_rtf - baseline)
+            if reason is None and self.slow_windows >= SLOW_WINDOWS:
+                reason = (f"windows {window_rtf / baseline:.1f}× slower than this worker's usual pace "
+                          f"for {self.slow_windows} windows: the CPU is being throttled or shared")
+        if reason is None:
+            self.backoff = max(BACKOFF_START_SECONDS, self.backoff / 2)  # hysteresis: ease back down
+            return True
+        logger.warning("backing off {:.0f} s: {}", self.backoff, reason)
+        self.report(Status(WorkerState.BACKOFF, reason))
+        stopped = self.wait(self.backoff)
+        self.backoff = min(self.backoff * 2, BACKOFF_MAX_SECONDS)
+        self.slow_windows = 0
+        self.report(Status(WorkerState.BUSY))
+        return not stopped

@@ -1,0 +1,85 @@
+"""The guards on a real worker with the real tiny.en model.
+
+Memory pressure cannot be produced for real here, so the pressure spike is an injected memory
+probe; the clock and waits are injected too, so nothing sleeps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon import config
+from daemon.cli import _table, _workers_table
+from daemon.db import JobStatus, WorkerState
+from daemon.guards import Guard, Memory
+from daemon.supervisor import EXIT_CONFIG, EXIT_RECYCLE
+from daemon.worker import Worker
+from tests.conftest import CliRunner
+from tests.daemon_proc import rows, srt_text
+from tests.guard_fakes import FakeTime, memory_sequence
+from tests.speech import meeting, write_audio
+
+pytestmark = pytest.mark.slow
+
+
+def test_pressure_spike_pauses_and_resumes_without_losing_a_segment(
+    tmp_path: Path, daemon_env: dict[str, str]
+) -> None:
+    recording = meeting(95, seed=5)
+    recording.write(tmp_path / "inbox" / "calm.wav")
+    # The same speech with 0.1 s more silence at the end: other bytes, so not a duplicate.
+    write_audio(np.concatenate([recording.audio, np.zeros(1600, np.float32)]), tmp_path / "inbox" / "spiky.wav")
+    cfg = config.load({}, env=daemon_env)
+    worker = Worker(cfg)
+    calm = worker.queue.enqueue(tmp_path / "inbox" / "calm.wav").job
+    worker.initialize()
+    assert worker.run_once() and worker.queue.jobs()[0].status == JobStatus.DONE
+
+    spiky = worker.queue.enqueue(tmp_path / "inbox" / "spiky.wav").job
+    t = FakeTime()
+    seen: list[tuple[WorkerState, str]] = []
+
+    def wait_and_look(seconds: float) -> bool:
+        (row,) = worker.registry.workers()
+        seen.append((row.state, _workers_table([row]) + "\n\n" + _table(worker.queue.jobs())))
+        return t.wait(seconds)
+
+    plenty, tight = Memory(8000), Memory(300)
+    # Readings: before the claim, after window 1, after window 2 (the spike, held for three readings).
+    readings = memory_sequence(plenty, plenty, tight, tight, tight, plenty)
+    heat = iter([None, "thermal_zone0 at 96 °C, past its trip point"])  # hot once, after window 1
+    worker.guard = Guard(worker.report, wait_and_look, memory=lambda: next(readings),
+                         thermal=lambda: next(heat, None), clock=t.clock, low_memory_mb=cfg.min_available_mb)
+    try:
+        assert worker.run_once()
+    finally:
+        worker.shutdown()
+    assert t.waits == [5.0, 5.0, 10.0, 20.0]  # one backoff; then paused at the spike until memory was back
+    assert [state for state, _ in seen] == [WorkerState.BACKOFF] + [WorkerState.PAUSED] * 3
+    print("status during the simulated backoff:\n" + seen[0][1])
+    print("status during the simulated pause:\n" + seen[1][1])
+    assert "96 °C" in seen[0][1] and "only 300 MB" in seen[1][1] and "running" in seen[1][1]
+    job = {j.id: j for j in worker.queue.jobs()}[spiky.id]
+    assert job.status == JobStatus.DONE and job.attempts == 1
+    assert srt_text(Path(job.srt_path)) == srt_text(Path(calm.srt_path))
+
+
+def test_rss_cap_exits_with_the_recycle_code_after_the_job(tmp_path: Path, cli: CliRunner) -> None:
+    meeting(20, seed=2).write(tmp_path / "inbox" / "a.wav")
+    cli("enqueue", str(tmp_path / "inbox" / "a.wav"))
+    result = cli("work", "--exit-when-empty", check=False, timeout=240,
+                 env_extra={"WHISPER_DAEMON_MAX_RSS_MB": "50"})
+    assert result.returncode == EXIT_RECYCLE, result.stderr
+    (job,) = rows(tmp_path / "state" / "jobs.db")
+    assert job["status"] == "done" and job["attempts"] == 1  # a recycle is not a crash of the job
+    assert rows(tmp_path / "state" / "jobs.db", "SELECT * FROM workers") == []
+
+
+def test_a_model_that_does_not_fit_fails_clearly(cli: CliRunner) -> None:
+    result = cli("work", check=False, timeout=120, env_extra={"WHISPER_DAEMON_MIN_AVAILABLE_MB": "100000000",
+                                                             "WHISPER_DAEMON_MODEL": "base"})
+    assert result.returncode == EXIT_CONFIG
+    assert "does not fit" in result.stderr and "--model tiny" in result.stderr
