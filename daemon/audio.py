@@ -25,7 +25,14 @@ def _open(path: Path) -> av.container.InputContainer:
         raise AudioError("the file is empty (0 bytes); it may not have finished copying")
     try:
         return av.open(str(path), metadata_errors="ignore")
+    except OSError as e:  # PyAV's errors for EACCES, EISDIR, … are OSErrors too: say which
+        raise AudioError(f"cannot read the file: {e.strerror}") from e
     except (av.FFmpegError, UnicodeDecodeError) as e:
+        with path.open("rb") as f:
+            head = f.read(8)
+        if head[4:8] == b"ftyp":  # an MP4/M4A/MOV whose index, written last by most recorders, never came
+            raise AudioError("an MP4/M4A file without its index (moov box): it was cut short while being "
+                             "recorded or copied, and nothing in it can be decoded") from e
         raise AudioError(
             "not a recognisable audio or video file (the data does not match any known format)"
         ) from e

@@ -119,7 +119,12 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
         if result.created:
             logger.info("queued job {}: {}", result.job.id, path.name)
 
-    Watcher(cfg.inbox, enqueue, cfg.quiet_seconds, cfg.rescan_seconds).run(_stop_on_signals())
+    def reject(path: Path, reason: str) -> None:
+        result = queue.reject(path, reason)
+        if result.created:
+            logger.warning("job {} failed, not queued: {}", result.job.id, result.job.error)
+
+    Watcher(cfg.inbox, enqueue, cfg.quiet_seconds, cfg.rescan_seconds, reject=reject).run(_stop_on_signals())
     return 0
 
 

@@ -32,6 +32,8 @@ class Config:
     language: str | None = None  # None: detect per recording
     beam_size: int | None = None  # None: greedy decoding with temperature fallback
     chunk_seconds: float = 30.0  # audio per window and per checkpoint (Whisper's window is 30 s)
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16: the resident weights' number format
+    batch_size: int = 1  # > 1 decodes chunks cut at quiet points together (slower on 2-core CPUs)
     quiet_seconds: float = 2.0  # a file is complete once its size and mtime hold this long
     rescan_seconds: float = 60.0  # safety net for missed filesystem events
     max_attempts: int = 3
@@ -107,6 +109,10 @@ def validate(cfg: Config) -> None:
         )
     if cfg.quiet_seconds < 0 or cfg.max_attempts < 1:
         raise ConfigError("quiet_seconds must be >= 0 and max_attempts >= 1")
+    if cfg.precision not in ("auto", "fp32", "fp16", "bf16"):
+        raise ConfigError(f"precision is {cfg.precision!r}: choose auto, fp32, fp16 or bf16")
+    if cfg.batch_size < 1:
+        raise ConfigError("batch_size must be at least 1")
     if not 1 <= cfg.chunk_seconds <= 30:
         raise ConfigError(f"chunk_seconds is {cfg.chunk_seconds}: it must be between 1 and 30 (Whisper's window)")
 

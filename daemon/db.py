@@ -7,6 +7,7 @@ PostgreSQL backend only has to replace `connect()` and the begin hook.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -14,14 +15,23 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Engine, String, UniqueConstraint, event
+from sqlalchemy import Column, Connection, Engine, String, UniqueConstraint, event
 from sqlalchemy import Enum as SAEnum
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.schema import CreateColumn
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, create_engine
 
 BUSY_TIMEOUT_MS = 30_000
 # Pragmas applied to every connection; tests read them back.
 PRAGMAS = {"journal_mode": "wal", "busy_timeout": BUSY_TIMEOUT_MS, "synchronous": 1, "foreign_keys": 1}
+# After a checkpoint lets the WAL start over, SQLite truncates the file to this size; without it the
+# WAL keeps its high-water size for good (readers that hold checkpoints back can make that large).
+WAL_SIZE_LIMIT_BYTES = 4 << 20
+# Primary SQLite result codes that mean "cannot write now" (disk full, I/O error, read-only or
+# vanished file, a lock held past busy_timeout): the job is fine, the storage is not.
+_STORAGE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_READONLY,
+                            sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN})
 
 
 class JobStatus(str, Enum):
@@ -81,6 +91,11 @@ class Job(SQLModel, table=True):
     srt_path: str
     error: str | None = None
     attempts: int = 0
+    # Worker deaths in a row while holding this job without finishing a window: a file that kills
+    # the worker (a decoder crash) fails after max_attempts of them; a crash after progress does
+    # not count, so random crashes during a long job cannot fail it. Claims take these jobs last.
+    crashes: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    resumed_from: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})  # processed_seconds at claim
     audio_seconds: float | None = None  # estimated from the container until the job is done
     processed_seconds: float = 0.0  # audio finished and checkpointed; a restart resumes here
     progress: float = 0.0  # processed_seconds / audio_seconds, 0.0 to 1.0
@@ -88,6 +103,7 @@ class Job(SQLModel, table=True):
     language: str | None = None
     prompt: str = "[]"  # JSON token list carried into the next window, part of the checkpoint
     model: str | None = None
+    precision: str | None = None  # fp32, fp16 or bf16: what the resident model computed in
     duplicate_of: int | None = Field(default=None, foreign_key="jobs.id")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -144,6 +160,7 @@ def connect(db_path: Path) -> Engine:
         cursor = dbapi_conn.cursor()
         for name, value in PRAGMAS.items():
             cursor.execute(f"PRAGMA {name}={value}")
+        cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -156,7 +173,40 @@ def connect(db_path: Path) -> Engine:
     # Under the write lock, so two processes starting together don't both create tables.
     with engine.execution_options(immediate=True).begin() as conn:
         SQLModel.metadata.create_all(conn)
+        _add_missing_columns(conn)
     return engine
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """A database made by an older version lacks newer columns: add them, with their defaults."""
+    for table in SQLModel.metadata.sorted_tables:
+        present = {row[1] for row in conn.exec_driver_sql(f"PRAGMA table_info({table.name})")}
+        for column in table.columns:
+            if column.name not in present:
+                ddl = CreateColumn(column).compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
+
+
+def checkpoint(engine: Engine) -> None:
+    """Copy the WAL back into the database so the next write starts it over (and truncates it to
+    WAL_SIZE_LIMIT_BYTES). PASSIVE: it never waits for readers, so `sqlite3` sessions cannot stall us."""
+    try:
+        conn = engine.raw_connection()  # outside any transaction: a checkpoint cannot run inside one
+        try:
+            conn.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
+        finally:
+            conn.close()
+    except (sqlite3.Error, SQLAlchemyError):
+        pass  # e.g. disk full: harmless, SQLite's own autocheckpoint tries again after later writes
+
+
+def storage_error(e: BaseException) -> bool:
+    """A write failed because of the disk or the database file (full, I/O error, read-only), not
+    because of the job being written: the thing to do is wait and try again."""
+    if isinstance(e, OSError):
+        return True
+    orig = getattr(e, "orig", None)  # SQLAlchemy wraps the driver's exception
+    return isinstance(orig, sqlite3.Error) and (orig.sqlite_errorcode & 0xFF) in _STORAGE_CODES
 
 
 @contextmanager

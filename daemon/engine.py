@@ -23,7 +23,9 @@ from whisper.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram, 
 from whisper.decoding import DecodingOptions, DecodingResult
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
+from daemon import chunking
 from daemon.audio import SAMPLE_RATE, stream_audio
+from daemon.precision import decode
 from daemon.transcript import Checkpoint, Segment, Window
 
 CHUNK_SECONDS = 30  # Whisper's own window; shorter chunks checkpoint more often but cost speed
@@ -41,6 +43,7 @@ class DecodeSettings:
     best_of: int = 5  # samples per try when falling back to temperature > 0
     condition_on_previous_text: bool = True
     chunk_seconds: float = CHUNK_SECONDS
+    batch_size: int = 1  # > 1: independent chunks cut at quiet points, decoded together
 
 
 class Engine:
@@ -54,11 +57,17 @@ class Engine:
         self.max_prompt = model.dims.n_text_ctx // 2 - 1  # what DecodingTask keeps of a prompt
 
     def windows(self, path: Path, start: Checkpoint = Checkpoint()) -> Iterator[Window]:
-        """Decode `path` from `start`, one window at a time.
+        """Decode `path` from `start`, one window (or one batch of chunks) at a time.
 
         Each window is a safe stopping point: resuming from its checkpoint gives the same output
-        as never having stopped (sampling at temperature > 0 is seeded by the window position).
+        as never having stopped (sampling at temperature > 0 is seeded by the audio position).
         """
+        if self.settings.batch_size > 1:
+            return self._batches(path, start)
+        return self._sequential(path, start)
+
+    def _sequential(self, path: Path, start: Checkpoint) -> Iterator[Window]:
+        """Whisper's own seek loop: each window starts where the last complete segment ended."""
         offset = round(start.offset_seconds * SAMPLE_RATE)
         prompt = list(start.prompt)
         language = start.language or self.settings.language
@@ -81,12 +90,16 @@ class Engine:
             content_frames = min(self.window_frames, len(buffer) // HOP_LENGTH)
             if content_frames == 0:
                 return
-            mel = log_mel_spectrogram(buffer[: self.window_samples], self.model.dims.n_mels, padding=N_SAMPLES)
-            mel = pad_or_trim(mel[:, :content_frames], N_FRAMES).to(self.model.device)
+            if chunking.is_silent(buffer[: content_frames * HOP_LENGTH]):
+                # Silence costs nothing: no model time, and nothing for it to hallucinate.
+                buffer = buffer[content_frames * HOP_LENGTH:]
+                offset += content_frames * HOP_LENGTH
+                yield Window((), Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), decoded / SAMPLE_RATE)
+                continue
+            mel = self._mel(buffer[: self.window_samples], content_frames)
             if tokenizer is None:
                 language = language or self._detect_language(mel)
-                tokenizer = get_tokenizer(self.model.is_multilingual, num_languages=self.model.num_languages,
-                                          language=language, task="transcribe")
+                tokenizer = self._tokenizer(language)
             torch.manual_seed(offset)
             result = self._decode_with_fallback(mel, prompt, language)
             segments, advance = self._segments(result, tokenizer, offset / SAMPLE_RATE, content_frames)
@@ -100,26 +113,107 @@ class Engine:
             offset += consumed
             yield Window(kept, Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), decoded / SAMPLE_RATE)
 
+    def _batches(self, path: Path, start: Checkpoint) -> Iterator[Window]:
+        """Read ahead a few windows, cut them at quiet points and decode the chunks as one batch.
+
+        Chunks are independent of each other, which is what lets them share a batch; they all get
+        the previous batch's last text as their prompt, for context and style. A chunk with no
+        sound at all is not decoded. The checkpoint follows each batch.
+        """
+        batch = self.settings.batch_size
+        prompt = list(start.prompt)
+        offset = round(start.offset_seconds * SAMPLE_RATE)
+        language = start.language or self.settings.language
+        tokenizer: Tokenizer | None = None
+        pieces = stream_audio(path, self.window_samples)
+        buffer = np.empty(0, np.float32)
+        decoded = 0
+        exhausted = False
+        while True:
+            while not exhausted and len(buffer) < (batch + 1) * self.window_samples:
+                piece = next(pieces, None)
+                if piece is None:
+                    exhausted = True
+                    break
+                decoded += len(piece)
+                keep = piece[max(0, len(piece) - (decoded - offset)):] if decoded > offset else piece[:0]
+                buffer = np.concatenate([buffer, keep])
+            spans = [(a, b) for a, b in chunking.plan(buffer, self.window_samples, exhausted, batch)
+                     if (b - a) // HOP_LENGTH > 0]
+            if not spans:
+                return
+            voiced = [(a, b) for a, b in spans if not chunking.is_silent(buffer[a:b])]
+            segments: list[Segment] = []
+            while voiced:
+                mels = [self._mel(buffer[a:b], (b - a) // HOP_LENGTH) for a, b in voiced]
+                if tokenizer is None:
+                    language = language or self._detect_language(mels[0])
+                    tokenizer = self._tokenizer(language)
+                results = self._decode_batch(mels, [offset + a for a, _ in voiced], prompt, language)
+                rest: list[tuple[int, int]] = []
+                for (a, b), result in zip(voiced, results):
+                    found, advance = self._segments(result, tokenizer, (offset + a) / SAMPLE_RATE,
+                                                    (b - a) // HOP_LENGTH)
+                    segments.extend(s for s in found if s.text and s.end > s.start)
+                    # Whisper stopped early or left a sentence unfinished: decode the rest again,
+                    # from its last timestamp, as whisper's own seek loop would.
+                    a += max(advance, 1) * HOP_LENGTH
+                    if (b - a) // HOP_LENGTH > 0 and not chunking.is_silent(buffer[a:b]):
+                        rest.append((a, b))
+                voiced = rest
+            segments.sort(key=lambda seg: seg.start)
+            if segments and self.settings.condition_on_previous_text:
+                prompt = [t for seg in segments for t in seg.tokens][-self.max_prompt:]
+            consumed = spans[-1][1]
+            buffer = buffer[consumed:]
+            offset += consumed
+            yield Window(tuple(segments), Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language),
+                         decoded / SAMPLE_RATE)
+
+    def _decode_batch(self, mels: list[torch.Tensor], positions: list[int], prompt: list[int],
+                      language: str | None) -> list[DecodingResult]:
+        """Greedy for the whole batch; chunks that fail the quality checks retry alone, hotter."""
+        options = DecodingOptions(task="transcribe", language=language, temperature=0.0, fp16=False,
+                                  prompt=prompt or None)
+        results = decode(self.model, torch.stack(mels), options)
+        for i, result in enumerate(results):
+            if self._needs_fallback(result):
+                torch.manual_seed(positions[i])
+                results[i] = self._decode_with_fallback(mels[i], prompt, language, TEMPERATURES[1:])
+        return results
+
+    def _mel(self, audio: np.ndarray, content_frames: int) -> torch.Tensor:
+        mel = log_mel_spectrogram(audio, self.model.dims.n_mels, padding=N_SAMPLES)
+        return pad_or_trim(mel[:, :content_frames], N_FRAMES).to(self.model.device)
+
+    def _tokenizer(self, language: str | None) -> Tokenizer:
+        return get_tokenizer(self.model.is_multilingual, num_languages=self.model.num_languages,
+                             language=language, task="transcribe")
+
     def _detect_language(self, mel: torch.Tensor) -> str:
         if not self.model.is_multilingual:
             return "en"
         _, probs = self.model.detect_language(mel)
         return max(probs, key=probs.get)  # type: ignore[arg-type]
 
-    def _decode_with_fallback(self, mel: torch.Tensor, prompt: list[int], language: str | None) -> DecodingResult:
+    @staticmethod
+    def _needs_fallback(result: DecodingResult) -> bool:
+        repetitive = result.compression_ratio > COMPRESSION_RATIO_THRESHOLD
+        unsure = result.avg_logprob < LOGPROB_THRESHOLD
+        silent = result.no_speech_prob > NO_SPEECH_THRESHOLD and unsure
+        return not silent and (repetitive or unsure)
+
+    def _decode_with_fallback(self, mel: torch.Tensor, prompt: list[int], language: str | None,
+                              temperatures: tuple[float, ...] = TEMPERATURES) -> DecodingResult:
         s = self.settings
         result: DecodingResult | None = None
-        for t in TEMPERATURES:
+        for t in temperatures:
             options = DecodingOptions(
                 task="transcribe", language=language, temperature=t, fp16=False, prompt=prompt or None,
                 beam_size=s.beam_size if t == 0 else None, best_of=s.best_of if t > 0 else None,
             )
-            result = self.model.decode(mel, options)  # type: ignore[assignment]
-            assert isinstance(result, DecodingResult)
-            repetitive = result.compression_ratio > COMPRESSION_RATIO_THRESHOLD
-            unsure = result.avg_logprob < LOGPROB_THRESHOLD
-            silent = result.no_speech_prob > NO_SPEECH_THRESHOLD and unsure
-            if silent or not (repetitive or unsure):
+            (result,) = decode(self.model, mel[None], options)
+            if not self._needs_fallback(result):
                 break
         assert result is not None
         return result

@@ -31,6 +31,7 @@ SLOWDOWN_FACTOR = 1.5  # a window this much slower than our running baseline mea
 BASELINE_WEIGHT = 0.2  # EWMA weight of each normal-speed window in the baseline
 SLOW_WINDOWS = 3  # ... for this many windows in a row (one slow window is noise)
 FIT_OVERHEAD_MB = 400  # activations, decoder caches and the interpreter beside the weights
+CHUNK_MB = 64  # one more chunk in a batch: its mel, encoder output and decoder caches (base: ~30 MB)
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,11 @@ class Guard:
         if m.psi_some_avg10 is not None and m.psi_some_avg10 > PSI_PAUSE / factor:
             return f"memory pressure stall {m.psi_some_avg10:.0f}%"
         return None
+
+    def batch_size(self, requested: int) -> int:
+        """As many chunks per batch as asked for, but only as many as free memory allows."""
+        room = (self.memory().available_mb - self.low_memory_mb) // CHUNK_MB
+        return int(max(1, min(requested, room)))
 
     def check(self, window_rtf: float | None = None) -> bool:
         """Block while memory is tight or the machine throttles; False if asked to stop meanwhile."""

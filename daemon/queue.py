@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +18,13 @@ from daemon.transcript import Checkpoint, Segment, Window
 
 MAX_ATTEMPTS = 3
 HASH_BLOCK = 1 << 20
+NAME_MAX = 255  # bytes in one file name on ext4, APFS and most other file systems
+
+
+def as_text(path: Path) -> str:
+    """The path as text for the database and logs: bytes that are not UTF-8 (possible in Linux
+    file names) become \\xNN escapes instead of failing to encode."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def sha256_file(path: Path) -> str:
@@ -70,6 +78,25 @@ class JobQueue:
             session.flush()
             return Enqueued(job, True)
 
+    def reject(self, path: Path, reason: str) -> Enqueued:
+        """Record a file that will not be transcribed (unreadable, a link, …) as a `failed` job, so
+        `status` says why. Rescans of the same unchanged file add nothing."""
+        stat = path.lstat()
+        text = Path(as_text(path.absolute()))
+        error = f"{text.name}: {reason}"
+        with writing(self.engine) as session:
+            latest = self._latest_for_path(session, text)
+            if latest is not None and (latest.size, latest.mtime_ns, latest.error) == (
+                    stat.st_size, stat.st_mtime_ns, error):
+                return Enqueued(latest, False)
+            now = self.clock()
+            job = Job(path=str(text), sha256="", size=stat.st_size, mtime_ns=stat.st_mtime_ns, status=JobStatus.FAILED,
+                      error=error, srt_path=latest.srt_path if latest else self._free_srt_path(session, text),
+                      created_at=now, finished_at=now)
+            session.add(job)
+            session.flush()
+            return Enqueued(job, True)
+
     def claim(self) -> Job | None:
         """Atomically move the oldest claimable job to `running`.
 
@@ -80,7 +107,7 @@ class JobQueue:
         next_id = (
             select(Job.id)
             .where(Job.status == JobStatus.QUEUED, col(Job.sha256).not_in(busy_content))
-            .order_by(col(Job.id))
+            .order_by(col(Job.crashes), col(Job.id))  # a job that just killed a worker waits its turn
             .limit(1)
             .scalar_subquery()
         )
@@ -88,7 +115,7 @@ class JobQueue:
             update(Job)
             .where(col(Job.id) == next_id)
             .values(status=JobStatus.RUNNING, attempts=Job.attempts + 1, started_at=self.clock(),
-                    finished_at=None, error=None)
+                    finished_at=None, error=None, resumed_from=Job.processed_seconds)
             .returning(Job.id)
         )
         with writing(self.engine) as session:
@@ -118,17 +145,19 @@ class JobQueue:
 
     def recover(self, max_attempts: int = MAX_ATTEMPTS, held: Iterable[int] = ()) -> list[Job]:
         """Requeue jobs left `running` by a crashed worker (not those `held` by live ones);
-        give up on repeat offenders."""
+        give up on files that crashed it `max_attempts` times in a row without progress."""
         with writing(self.engine) as session:
             stuck = session.exec(
                 select(Job).where(Job.status == JobStatus.RUNNING, col(Job.id).not_in(list(held)))
             ).all()
             for job in stuck:
-                if job.attempts >= max_attempts:
+                job.crashes = 0 if job.processed_seconds > job.resumed_from else job.crashes + 1
+                if job.crashes >= max_attempts:
                     job.status = JobStatus.FAILED
                     job.finished_at = self.clock()
-                    job.error = (f"the worker stopped unexpectedly {job.attempts} times while "
-                                 "transcribing this file; giving up (use `retry` to try again)")
+                    job.error = (f"the worker stopped unexpectedly {job.crashes} times in a row while "
+                                 f"transcribing this file (each time at {job.processed_seconds:.0f} s); "
+                                 "giving up (use `retry` to try again)")
                 else:
                     job.status = JobStatus.QUEUED
                 session.add(job)
@@ -195,11 +224,15 @@ class JobQueue:
         ).first()
 
     def _free_srt_path(self, session: Session, path: Path) -> str:
-        """outbox/<name>.srt, or 'name (2).srt' … when another input already owns that name."""
+        """outbox/<name>.srt, or 'name (2).srt' … when another input already owns that name.
+
+        The name is one path component built from the input's own name, so it cannot point
+        outside the outbox; a long stem is cut so the whole name fits in NAME_MAX bytes."""
         n = 1
         while True:
-            name = f"{path.stem}.srt" if n == 1 else f"{path.stem} ({n}).srt"
-            candidate = str((self.outbox / name).absolute())
+            suffix = ".srt" if n == 1 else f" ({n}).srt"
+            stem = path.stem.encode()[: NAME_MAX - len(suffix.encode())].decode("utf-8", "ignore")
+            candidate = str((self.outbox / (stem + suffix)).absolute())
             owner = session.exec(select(Job.id).where(Job.srt_path == candidate).limit(1)).first()
             if owner is None:
                 return candidate
@@ -208,6 +241,6 @@ class JobQueue:
 
 def _reset_progress(session: Session, job: Job) -> None:
     session.exec(delete(SegmentRow).where(col(SegmentRow.job_id) == job.id))  # type: ignore[call-overload]
-    job.processed_seconds = job.progress = 0.0
-    job.prompt, job.language, job.rtf = "[]", None, None
+    job.processed_seconds = job.progress = job.resumed_from = 0.0
+    job.prompt, job.language, job.rtf, job.crashes = "[]", None, None, 0
     session.add(job)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterable
@@ -36,9 +37,16 @@ def render(segments: Iterable[Segment]) -> str:
 
 
 def write_atomic(path: Path, data: str) -> None:
-    """Readers see the old file or the whole new one, never a partial write."""
+    """Readers see the old file or the whole new one, never a partial write.
+
+    The temp file is named after a hash of the target: short (the target's name may already use
+    all 255 bytes), and the same every time, so one left behind by a killed writer is removed here.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prefix = f".{hashlib.sha256(os.fsencode(path.name)).hexdigest()[:16]}."
+    for stale in path.parent.glob(f"{prefix}*.tmp"):
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(data)
@@ -49,3 +57,12 @@ def write_atomic(path: Path, data: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)  # the rename itself survives a power cut before the job is marked done
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -5,6 +5,7 @@ It never imports torch or whisper, so it stays small (tens of MB) while the work
 
 from __future__ import annotations
 
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from pathlib import Path
 from loguru import logger
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+
+from daemon.queue import as_text
 
 AUDIO_EXTENSIONS = frozenset(
     {".m4a", ".mp3", ".wav", ".flac", ".ogg", ".opus", ".aac", ".mp4", ".mov", ".webm"}
@@ -48,9 +51,11 @@ class Watcher:
         quiet_seconds: float = 2.0,
         rescan_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        reject: Callable[[Path, str], object] | None = None,
     ) -> None:
         self.inbox = inbox
         self.enqueue = enqueue
+        self.reject = reject  # records why a file is not queued, so `status` shows it; None: log it
         self.quiet_seconds = quiet_seconds
         self.rescan_seconds = rescan_seconds
         self.clock = clock
@@ -106,26 +111,53 @@ class Watcher:
             observer.join(timeout=5)
 
     def _observe(self, path: Path) -> bool:
-        """Record the current size and mtime; drop the file if it is gone or not a regular file."""
+        """Record the current size and mtime; drop the file if it is gone or a folder.
+
+        lstat: a symbolic link is tracked as itself (it is refused later, never followed), and a
+        link loop is not an error here."""
         try:
-            stat = path.stat()
+            st = path.lstat()
         except OSError:
             self._pending.pop(path, None)
             return False
-        if not path.is_file():
-            self._pending.pop(path, None)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            self._pending.pop(path, None)  # a folder, even one named x.mp3: its files are the inputs
             return False
         old = self._pending.get(path)
-        if old is None or (old.size, old.mtime_ns) != (stat.st_size, stat.st_mtime_ns):
-            self._pending[path] = _Pending(stat.st_size, stat.st_mtime_ns, self.clock())
+        if old is None or (old.size, old.mtime_ns) != (st.st_size, st.st_mtime_ns):
+            self._pending[path] = _Pending(st.st_size, st.st_mtime_ns, self.clock())
         return True
 
     def _enqueue(self, path: Path) -> None:
+        """Queue a file that held still, or record why it cannot be; never let one file stop the watcher."""
         try:
-            self.enqueue(path)
-        except OSError as e:
-            # Vanished or unreadable between the check and the hash: the next event or scan retries.
-            logger.warning("could not enqueue {}: {}", path, e)
+            reason = _refusal(path)
+            if reason is None:
+                try:
+                    self.enqueue(path)
+                    return
+                except FileNotFoundError:
+                    logger.warning("{} vanished before it could be queued", as_text(path))
+                    return
+                except OSError as e:  # unreadable (permissions, I/O error): tell the user, not only the log
+                    reason = f"cannot read the file ({e.strerror})"
+            if self.reject is None:
+                logger.warning("not queued: {}: {}", as_text(path), reason)
+            else:
+                self.reject(path, reason)
+        except Exception:  # e.g. the database is unwritable: the next rescan tries this file again
+            logger.exception("could not queue {}", as_text(path))
+
+
+def _refusal(path: Path) -> str | None:
+    """Why a file in the inbox is not transcribed at all, or None."""
+    if path.is_symlink():
+        # Only files really in the inbox are read: a link could pull any file the user can read
+        # (from a shared inbox, say) into a transcript.
+        return "it is a symbolic link; links in the inbox are not followed (copy or move the file in instead)"
+    if as_text(path) != str(path):
+        return "its name is not valid UTF-8; rename the file"
+    return None
 
 
 class _Handler(FileSystemEventHandler):

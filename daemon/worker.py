@@ -6,15 +6,21 @@ Between windows it commits a checkpoint, then lets the guard pause or back off.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
+
+import psutil
+import torch
 
 from loguru import logger
 
+from daemon import precision
 from daemon.audio import AudioError, probe_seconds
 from daemon.config import Config
-from daemon.db import Job, JobStatus, WorkerState, connect
+from daemon.db import Job, JobStatus, WorkerState, checkpoint, connect, storage_error
 from daemon.engine import DecodeSettings, Engine
 from daemon.guards import Guard, Status, model_fits, read_memory, rss_mb
 from daemon.queue import JobQueue
@@ -25,7 +31,8 @@ from daemon.weights import ModelError, load_resolved, resolve_model, smaller_mod
 IDLE_MIN_SECONDS = 0.2
 IDLE_MAX_SECONDS = 2.0  # worst-case pickup delay for a new job while idle
 HEARTBEAT_SECONDS = 10.0  # while idle; busy workers beat once per window
-PRECISION = "fp32"
+STORAGE_BACKOFF_START_SECONDS = 2.0  # disk full or I/O error: first wait before trying the job again
+STORAGE_BACKOFF_MAX_SECONDS = 300.0
 
 
 class Worker:
@@ -39,9 +46,11 @@ class Worker:
         self.guard = Guard(self.report, self.stop.wait, low_memory_mb=cfg.min_available_mb)
         self.engine: Engine | None = None
         self.model_name = cfg.model
+        self.precision = cfg.precision
         self.current_job: int | None = None
         self.recycle = False  # set when RSS outgrew its cap: exit so the service manager restarts us
         self._last_beat = 0.0
+        self._storage_backoff = STORAGE_BACKOFF_START_SECONDS
 
     def initialize(self) -> None:
         for row in self.registry.prune():
@@ -57,13 +66,19 @@ class Worker:
             raise ModelError(f"model {resolved.name} does not fit: only {memory.available_mb:.0f} MB of memory "
                              f"is available. Choose a smaller model (--model {smaller.split(',')[0]}; "
                              f"smaller ones: {smaller}) or free some memory.")
-        model = load_resolved(resolved)
+        threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        torch.set_num_threads(threads)  # hyper-threads share the matmul units: no gain, more heat
+        model, device = precision.to_device(load_resolved(resolved), precision.pick_device())
+        self.precision = precision.choose(self.cfg.precision, device)
+        model = precision.convert(model, self.precision)
         self.model_name = resolved.name
         self.engine = Engine(model, DecodeSettings(language=self.cfg.language, beam_size=self.cfg.beam_size,
                                                    chunk_seconds=self.cfg.chunk_seconds))
-        self.registry.register(resolved.name, PRECISION)
+        self.registry.register(resolved.name, self.precision)
         self.report(Status(WorkerState.IDLE))
-        logger.info("worker ready: model {} from {}", resolved.name, resolved.source)
+        logger.info("worker ready: model {} from {} on {}, {} weights ({:.0f} MB), {} torch threads "
+                    "(physical cores)", resolved.name, resolved.source, device, self.precision,
+                    precision.weight_bytes(model) / 2**20, threads)
 
     def run(self, exit_when_empty: bool = False) -> None:
         """Work until stopped; idle waits back off from IDLE_MIN to IDLE_MAX and reset on work."""
@@ -83,7 +98,13 @@ class Worker:
         """Claim and process one job; False when the queue had nothing to claim (or we must stop)."""
         if not self.guard.check():  # don't start a job under memory pressure
             return False
-        job = self.queue.claim()
+        try:
+            job = self.queue.claim()
+        except Exception as e:
+            if not storage_error(e):
+                raise
+            self._pause_for_storage(None, e)
+            return True
         if job is None:
             return False
         assert job.id is not None
@@ -95,13 +116,18 @@ class Worker:
                 self._copy_twin(job, twin)
             else:
                 self._transcribe(job)
-        except Exception as e:  # one bad job must not take the worker down
-            logger.exception("job {}: unexpected error", job.id)
-            self.queue.fail(job.id, f"{Path(job.path).name}: unexpected error ({type(e).__name__}: {e}); "
-                                    "see the worker log")
+            self._storage_backoff = STORAGE_BACKOFF_START_SECONDS
+        except Exception as e:
+            if storage_error(e):  # disk full, I/O error: not the file's fault
+                self._pause_for_storage(job.id, e)
+            else:  # one bad job must not take the worker down
+                logger.exception("job {}: unexpected error", job.id)
+                self.queue.fail(job.id, f"{Path(job.path).name}: unexpected error ({type(e).__name__}: {e}); "
+                                        "see the worker log")
         finally:
             self.current_job = None
             self.report(Status(WorkerState.IDLE))
+        checkpoint(self.queue.engine)  # between jobs, so `sqlite3` readers cannot keep the WAL growing
         self._check_rss()
         return True
 
@@ -112,7 +138,34 @@ class Worker:
 
     def report(self, status: Status) -> None:
         self._last_beat = time.monotonic()
-        self.registry.heartbeat(status.state, status.reason, rss_mb(), self.current_job)
+        try:
+            self.registry.heartbeat(status.state, status.reason, rss_mb(), self.current_job)
+        except Exception as e:
+            if not storage_error(e):
+                raise
+            logger.warning("could not record the worker's state: {}", getattr(e, "orig", e))  # not worth stopping for
+
+    def _pause_for_storage(self, job_id: int | None, error: Exception) -> None:
+        """A write failed (disk full, I/O error). Wait, longer each time, then put the job back in
+        the queue with its checkpoint, uncounted, to be tried again; nothing is marked failed."""
+        while True:
+            what = f"job {job_id} is put back and tried again" if job_id is not None else "trying again"
+            # SQLAlchemy's message repeats the whole statement; the driver's says what went wrong.
+            logger.warning("cannot write ({}): {} in {:.0f} s", getattr(error, "orig", error), what,
+                           self._storage_backoff)
+            stopping = self.stop.wait(self._storage_backoff)
+            self._storage_backoff = min(self._storage_backoff * 2, STORAGE_BACKOFF_MAX_SECONDS)
+            try:
+                if job_id is not None:
+                    self.queue.release(job_id)
+                return
+            except Exception as e:
+                if not storage_error(e):
+                    raise
+                if stopping:  # left `running`: the next worker's start-up recovery requeues it
+                    logger.warning("job {} could not be put back in the queue: {}", job_id, e)
+                    return
+                error = e
 
     def _check_rss(self) -> None:
         """Long-lived whisper processes leak; past the cap, exit between jobs for a fresh start."""
@@ -133,6 +186,7 @@ class Worker:
         else:
             logger.info("job {}: transcribing {}", job.id, path.name)
         expected = probe_seconds(path)
+        self.engine.settings = replace(self.engine.settings, batch_size=self.guard.batch_size(self.cfg.batch_size))
         began = window_began = time.monotonic()
         processed, decoded = start.offset_seconds, 0.0
         try:
@@ -153,7 +207,8 @@ class Worker:
             self.queue.fail(job.id, f"{path.name}: {e}")
             logger.warning("job {} failed: {}: {}", job.id, path.name, e)
             return
-        done = self.queue.finish(job.id, JobStatus.DONE, progress=1.0, audio_seconds=decoded, model=self.model_name)
+        done = self.queue.finish(job.id, JobStatus.DONE, progress=1.0, audio_seconds=decoded, model=self.model_name,
+                                 precision=self.precision)
         logger.info("job {}: done, {:.1f} s of audio at {:.2f}x real time → {}", job.id,
                     done.audio_seconds or 0.0, done.rtf or 0.0, job.srt_path)
 

@@ -1,26 +1,38 @@
-"""Helpers for tests that run daemon processes: start with a deadline, poll the database."""
+"""Helpers for tests that run daemon processes: start with a deadline, poll the database, sample."""
 
 from __future__ import annotations
 
+import math
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def start(command: str, env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "daemon", command, *extra], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start(command: str, env: dict[str, str], *extra: str, output: Path | None = None,
+          **popen: Any) -> subprocess.Popen[str]:
+    """`python -m daemon COMMAND`; its output is piped, or appended to `output` for long or chatty runs
+    (nobody reads a pipe while they run, and a full pipe would block the daemon)."""
+    sink = output.open("a") if output is not None else subprocess.PIPE
+    try:
+        return subprocess.Popen([sys.executable, "-m", "daemon", command, *extra], env=env, cwd=REPO,
+                                stdout=sink, stderr=subprocess.STDOUT, text=True, **popen)
+    finally:
+        if output is not None:
+            sink.close()  # type: ignore[union-attr]  # the child has its own copy
 
 
 def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 30) -> tuple[int, str]:
-    """Signal the process and return its exit code and output; fails the test if it hangs."""
+    """Signal the process and return its exit code and (piped) output; fails the test if it hangs."""
     if proc.poll() is None:
         proc.send_signal(sig)
     try:
@@ -29,7 +41,7 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float 
         proc.kill()
         out, _ = proc.communicate()
         raise AssertionError(f"did not exit within {timeout} s of signal {sig}:\n{out}")
-    return proc.returncode, out
+    return proc.returncode, out or ""
 
 
 def rows(db: Path, sql: str = "SELECT * FROM jobs ORDER BY id", args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
@@ -78,3 +90,51 @@ def srt_text(path: Path) -> str:
     import srt
 
     return " ".join(cue.content for cue in srt.parse(path.read_text(encoding="utf-8")))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) by the nearest-rank method: a value that was actually observed."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+class PeakSampler:
+    """Calls `probe` every `interval` seconds in a thread and keeps the largest value (e.g. RSS,
+    a file's size); a probe that raises (the process or file is gone) is skipped."""
+
+    def __init__(self, probe: Callable[[], float], interval: float = 0.05) -> None:
+        self.probe = probe
+        self.interval = interval
+        self.peak = 0.0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, self.probe())
+                self.samples += 1
+            except (OSError, psutil.Error):
+                pass
+            self._stop.wait(self.interval)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        return self.peak
+
+
+def log_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+
+def warm_model_cache(cache_dir: Path, model: str = "tiny.en") -> Path:
+    """Resolve (converting once) the model into `cache_dir`/models the way the worker does, so a test
+    can then watch a worker that needs neither a conversion nor the network."""
+    code = ("import sys; from pathlib import Path; from daemon.weights import resolve_model; "
+            "print(resolve_model(sys.argv[1], Path(sys.argv[2])).checkpoint)")
+    done = subprocess.run([sys.executable, "-c", code, model, str(cache_dir / "models")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, check=True)
+    return Path(done.stdout.strip().splitlines()[-1])

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import av
 import numpy as np
@@ -262,18 +262,56 @@ def write_audio(
     path: Path | str,
     sample_rate: int = SAMPLE_RATE,
     with_video: bool = False,
+    faststart: bool = False,
 ) -> Path:
     """Encode mono float audio to `path`; container and codec follow the extension.
 
     with_video=True (.mp4, .mov, .webm) adds a tiny black video stream covering
     the same duration, to exercise "the audio track of a video file".
+    faststart=True (.m4a, .mp4, .mov) puts the index (moov) before the data, as
+    phones and web exports do, so a file cut short still has its index.
     """
+    samples = np.ascontiguousarray(np.clip(audio, -1.0, 1.0), dtype=np.float32).reshape(-1)
+    return _encode(Path(path), [samples], samples.size, sample_rate, with_video, faststart)
+
+
+def write_silence(path: Path | str, seconds: float, noise_dbfs: float | None = None, seed: int = 0) -> Path:
+    """`seconds` of digital silence, or of white noise at `noise_dbfs` RMS (a quiet room through a
+    microphone), encoded a block at a time: hours of it never sit in memory."""
+    total = round(seconds * SAMPLE_RATE)
+    rng = np.random.default_rng(seed)
+    block = 60 * SAMPLE_RATE
+
+    def blocks() -> Iterator[np.ndarray]:
+        for start in range(0, total, block):
+            n = min(block, total - start)
+            if noise_dbfs is None:
+                yield np.zeros(n, np.float32)
+            else:
+                yield (rng.standard_normal(n) * 10 ** (noise_dbfs / 20)).astype(np.float32)
+
+    return _encode(Path(path), blocks(), total, SAMPLE_RATE, with_video=False, faststart=False)
+
+
+def write_video_only(path: Path | str, seconds: float) -> Path:
+    """A video file with no audio track at all (a screen recording made without sound)."""
     path = Path(path)
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None or not fmt.video_codecs:
+        raise UnsupportedFormat(f"{path.suffix} has no video option; use one of {', '.join(VIDEO_FORMATS)}")
+    codec = _pick(fmt.video_codecs, "video", path.suffix)
+    with av.open(str(path), mode="w", format=fmt.container) as container:
+        _mux_black_video(container, _add_video_stream(container, codec), seconds)
+    return path
+
+
+def _encode(path: Path, blocks: Iterable[np.ndarray], total_samples: int, sample_rate: int,
+            with_video: bool, faststart: bool) -> Path:
     audio_codec, video_codec = encoders_for(path.suffix, with_video)
     fmt = _FORMATS[path.suffix.lower()]
-    samples = np.ascontiguousarray(np.clip(audio, -1.0, 1.0), dtype=np.float32).reshape(-1)
+    options = {"movflags": "faststart"} if faststart else {}
 
-    with av.open(str(path), mode="w", format=fmt.container) as container:
+    with av.open(str(path), mode="w", format=fmt.container, options=options) as container:
         codec = av.Codec(audio_codec, "w")
         # Keep the input rate when the codec allows it; otherwise (opus at 44.1 kHz,
         # say) take the nearest higher supported rate. PyAV resamples on encode.
@@ -287,35 +325,46 @@ def write_audio(
             if preferred in formats:
                 astream.format = preferred
                 break
-        vstream = None
-        if video_codec is not None:
-            vstream = container.add_stream(video_codec, rate=_VIDEO_FPS)
-            vstream.width = _VIDEO_SIZE
-            vstream.height = _VIDEO_SIZE
-            vstream.pix_fmt = "yuv420p"
+        vstream = _add_video_stream(container, video_codec) if video_codec is not None else None
 
         # Audio: feed fixed-size frames; PyAV converts format/rate and re-chunks to
         # the encoder's frame size.
-        block = 4096
-        for start in range(0, samples.size, block):
-            chunk = samples[start : start + block].reshape(1, -1)
-            frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
-            frame.sample_rate = sample_rate
-            frame.pts = start
-            frame.time_base = Fraction(1, sample_rate)
-            container.mux(astream.encode(frame))
+        frame_samples = 4096
+        position = 0
+        for samples in blocks:
+            for start in range(0, samples.size, frame_samples):
+                chunk = samples[start : start + frame_samples].reshape(1, -1)
+                frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
+                frame.sample_rate = sample_rate
+                frame.pts = position
+                frame.time_base = Fraction(1, sample_rate)
+                position += chunk.shape[1]
+                container.mux(astream.encode(frame))
         container.mux(astream.encode(None))
 
         if vstream is not None:
-            # Enough frames to span the audio, so the container duration matches.
-            count = max(1, math.ceil(samples.size / sample_rate * _VIDEO_FPS))
-            black = np.zeros((_VIDEO_SIZE, _VIDEO_SIZE, 3), dtype=np.uint8)
-            for index in range(count):
-                frame = av.VideoFrame.from_ndarray(black, format="rgb24").reformat(format="yuv420p")
-                frame.pts = index
-                container.mux(vstream.encode(frame))
-            container.mux(vstream.encode(None))
+            _mux_black_video(container, vstream, total_samples / sample_rate)
     return path
+
+
+def _add_video_stream(container: av.container.OutputContainer, codec: str) -> av.VideoStream:
+    # Every stream must exist before the first packet is muxed.
+    vstream = container.add_stream(codec, rate=_VIDEO_FPS)
+    vstream.width = _VIDEO_SIZE
+    vstream.height = _VIDEO_SIZE
+    vstream.pix_fmt = "yuv420p"
+    return vstream
+
+
+def _mux_black_video(container: av.container.OutputContainer, vstream: av.VideoStream, seconds: float) -> None:
+    """Enough black frames to span `seconds`, so the container duration matches the audio."""
+    count = max(1, math.ceil(seconds * _VIDEO_FPS))
+    black = np.zeros((_VIDEO_SIZE, _VIDEO_SIZE, 3), dtype=np.uint8)
+    for index in range(count):
+        frame = av.VideoFrame.from_ndarray(black, format="rgb24").reformat(format="yuv420p")
+        frame.pts = index
+        container.mux(vstream.encode(frame))
+    container.mux(vstream.encode(None))
 
 
 # --------------------------------------------------------------------------- scoring
