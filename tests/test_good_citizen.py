@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from daemon import config
@@ -20,7 +19,7 @@ from daemon.worker import Worker
 from tests.conftest import CliRunner
 from tests.daemon_proc import rows, srt_text
 from tests.guard_fakes import FakeTime, memory_sequence
-from tests.speech import meeting, write_audio
+from tests.speech import meeting
 
 pytestmark = pytest.mark.slow
 
@@ -30,15 +29,15 @@ def test_pressure_spike_pauses_and_resumes_without_losing_a_segment(
 ) -> None:
     recording = meeting(95, seed=5)
     recording.write(tmp_path / "inbox" / "calm.wav")
-    # The same speech with 0.1 s more silence at the end: other bytes, so not a duplicate.
-    write_audio(np.concatenate([recording.audio, np.zeros(1600, np.float32)]), tmp_path / "inbox" / "spiky.wav")
+    # The same samples, losslessly in another container: other bytes (not a duplicate), same audio.
+    recording.write(tmp_path / "inbox" / "spiky.flac")
     cfg = config.load({}, env=daemon_env)
     worker = Worker(cfg)
     calm = worker.queue.enqueue(tmp_path / "inbox" / "calm.wav").job
     worker.initialize()
     assert worker.run_once() and worker.queue.jobs()[0].status == JobStatus.DONE
 
-    spiky = worker.queue.enqueue(tmp_path / "inbox" / "spiky.wav").job
+    spiky = worker.queue.enqueue(tmp_path / "inbox" / "spiky.flac").job
     t = FakeTime()
     seen: list[tuple[WorkerState, str]] = []
 
@@ -48,8 +47,9 @@ def test_pressure_spike_pauses_and_resumes_without_losing_a_segment(
         return t.wait(seconds)
 
     plenty, tight = Memory(8000), Memory(300)
-    # Readings: before the claim, after window 1, after window 2 (the spike, held for three readings).
-    readings = memory_sequence(plenty, plenty, tight, tight, tight, plenty)
+    # Readings: before the claim, batch sizing, after window 1, after window 2 (the spike, held for
+    # three readings).
+    readings = memory_sequence(plenty, plenty, plenty, tight, tight, tight, plenty)
     heat = iter([None, "thermal_zone0 at 96 °C, past its trip point"])  # hot once, after window 1
     worker.guard = Guard(worker.report, wait_and_look, memory=lambda: next(readings),
                          thermal=lambda: next(heat, None), clock=t.clock, low_memory_mb=cfg.min_available_mb)
