@@ -46,6 +46,33 @@ class DecodeSettings:
     batch_size: int = 1  # > 1: independent chunks cut at quiet points, decoded together
 
 
+class _Feed:
+    """The audio of a file from a resume offset on, read piece by piece."""
+
+    def __init__(self, path: Path, piece_samples: int, skip_samples: int) -> None:
+        self.pieces = stream_audio(path, piece_samples)
+        self.skip = skip_samples
+        self.decoded = 0  # samples decoded from the start of the file, skipped ones included
+        self.exhausted = False
+
+    @property
+    def seconds(self) -> float:
+        return self.decoded / SAMPLE_RATE
+
+    def fill(self, buffer: np.ndarray, target: int) -> np.ndarray:
+        """`buffer` topped up to `target` samples, or with all that is left."""
+        while not self.exhausted and len(buffer) < target:
+            piece = next(self.pieces, None)
+            if piece is None:
+                self.exhausted = True
+                break
+            self.decoded += len(piece)
+            # Resuming: skip what earlier runs finished (decoding is far cheaper than re-transcribing).
+            kept = piece[max(0, len(piece) - (self.decoded - self.skip)):] if self.decoded > self.skip else piece[:0]
+            buffer = np.concatenate([buffer, kept])
+        return buffer
+
+
 class Engine:
     def __init__(self, model: whisper.model.Whisper, settings: DecodeSettings = DecodeSettings()) -> None:
         self.model = model
@@ -72,21 +99,10 @@ class Engine:
         prompt = list(start.prompt)
         language = start.language or self.settings.language
         tokenizer: Tokenizer | None = None
-        pieces = stream_audio(path, self.window_samples)
+        feed = _Feed(path, self.window_samples, offset)
         buffer = np.empty(0, np.float32)
-        decoded = 0  # samples decoded from the start of the file
-        exhausted = False
         while True:
-            if not exhausted and len(buffer) < self.window_samples:
-                piece = next(pieces, None)
-                if piece is None:
-                    exhausted = True
-                    continue
-                decoded += len(piece)
-                # Resuming: skip what earlier runs finished (decoding is far cheaper than re-transcribing).
-                keep = piece[max(0, len(piece) - (decoded - offset)):] if decoded > offset else piece[:0]
-                buffer = np.concatenate([buffer, keep])
-                continue
+            buffer = feed.fill(buffer, self.window_samples)
             content_frames = min(self.window_frames, len(buffer) // HOP_LENGTH)
             if content_frames == 0:
                 return
@@ -94,7 +110,7 @@ class Engine:
                 # Silence costs nothing: no model time, and nothing for it to hallucinate.
                 buffer = buffer[content_frames * HOP_LENGTH:]
                 offset += content_frames * HOP_LENGTH
-                yield Window((), Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), decoded / SAMPLE_RATE)
+                yield Window((), Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), feed.seconds)
                 continue
             mel = self._mel(buffer[: self.window_samples], content_frames)
             if tokenizer is None:
@@ -111,7 +127,7 @@ class Engine:
             consumed = max(advance, 1) * HOP_LENGTH
             buffer = buffer[consumed:]
             offset += consumed
-            yield Window(kept, Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), decoded / SAMPLE_RATE)
+            yield Window(kept, Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), feed.seconds)
 
     def _batches(self, path: Path, start: Checkpoint) -> Iterator[Window]:
         """Read ahead a few windows, cut them at quiet points and decode the chunks as one batch.
@@ -125,20 +141,11 @@ class Engine:
         offset = round(start.offset_seconds * SAMPLE_RATE)
         language = start.language or self.settings.language
         tokenizer: Tokenizer | None = None
-        pieces = stream_audio(path, self.window_samples)
+        feed = _Feed(path, self.window_samples, offset)
         buffer = np.empty(0, np.float32)
-        decoded = 0
-        exhausted = False
         while True:
-            while not exhausted and len(buffer) < (batch + 1) * self.window_samples:
-                piece = next(pieces, None)
-                if piece is None:
-                    exhausted = True
-                    break
-                decoded += len(piece)
-                keep = piece[max(0, len(piece) - (decoded - offset)):] if decoded > offset else piece[:0]
-                buffer = np.concatenate([buffer, keep])
-            spans = [(a, b) for a, b in chunking.plan(buffer, self.window_samples, exhausted, batch)
+            buffer = feed.fill(buffer, (batch + 1) * self.window_samples)  # one window of look-ahead for the cut
+            spans = [(a, b) for a, b in chunking.plan(buffer, self.window_samples, feed.exhausted, batch)
                      if (b - a) // HOP_LENGTH > 0]
             if not spans:
                 return
@@ -167,8 +174,7 @@ class Engine:
             consumed = spans[-1][1]
             buffer = buffer[consumed:]
             offset += consumed
-            yield Window(tuple(segments), Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language),
-                         decoded / SAMPLE_RATE)
+            yield Window(tuple(segments), Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), feed.seconds)
 
     def _decode_batch(self, mels: list[torch.Tensor], positions: list[int], prompt: list[int],
                       language: str | None) -> list[DecodingResult]:

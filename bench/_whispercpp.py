@@ -1,0 +1,65 @@
+"""whisper.cpp (pywhispercpp) as its own measured process:
+`_whispercpp.py AUDIO MODEL.ggml.bin OUT.srt [--threads 2] [--language en]`.
+
+pywhispercpp's defaults (whisper.cpp's greedy sampling with best_of 5 and temperature fallback),
+with n_threads set. Audio goes through pywhispercpp's own loader, which converts a non-WAV file
+with the ffmpeg CLI to a temporary 16 kHz WAV (ffmpeg is counted: it is in the process tree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _stamp(seconds: float) -> str:
+    ms = max(0, round(seconds * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d},{ms:03d}"
+
+
+def write_srt(path: Path, cues) -> int:
+    """(start s, end s, text) cues as SRT, written to a temp name and renamed; returns the cue count.
+    Inline rather than shared, so this measured process imports nothing beyond the peer."""
+    lines: list[str] = []
+    n = 0
+    for start, end, text in cues:
+        text = text.strip()
+        if text:
+            n += 1
+            lines += [str(n), f"{_stamp(start)} --> {_stamp(max(end, start))}", text, ""]
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text("\n".join(lines), encoding="utf-8")
+    os.replace(partial, path)
+    return n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("audio")
+    parser.add_argument("model")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--language", default=None, help="whisper.cpp's default is en")
+    args = parser.parse_args()
+
+    from pywhispercpp.model import Model
+
+    if not Path(args.model).is_file():  # pywhispercpp would try to download a model by that name
+        sys.exit(f"no such ggml file: {args.model}")
+    params = {"n_threads": args.threads}
+    if args.language:
+        params["language"] = args.language
+    model = Model(args.model, redirect_whispercpp_logs_to=None, **params)
+    segments = model.transcribe(args.audio)
+    # t0/t1 are in centiseconds (whisper.cpp's 10 ms units)
+    n = write_srt(args.out, ((s.t0 / 100, s.t1 / 100, s.text) for s in segments))
+    print(f"whisper.cpp: {n} cues", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
