@@ -6,6 +6,7 @@ cannot be produced on demand. Checks run between windows, never inside one.
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import os
 import re
@@ -48,6 +49,24 @@ def rss_mb() -> float:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MB
     except OSError:  # macOS: no /proc; ru_maxrss (bytes there) is the best cheap figure
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / MB
+
+
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # macOS, musl: their allocators hand freed pages back by themselves
+        return None
+
+
+_LIBC = _glibc()
+
+
+def release_memory() -> None:
+    """Hand freed heap pages back to the OS. glibc keeps them otherwise, and after thousands of
+    differently sized decoder tensors the worker's RSS creeps up with the recording's length."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def read_memory() -> Memory:

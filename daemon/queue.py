@@ -156,7 +156,7 @@ class JobQueue:
                     job.status = JobStatus.FAILED
                     job.finished_at = self.clock()
                     job.error = (f"the worker stopped unexpectedly {job.crashes} times in a row while "
-                                 f"transcribing this file (each time at {job.processed_seconds:.0f} s); "
+                                 f"transcribing this file (never past {job.processed_seconds:.0f} s of it); "
                                  "giving up (use `retry` to try again)")
                 else:
                     job.status = JobStatus.QUEUED

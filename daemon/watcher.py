@@ -140,7 +140,7 @@ class Watcher:
                     logger.warning("{} vanished before it could be queued", as_text(path))
                     return
                 except OSError as e:  # unreadable (permissions, I/O error): tell the user, not only the log
-                    reason = f"cannot read the file ({e.strerror})"
+                    reason = f"cannot read the file: {e.strerror}"
             if self.reject is None:
                 logger.warning("not queued: {}: {}", as_text(path), reason)
             else:

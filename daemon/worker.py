@@ -22,7 +22,7 @@ from daemon.audio import AudioError, probe_seconds
 from daemon.config import Config
 from daemon.db import Job, JobStatus, WorkerState, checkpoint, connect, storage_error
 from daemon.engine import DecodeSettings, Engine
-from daemon.guards import Guard, Status, model_fits, read_memory, rss_mb
+from daemon.guards import Guard, Status, model_fits, read_memory, release_memory, rss_mb
 from daemon.queue import JobQueue
 from daemon.registry import Registry
 from daemon.subtitles import render, write_atomic
@@ -163,7 +163,7 @@ class Worker:
                 if not storage_error(e):
                     raise
                 if stopping:  # left `running`: the next worker's start-up recovery requeues it
-                    logger.warning("job {} could not be put back in the queue: {}", job_id, e)
+                    logger.warning("job {} could not be put back in the queue: {}", job_id, getattr(e, "orig", e))
                     return
                 error = e
 
@@ -188,7 +188,7 @@ class Worker:
         expected = probe_seconds(path)
         self.engine.settings = replace(self.engine.settings, batch_size=self.guard.batch_size(self.cfg.batch_size))
         began = window_began = time.monotonic()
-        processed, decoded = start.offset_seconds, 0.0
+        processed = decoded = start.offset_seconds  # resumed at the very end: no window, nothing new decoded
         try:
             for window in self.engine.windows(path, start):
                 now = time.monotonic()
@@ -196,6 +196,7 @@ class Worker:
                 processed, decoded = window.checkpoint.offset_seconds, window.decoded_seconds
                 rtf = (now - began) / max(processed - start.offset_seconds, 1e-6)
                 self.queue.save_window(job.id, window, expected, rtf)
+                release_memory()
                 self.report(Status(WorkerState.BUSY))
                 if self.stop.is_set() or not self.guard.check(window_rtf):
                     self.queue.release(job.id)

@@ -92,6 +92,24 @@ def srt_text(path: Path) -> str:
     return " ".join(cue.content for cue in srt.parse(path.read_text(encoding="utf-8")))
 
 
+class Lines:
+    """Reads a piped process's output in a thread, so a test can wait for a message while it runs
+    (for when its log file cannot be written, say). Read it with `text()`; stop() still works."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self._lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self._lines.append(line)
+
+    def text(self) -> str:
+        return "".join(self._lines)
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0-100) by the nearest-rank method: a value that was actually observed."""
     ordered = sorted(values)
