@@ -12,31 +12,10 @@ import os
 import sys
 from pathlib import Path
 
+from daemon.subtitles import render, write_atomic
+from daemon.transcript import Segment
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def _stamp(seconds: float) -> str:
-    ms = max(0, round(seconds * 1000))
-    h, ms = divmod(ms, 3_600_000)
-    m, ms = divmod(ms, 60_000)
-    s, ms = divmod(ms, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d},{ms:03d}"
-
-
-def write_srt(path: Path, cues) -> int:
-    """(start s, end s, text) cues as SRT, written to a temp name and renamed; returns the cue count.
-    Inline rather than shared, so this measured process imports nothing beyond the peer."""
-    lines: list[str] = []
-    n = 0
-    for start, end, text in cues:
-        text = text.strip()
-        if text:
-            n += 1
-            lines += [str(n), f"{_stamp(start)} --> {_stamp(max(end, start))}", text, ""]
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(partial, path)
-    return n
 
 
 def main() -> None:
@@ -52,7 +31,9 @@ def main() -> None:
 
     model = WhisperModel(args.model_dir, device="cpu", compute_type=args.compute_type)
     segments, info = model.transcribe(args.audio, language=args.language)  # a generator: decoding runs here
-    n = write_srt(args.out, ((s.start, s.end, s.text) for s in segments))
+    cues = [Segment(s.start, s.end, s.text) for s in segments]
+    write_atomic(args.out, render(cues))
+    n = sum(1 for c in cues if c.text.strip())
     print(f"faster-whisper: {n} cues, language {info.language}, {info.duration:.1f} s of audio", file=sys.stderr)
 
 

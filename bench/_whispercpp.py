@@ -9,33 +9,11 @@ with the ffmpeg CLI to a temporary 16 kHz WAV (ffmpeg is counted: it is in the p
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-
-def _stamp(seconds: float) -> str:
-    ms = max(0, round(seconds * 1000))
-    h, ms = divmod(ms, 3_600_000)
-    m, ms = divmod(ms, 60_000)
-    s, ms = divmod(ms, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d},{ms:03d}"
-
-
-def write_srt(path: Path, cues) -> int:
-    """(start s, end s, text) cues as SRT, written to a temp name and renamed; returns the cue count.
-    Inline rather than shared, so this measured process imports nothing beyond the peer."""
-    lines: list[str] = []
-    n = 0
-    for start, end, text in cues:
-        text = text.strip()
-        if text:
-            n += 1
-            lines += [str(n), f"{_stamp(start)} --> {_stamp(max(end, start))}", text, ""]
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(partial, path)
-    return n
+from daemon.subtitles import render, write_atomic
+from daemon.transcript import Segment
 
 
 def main() -> None:
@@ -57,7 +35,9 @@ def main() -> None:
     model = Model(args.model, redirect_whispercpp_logs_to=None, **params)
     segments = model.transcribe(args.audio)
     # t0/t1 are in centiseconds (whisper.cpp's 10 ms units)
-    n = write_srt(args.out, ((s.t0 / 100, s.t1 / 100, s.text) for s in segments))
+    cues = [Segment(s.t0 / 100, s.t1 / 100, s.text) for s in segments]
+    write_atomic(args.out, render(cues))
+    n = sum(1 for c in cues if c.text.strip())
     print(f"whisper.cpp: {n} cues", file=sys.stderr)
 
 

@@ -188,6 +188,7 @@ def _sample_tree_rss(wrapper: psutil.Popen) -> int:
 def daemon_env(tmp: Path, model: str, language: str | None = None) -> dict[str, str]:
     """Environment for `python -m daemon …` with every setting inside `tmp` (model cache shared)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WHISPER_DAEMON_")}
+    tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "config.toml"
     config.touch()  # an empty config file: a user's ~/.config/whisper-daemon/config.toml must not leak in
     for folder in ("inbox", "outbox", "log"):
@@ -222,9 +223,7 @@ def daemon_transcribe(audio: Path, model: str, tmp: Path, language: str | None =
     m = measure([PYTHON, "-m", "daemon", "work", "--exit-when-empty"], env=env, cwd=REPO)
     status = subprocess.run([PYTHON, "-m", "daemon", "status", "--json"], env=env, cwd=REPO, check=True,
                             capture_output=True, text=True)
-    data = json.loads(status.stdout)
-    # `status --json` was a list of jobs and later became {"jobs": [...], "workers": [...]}: take either.
-    jobs = data["jobs"] if isinstance(data, dict) else data
+    jobs = json.loads(status.stdout)["jobs"]
     if m.returncode != 0 or len(jobs) != 1 or jobs[0]["status"] != "done":
         log = tmp / "log" / "worker.log"
         tail = log.read_text(encoding="utf-8", errors="replace")[-3000:] if log.is_file() else m.stderr[-3000:]

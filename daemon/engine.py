@@ -46,6 +46,11 @@ class DecodeSettings:
     batch_size: int = 1  # > 1: independent chunks cut at quiet points, decoded together
 
 
+def _worth_keeping(segment: Segment) -> bool:
+    """Text in a real time span. Whisper answers faint noise with lone '.' or '...': no words, no cue."""
+    return segment.end > segment.start and any(c.isalnum() for c in segment.text)
+
+
 class _Feed:
     """The audio of a file from a resume offset on, read piece by piece."""
 
@@ -119,7 +124,7 @@ class Engine:
             torch.manual_seed(offset)
             result = self._decode_with_fallback(mel, prompt, language)
             segments, advance = self._segments(result, tokenizer, offset / SAMPLE_RATE, content_frames)
-            kept = tuple(s for s in segments if s.text and s.end > s.start)
+            kept = tuple(s for s in segments if _worth_keeping(s))
             if self.settings.condition_on_previous_text and result.temperature <= PROMPT_RESET_TEMPERATURE:
                 prompt = (prompt + [t for s in kept for t in s.tokens])[-self.max_prompt:]
             else:
@@ -161,7 +166,7 @@ class Engine:
                 for (a, b), result in zip(voiced, results):
                     found, advance = self._segments(result, tokenizer, (offset + a) / SAMPLE_RATE,
                                                     (b - a) // HOP_LENGTH)
-                    segments.extend(s for s in found if s.text and s.end > s.start)
+                    segments.extend(s for s in found if _worth_keeping(s))
                     # Whisper stopped early or left a sentence unfinished: decode the rest again,
                     # from its last timestamp, as whisper's own seek loop would.
                     a += max(advance, 1) * HOP_LENGTH
@@ -214,11 +219,12 @@ class Engine:
         s = self.settings
         result: DecodingResult | None = None
         for t in temperatures:
-            options = DecodingOptions(
-                task="transcribe", language=language, temperature=t, fp16=False, prompt=prompt or None,
-                beam_size=s.beam_size if t == 0 else None, best_of=s.best_of if t > 0 else None,
-            )
-            (result,) = decode(self.model, mel[None], options)
+            options = DecodingOptions(task="transcribe", language=language, temperature=t, fp16=False,
+                                      prompt=prompt or None, beam_size=s.beam_size if t == 0 else None)
+            # best_of samples one after another, not as one batch of five: a hard window must not
+            # need five decoders' memory at once, or peak memory would grow with the recording.
+            tries = [decode(self.model, mel[None], options)[0] for _ in range(s.best_of if t > 0 else 1)]
+            result = max(tries, key=lambda r: r.avg_logprob)
             if not self._needs_fallback(result):
                 break
         assert result is not None
