@@ -212,11 +212,6 @@ class JobQueue:
         with reading(self.engine) as session:
             return list(session.exec(select(Job).order_by(col(Job.id).desc()).limit(limit)).all())
 
-    def counts(self) -> dict[JobStatus, int]:
-        with reading(self.engine) as session:
-            rows = session.exec(select(Job.status, func.count()).group_by(Job.status)).all()
-            return {JobStatus(status): n for status, n in rows}
-
     @staticmethod
     def _latest_for_path(session: Session, path: Path) -> Job | None:
         return session.exec(
