@@ -20,12 +20,12 @@ import numpy as np
 import torch
 import whisper
 from whisper.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
-from whisper.decoding import DecodingOptions, DecodingResult
+from whisper.decoding import DecodingResult
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from daemon import chunking
 from daemon.audio import SAMPLE_RATE, stream_audio
-from daemon.precision import decode
+from daemon.decoder import Decoder
 from daemon.transcript import Checkpoint, Segment, Window
 
 CHUNK_SECONDS = 30  # Whisper's own window; shorter chunks checkpoint more often but cost speed
@@ -39,7 +39,7 @@ PROMPT_RESET_TEMPERATURE = 0.5  # text decoded this hot is not trusted as contex
 @dataclass(frozen=True)
 class DecodeSettings:
     language: str | None = None  # None: detect from the first window
-    beam_size: int | None = None  # None: greedy
+    beam_size: int | None = 2  # None or 1: greedy
     best_of: int = 5  # samples per try when falling back to temperature > 0
     condition_on_previous_text: bool = True
     chunk_seconds: float = CHUNK_SECONDS
@@ -86,7 +86,8 @@ class Engine:
         self.window_frames = self.window_samples // HOP_LENGTH
         self.input_stride = N_FRAMES // model.dims.n_audio_ctx  # mel frames per output token
         self.time_precision = self.input_stride * HOP_LENGTH / SAMPLE_RATE  # 0.02 s per token
-        self.max_prompt = model.dims.n_text_ctx // 2 - 1  # what DecodingTask keeps of a prompt
+        self.max_prompt = model.dims.n_text_ctx // 2 - 1  # what whisper keeps of a prompt
+        self._decoders: dict[str | None, Decoder] = {}
 
     def windows(self, path: Path, start: Checkpoint = Checkpoint()) -> Iterator[Window]:
         """Decode `path` from `start`, one window (or one batch of chunks) at a time.
@@ -103,7 +104,7 @@ class Engine:
         offset = round(start.offset_seconds * SAMPLE_RATE)
         prompt = list(start.prompt)
         language = start.language or self.settings.language
-        tokenizer: Tokenizer | None = None
+        decoder: Decoder | None = None
         feed = _Feed(path, self.window_samples, offset)
         buffer = np.empty(0, np.float32)
         while True:
@@ -118,12 +119,12 @@ class Engine:
                 yield Window((), Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), feed.seconds)
                 continue
             mel = self._mel(buffer[: self.window_samples], content_frames)
-            if tokenizer is None:
+            if decoder is None:
                 language = language or self._detect_language(mel)
-                tokenizer = self._tokenizer(language)
+                decoder = self._decoder(language)
             torch.manual_seed(offset)
-            result = self._decode_with_fallback(mel, prompt, language)
-            segments, advance = self._segments(result, tokenizer, offset / SAMPLE_RATE, content_frames)
+            result = self._decode_with_fallback(decoder, self._encode(mel[None]), prompt)
+            segments, advance = self._segments(result, decoder.tokenizer, offset / SAMPLE_RATE, content_frames)
             kept = tuple(s for s in segments if _worth_keeping(s))
             if self.settings.condition_on_previous_text and result.temperature <= PROMPT_RESET_TEMPERATURE:
                 prompt = (prompt + [t for s in kept for t in s.tokens])[-self.max_prompt:]
@@ -145,7 +146,7 @@ class Engine:
         prompt = list(start.prompt)
         offset = round(start.offset_seconds * SAMPLE_RATE)
         language = start.language or self.settings.language
-        tokenizer: Tokenizer | None = None
+        decoder: Decoder | None = None
         feed = _Feed(path, self.window_samples, offset)
         buffer = np.empty(0, np.float32)
         while True:
@@ -158,13 +159,13 @@ class Engine:
             segments: list[Segment] = []
             while voiced:
                 mels = [self._mel(buffer[a:b], (b - a) // HOP_LENGTH) for a, b in voiced]
-                if tokenizer is None:
+                if decoder is None:
                     language = language or self._detect_language(mels[0])
-                    tokenizer = self._tokenizer(language)
-                results = self._decode_batch(mels, [offset + a for a, _ in voiced], prompt, language)
+                    decoder = self._decoder(language)
+                results = self._decode_batch(decoder, mels, [offset + a for a, _ in voiced], prompt)
                 rest: list[tuple[int, int]] = []
                 for (a, b), result in zip(voiced, results):
-                    found, advance = self._segments(result, tokenizer, (offset + a) / SAMPLE_RATE,
+                    found, advance = self._segments(result, decoder.tokenizer, (offset + a) / SAMPLE_RATE,
                                                     (b - a) // HOP_LENGTH)
                     segments.extend(s for s in found if _worth_keeping(s))
                     # Whisper stopped early or left a sentence unfinished: decode the rest again,
@@ -181,25 +182,31 @@ class Engine:
             offset += consumed
             yield Window(tuple(segments), Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), feed.seconds)
 
-    def _decode_batch(self, mels: list[torch.Tensor], positions: list[int], prompt: list[int],
-                      language: str | None) -> list[DecodingResult]:
-        """Greedy for the whole batch; chunks that fail the quality checks retry alone, hotter."""
-        options = DecodingOptions(task="transcribe", language=language, temperature=0.0, fp16=False,
-                                  prompt=prompt or None)
-        results = decode(self.model, torch.stack(mels), options)
+    def _decode_batch(self, decoder: Decoder, mels: list[torch.Tensor], positions: list[int],
+                      prompt: list[int]) -> list[DecodingResult]:
+        """The whole batch at the first temperature; chunks that fail the quality checks retry alone, hotter."""
+        features = self._encode(torch.stack(mels))
+        results = decoder.run(features, prompt, TEMPERATURES[0], self.settings.beam_size)
         for i, result in enumerate(results):
             if self._needs_fallback(result):
                 torch.manual_seed(positions[i])
-                results[i] = self._decode_with_fallback(mels[i], prompt, language, TEMPERATURES[1:])
+                results[i] = self._decode_with_fallback(decoder, features[i:i + 1], prompt, TEMPERATURES[1:])
         return results
+
+    def _encode(self, mels: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model.encoder(mels.to(self.model.encoder.conv1.weight.dtype))
 
     def _mel(self, audio: np.ndarray, content_frames: int) -> torch.Tensor:
         mel = log_mel_spectrogram(audio, self.model.dims.n_mels, padding=N_SAMPLES)
         return pad_or_trim(mel[:, :content_frames], N_FRAMES).to(self.model.device)
 
-    def _tokenizer(self, language: str | None) -> Tokenizer:
-        return get_tokenizer(self.model.is_multilingual, num_languages=self.model.num_languages,
-                             language=language, task="transcribe")
+    def _decoder(self, language: str | None) -> Decoder:
+        if language not in self._decoders:  # building one costs ~0.3 s (tokenizer tables)
+            tokenizer = get_tokenizer(self.model.is_multilingual, num_languages=self.model.num_languages,
+                                      language=language, task="transcribe")
+            self._decoders[language] = Decoder(self.model, tokenizer)
+        return self._decoders[language]
 
     def _detect_language(self, mel: torch.Tensor) -> str:
         if not self.model.is_multilingual:
@@ -214,16 +221,16 @@ class Engine:
         silent = result.no_speech_prob > NO_SPEECH_THRESHOLD and unsure
         return not silent and (repetitive or unsure)
 
-    def _decode_with_fallback(self, mel: torch.Tensor, prompt: list[int], language: str | None,
+    def _decode_with_fallback(self, decoder: Decoder, features: torch.Tensor, prompt: list[int],
                               temperatures: tuple[float, ...] = TEMPERATURES) -> DecodingResult:
+        """`features`: one encoded window, encoded once for all temperatures."""
         s = self.settings
         result: DecodingResult | None = None
         for t in temperatures:
-            options = DecodingOptions(task="transcribe", language=language, temperature=t, fp16=False,
-                                      prompt=prompt or None, beam_size=s.beam_size if t == 0 else None)
             # best_of samples one after another, not as one batch of five: a hard window must not
             # need five decoders' memory at once, or peak memory would grow with the recording.
-            tries = [decode(self.model, mel[None], options)[0] for _ in range(s.best_of if t > 0 else 1)]
+            tries = [decoder.run(features, prompt, t, s.beam_size if t == 0 else None)[0]
+                     for _ in range(s.best_of if t > 0 else 1)]
             result = max(tries, key=lambda r: r.avg_logprob)
             if not self._needs_fallback(result):
                 break
