@@ -19,7 +19,7 @@ OPTIONS: dict[str, Any] = {
     "logprob_threshold": -1.0,
     "no_speech_threshold": 0.6,
     "condition_on_previous_text": True,
-    "beam_size": None,  # greedy at temperature 0
+    "beam_size": 2,  # two beams at temperature 0
     "best_of": 5,  # samples per fallback temperature, as DecodeSettings.best_of (transcribe() defaults to 1)
     "fp16": False,
 }

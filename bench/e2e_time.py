@@ -1,7 +1,7 @@
 """End-to-end time: our `work --exit-when-empty` process vs openai-whisper's CLI, same file, same weights.
 
 Both are whole processes timed from start to exit, model load included. The CLI runs at its own
-defaults (beam 5, best_of 5, temperature fallback); ours at the daemon's defaults (greedy with
+defaults (beam 5, best_of 5, temperature fallback); ours at the daemon's defaults (beam 2 with
 temperature fallback). Both are told the language is English, so neither pays for detection.
 
     .venv/bin/python bench/e2e_time.py [--minutes 5] [--models tiny.en base] [--repeat 1]

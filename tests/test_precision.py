@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from daemon import precision
+from daemon.decoder import Decoder
 from daemon.engine import DecodeSettings, Engine
 from daemon.guards import Guard, Memory
 from daemon.transcript import Segment
@@ -64,13 +65,13 @@ def test_silence_costs_nothing_and_says_nothing(fp32_model: torch.nn.Module, tmp
     silent = write_audio(hum, tmp_path / "ten minutes of nothing.wav")
     engine = Engine(fp32_model)
     calls: list[int] = []
-    original = precision.decode
+    original = Decoder.run
 
     def counting(*args: object, **kwargs: object) -> object:
         calls.append(1)
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("daemon.engine.decode", counting)
+    monkeypatch.setattr(Decoder, "run", counting)
     windows = list(engine.windows(silent))
     assert sum(len(w.segments) for w in windows) == 0
     assert calls == []  # the model never ran
