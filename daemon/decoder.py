@@ -13,9 +13,10 @@ temperature sampling, beam search with whisper's ranking — so it picks the sam
   model has one (`precision.Int8Embedding`);
 - beams of one window attending to its audio in one matrix product.
 
-In fp32 it picks the same tokens as `DecodingTask` (tests/test_decoder.py); per token it takes
-about 3.5 ms against 9.6 ms for tiny.en in bf16 on this 2-core CPU. The weights are the model's
-own, in whatever precision they are resident.
+In fp32 it picks the same tokens as `DecodingTask` (tests/test_decoder.py). tiny.en with 2 beams
+on a 2-core CPU: 5.8 ms a token with the resident bf16 model, against 24.8 ms for `DecodingTask`
+in fp32, its only CPU format (bench/decoder_speed.py). The weights are the model's own, in
+whatever precision they are resident.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ class _TextCache:
 
     One tensor, so that reordering the rows after a beam step is one copy, not two per layer."""
 
-    def __init__(self, layers: int, rows: int, n_ctx: int, state: int) -> None:
-        self.kv = torch.empty(layers, 2, rows, n_ctx, state)
+    def __init__(self, layers: int, rows: int, n_ctx: int, state: int, device: torch.device) -> None:
+        self.kv = torch.empty(layers, 2, rows, n_ctx, state, device=device)
 
     def keep(self, rows: Tensor, length: int) -> None:
         """Keep the rows `rows` (indices into the current rows), in that order."""
@@ -131,8 +132,8 @@ class Decoder:
             suppress.add(t.no_speech)  # its probability is read separately
         if t.no_timestamps is not None:
             suppress.add(t.no_timestamps)  # timestamps are always on
-        self.suppress = torch.tensor(sorted(suppress))
-        self.blank = torch.tensor(t.encode(" ") + [t.eot])
+        self.suppress = torch.tensor(sorted(suppress), device=model.device)
+        self.blank = torch.tensor(t.encode(" ") + [t.eot], device=model.device)
         precision = CHUNK_LENGTH / model.dims.n_audio_ctx
         self.last_initial_timestamp = t.timestamp_begin + round(MAX_INITIAL_TIMESTAMP / precision)
 
@@ -155,11 +156,12 @@ class Decoder:
         begin = len(initial)
         sot_index = initial.index(t.sot)
         blocks = self.model.decoder.blocks
-        cache = _TextCache(len(blocks), windows, self.n_ctx, audio.shape[-1])
+        device = audio.device
+        cache = _TextCache(len(blocks), windows, self.n_ctx, audio.shape[-1], device)
         layers = [_Layer(block, i, audio, cache) for i, block in enumerate(blocks)]
 
         # The prompt is the same for every row of a window: run it once per window.
-        tokens = torch.tensor([initial] * windows)
+        tokens = torch.tensor([initial] * windows, device=device)
         hidden = self._hidden(tokens, layers, 0, 1)
         logits = self._logits(hidden[:, [sot_index, -1]])
         no_speech = logits[:, 0].softmax(-1)[:, t.no_speech].tolist() if t.no_speech is not None else [np.nan] * windows
@@ -167,10 +169,10 @@ class Decoder:
         if group > 1:
             tokens = tokens.repeat_interleave(group, 0)
             logits = logits.repeat_interleave(group, 0)
-            cache.keep(torch.arange(windows).repeat_interleave(group), begin)
+            cache.keep(torch.arange(windows, device=device).repeat_interleave(group), begin)
 
         search = _Beam(group, t.eot) if beam_size else _Sample(temperature, t.eot)
-        sum_logprobs = torch.zeros(len(tokens))
+        sum_logprobs = torch.zeros(len(tokens), device=device)
         for _ in range(self.sample_len):
             self._filter(logits, tokens, begin)
             tokens, rows, done = search.update(tokens, logits, sum_logprobs)
@@ -251,7 +253,7 @@ class _Sample:
             chosen = torch.distributions.Categorical(logits=logits / self.temperature).sample()
         logprobs = F.log_softmax(logits, dim=-1)
         ended = tokens[:, -1] == self.eot
-        sum_logprobs += logprobs[torch.arange(len(chosen)), chosen] * ~ended
+        sum_logprobs += logprobs[torch.arange(len(chosen), device=chosen.device), chosen] * ~ended
         chosen[ended] = self.eot
         tokens = torch.cat([tokens, chosen[:, None]], dim=-1)
         return tokens, None, bool((chosen == self.eot).all())
@@ -305,8 +307,8 @@ class _Beam:
                     break
                 done[sequence] = ended[sequence]
         complete = all(len(done) >= self.size for done in self.finished)
-        reordered = torch.tensor(sources) if sources != list(range(len(sources))) else None
-        return torch.tensor(kept), reordered, complete
+        reordered = torch.tensor(sources, device=tokens.device) if sources != list(range(len(sources))) else None
+        return torch.tensor(kept, device=tokens.device), reordered, complete
 
     def finish(self, tokens: Tensor, sum_logprobs: Tensor, windows: int) -> tuple[list[list[list[int]]], list[list[float]]]:
         assert self.finished is not None
