@@ -114,7 +114,7 @@ def test_resume_after_sigkill_gives_the_same_srt_as_an_uninterrupted_run(
     log = (tmp_path / "logs" / "worker.log").read_text()
     assert "recovered job" in log and "resuming long.m4a at" in log
     resumed_from = float(log.split("resuming long.m4a at ")[1].split(" s")[0])
-    assert resumed_from >= killed_at  # not from zero
+    assert resumed_from >= killed_at - 0.05  # not from zero (the log rounds to 0.1 s)
 
     # The same recording, transcribed without interruption by a fresh queue.
     fresh = {**daemon_env, "WHISPER_DAEMON_DB": str(tmp_path / "fresh.db"),
