@@ -1,8 +1,9 @@
 """Accuracy: WER of our chunked worker vs openai-whisper's `model.transcribe()` on the same long file.
 
-Same checkpoint, same decoding options (the daemon's defaults: greedy, temperature fallback
-0.0…1.0 with best_of 5, thresholds 2.4 / -1.0 / 0.6, conditioning on previous text, fp32;
-language "en" for .en models, detected otherwise). Chunking must not cost accuracy: target is
+Same checkpoint, same decoding options (the daemon's defaults: 2 beams at temperature 0,
+fallback 0.2…1.0 with best_of 5, thresholds 2.4 / -1.0 / 0.6, conditioning on previous text;
+language "en" for .en models, detected otherwise). transcribe() runs in fp32, its only CPU format;
+ours in the daemon's default precision (`auto`). Chunking must not cost accuracy: target is
 ours at most 1.0 WER point worse than transcribe(). transcribe() runs in its own process
 (bench/_transcribe.py) so both wall times cover a whole process, model load included.
 
