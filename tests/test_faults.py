@@ -95,7 +95,7 @@ def test_one_unqueueable_name_does_not_stop_the_watcher(queue: JobQueue, tmp_pat
     bad = os.fsencode(tmp_path / "inbox") + b"/caf\xe9.mp3"  # Latin-1, not UTF-8: the SQLite text column cannot hold it
     with open(bad, "wb") as f:
         f.write(b"audio")
-    good = _file(tmp_path, "good.mp3")
+    _file(tmp_path, "good.mp3")
     watcher = Watcher(tmp_path / "inbox", queue.enqueue, quiet_seconds=0, reject=queue.reject)
     watcher.scan()
     watcher.poll()
