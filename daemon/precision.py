@@ -1,4 +1,4 @@
-"""Which number format the resident model uses.
+"""Which number format the resident model uses, and how many threads compute with it.
 
 The design keeps weights resident in half precision. On CUDA and Apple MPS that is fp16. On a
 CPU, fp16 arithmetic can be a trap (1.6 GFLOPS on AVX-512 machines without FP16 units, against
@@ -13,8 +13,10 @@ level cache). Held as int8 rows with one scale per row, the product reads half a
 
 from __future__ import annotations
 
+import os
 import time
 
+import psutil
 import torch
 import torch.nn.functional as F
 from loguru import logger
@@ -45,6 +47,13 @@ def _half_seconds(dtype: torch.dtype, fp32: float) -> float:
     if _matmul_seconds(dtype, small, 1) > HOPELESS * fp32 / (PROBE_SIZE // small) ** 3:
         return float("inf")
     return _matmul_seconds(dtype)
+
+
+def use_physical_cores() -> int:
+    """Give torch one thread per physical core; returns that count."""
+    threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    torch.set_num_threads(threads)  # hyper-threads share the matmul units: no gain, more heat
+    return threads
 
 
 def choose(requested: str, device: str) -> str:

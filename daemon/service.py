@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import APP, Config
+from daemon.subtitles import write_atomic
 from daemon.supervisor import EXIT_CONFIG
 
 ACTIONS = ("install", "uninstall", "start", "stop", "restart", "status")
@@ -288,10 +289,7 @@ def execute(plan: Plan, run: Runner = _run, sleep: Callable[[float], None] = tim
     for folder in plan.dirs:
         folder.mkdir(parents=True, exist_ok=True)
     for path, text in plan.files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)  # a service manager never reads a half-written file
+        write_atomic(path, text)  # a service manager never reads a half-written file
         print(f"wrote {path}")
     code = 0
     for step in plan.steps:

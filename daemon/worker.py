@@ -6,14 +6,10 @@ Between windows it commits a checkpoint, then lets the guard pause or back off.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-
-import psutil
-import torch
 
 from loguru import logger
 
@@ -22,7 +18,7 @@ from daemon.audio import AudioError, probe_seconds
 from daemon.config import Config
 from daemon.db import Job, JobStatus, WorkerState, checkpoint, connect, storage_error
 from daemon.engine import DecodeSettings, Engine
-from daemon.guards import Guard, Status, model_fits, read_memory, release_memory, rss_mb
+from daemon.guards import MB, Guard, Status, model_fits, read_memory, release_memory, rss_mb
 from daemon.queue import JobQueue
 from daemon.registry import Registry
 from daemon.subtitles import render, write_atomic
@@ -62,12 +58,12 @@ class Worker:
         resolved = resolve_model(self.cfg.model, self.cfg.cache_dir / "models")
         memory = read_memory()
         if not model_fits(resolved.checkpoint.stat().st_size, memory, self.cfg.min_available_mb):
-            smaller = ", ".join(smaller_models(resolved.name)) or "none"
+            smaller = smaller_models(resolved.name)
+            choice = (f"Choose a smaller model (--model {smaller[0]}; smaller ones: {', '.join(smaller)}) or free "
+                      "some memory." if smaller else "No smaller model exists: free some memory.")
             raise ModelError(f"model {resolved.name} does not fit: only {memory.available_mb:.0f} MB of memory "
-                             f"is available. Choose a smaller model (--model {smaller.split(',')[0]}; "
-                             f"smaller ones: {smaller}) or free some memory.")
-        threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-        torch.set_num_threads(threads)  # hyper-threads share the matmul units: no gain, more heat
+                             f"is available. {choice}")
+        threads = precision.use_physical_cores()
         model, device = precision.to_device(load_resolved(resolved), precision.pick_device())
         self.precision = precision.choose(self.cfg.precision, device)
         model = precision.convert(model, self.precision)
@@ -78,7 +74,7 @@ class Worker:
         self.report(Status(WorkerState.IDLE))
         logger.info("worker ready: model {} from {} on {}, {} weights ({:.0f} MB), {} torch threads "
                     "(physical cores)", resolved.name, resolved.source, device, self.precision,
-                    precision.weight_bytes(model) / 2**20, threads)
+                    precision.weight_bytes(model) / MB, threads)
 
     def run(self, exit_when_empty: bool = False) -> None:
         """Work until stopped; idle waits back off from IDLE_MIN to IDLE_MAX and reset on work."""
