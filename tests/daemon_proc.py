@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
+_OUTPUT_FILES: dict[int, Path] = {}  # pid → the file start() sent that process's output to
 
 
 def start(command: str, env: dict[str, str], *extra: str, output: Path | None = None,
@@ -24,15 +25,18 @@ def start(command: str, env: dict[str, str], *extra: str, output: Path | None = 
     (nobody reads a pipe while they run, and a full pipe would block the daemon)."""
     sink = output.open("a") if output is not None else subprocess.PIPE
     try:
-        return subprocess.Popen([sys.executable, "-m", "daemon", command, *extra], env=env, cwd=REPO,
+        proc = subprocess.Popen([sys.executable, "-m", "daemon", command, *extra], env=env, cwd=REPO,
                                 stdout=sink, stderr=subprocess.STDOUT, text=True, **popen)
+        if output is not None:
+            _OUTPUT_FILES[proc.pid] = output
+        return proc
     finally:
         if output is not None:
             sink.close()  # type: ignore[union-attr]  # the child has its own copy
 
 
 def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 30) -> tuple[int, str]:
-    """Signal the process and return its exit code and (piped) output; fails the test if it hangs."""
+    """Signal the process and return its exit code and output; fails the test if it hangs."""
     if proc.poll() is None:
         proc.send_signal(sig)
     try:
@@ -40,8 +44,17 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float 
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
+        out = out if out is not None else output_of(proc)
         raise AssertionError(f"did not exit within {timeout} s of signal {sig}:\n{out}")
-    return proc.returncode, out or ""
+    return proc.returncode, out if out is not None else output_of(proc)
+
+
+def output_of(proc: subprocess.Popen[str]) -> str:
+    """What a process printed: its pipe's unread rest, or the file start() sent its output to."""
+    if proc.stdout is not None:
+        return proc.stdout.read()
+    output = _OUTPUT_FILES.get(proc.pid)
+    return output.read_text(errors="replace") if output is not None and output.exists() else ""
 
 
 def rows(db: Path, sql: str = "SELECT * FROM jobs ORDER BY id", args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
@@ -61,7 +74,7 @@ def rows(db: Path, sql: str = "SELECT * FROM jobs ORDER BY id", args: tuple[Any,
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
-               proc: subprocess.Popen[str] | None = None) -> Any:
+               proc: subprocess.Popen[str] | None = None, interval: float = 0.2) -> Any:
     """Poll until `predicate()` is truthy; fail with `what` (and the daemon's output) at the deadline."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -69,12 +82,18 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
         if value:
             return value
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"daemon exited ({proc.returncode}) while waiting for {what}:\n{proc.stdout.read()}")
-        time.sleep(0.2)
+            raise AssertionError(f"daemon exited ({proc.returncode}) while waiting for {what}:\n{output_of(proc)}")
+        time.sleep(interval)
     output = ""
     if proc is not None:
         _, output = stop(proc, signal.SIGKILL)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{output}")
+
+
+def checkpointed(db: Path) -> dict[str, Any] | None:
+    """The running job once it has committed a checkpoint, else None."""
+    jobs = [j for j in rows(db) if j["status"] == "running" and j["processed_seconds"] > 0]
+    return jobs[0] if jobs else None
 
 
 def settled(db: Path, count: int) -> list[dict[str, Any]] | None:

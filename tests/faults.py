@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -341,12 +340,8 @@ def kill_loop(root: Path, env: dict[str, str], batch: dict[str, Recording], kill
             worst = max(worst, wer(files[Path(job["path"]).name], srt_text(srt_path)))
         except Exception as e:  # missing or not valid SRT: recorded, asserted by the caller
             unparsable.append(f"{srt_path.name}: {type(e).__name__}: {e}")
-    conn = sqlite3.connect(db)
-    try:
-        integrity = ", ".join(r[0] for r in conn.execute("PRAGMA integrity_check"))
-        broken = [job_id for job_id, n, top in conn.execute(
-            "SELECT job_id, count(*), max(seq) FROM segments GROUP BY job_id") if top != n - 1]
-    finally:
-        conn.close()
+    integrity = ", ".join(r["integrity_check"] for r in rows(db, "PRAGMA integrity_check"))
+    broken = [r["job_id"] for r in rows(db, "SELECT job_id, count(*) AS n, max(seq) AS top FROM segments GROUP BY job_id")
+              if r["top"] != r["n"] - 1]
     return KillReport(files, lengths, killed, jobs, sorted(p.name for p in outbox.iterdir()), worst, unparsable,
                       integrity, broken, seconds, log_text(logs / "worker.log"))

@@ -6,19 +6,18 @@ import itertools
 from pathlib import Path
 
 import pytest
+from whisper.model import Whisper
 
 from daemon.engine import Engine
 from daemon.transcript import Checkpoint, Segment
-from daemon.weights import load_model
 from tests.speech import compose, meeting, sentences, wer
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
-    model, _ = load_model("tiny.en", tmp_path_factory.mktemp("models"))
-    return Engine(model)
+def engine(fp32_model: Whisper) -> Engine:
+    return Engine(fp32_model)
 
 
 def transcribe(engine: Engine, path: Path, start: Checkpoint = Checkpoint()) -> list[Segment]:

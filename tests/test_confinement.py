@@ -14,7 +14,6 @@ from typing import Any
 import psutil
 import pytest
 
-from daemon.db import connect
 from daemon.queue import JobQueue
 from tests.conftest import CliRunner
 from tests.daemon_proc import REPO, PeakSampler, log_text, rows, settled, srt_text, stop, wait_until, warm_model_cache
@@ -30,8 +29,8 @@ SHELLS = {"sh", "bash", "zsh", "dash", "/bin/sh", "/bin/bash", "/bin/zsh", "/usr
 
 
 @pytest.mark.parametrize("name", [*ESCAPES, "...mp3", "..mp3", ".mp3", "...", "x" * 251 + ".mp3"])
-def test_whatever_the_name_the_srt_path_is_one_name_inside_the_outbox(tmp_path: Path, name: str) -> None:
-    queue = JobQueue(connect(tmp_path / "jobs.db"), tmp_path / "outbox")
+def test_whatever_the_name_the_srt_path_is_one_name_inside_the_outbox(queue: JobQueue, tmp_path: Path,
+                                                                       name: str) -> None:
     (tmp_path / "inbox" / "sub").mkdir(parents=True)
     (tmp_path / "inbox" / name).write_bytes(name.encode())
     # Also reached through `..` components, as `whisper-daemon enqueue` may be given.

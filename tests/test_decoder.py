@@ -19,17 +19,10 @@ from whisper.tokenizer import get_tokenizer
 
 from daemon import precision
 from daemon.decoder import Decoder
-from daemon.weights import load_model
 from tests.speech import compose, sentences, wer
 
 pytestmark = pytest.mark.slow
 WINDOWS = 3
-
-
-@pytest.fixture(scope="module")
-def fp32_model(tmp_path_factory: pytest.TempPathFactory) -> Whisper:
-    model, _ = load_model("tiny.en", tmp_path_factory.mktemp("models"))
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -22,28 +22,16 @@ from daemon.db import JobStatus, connect, storage_error
 from daemon.queue import JobQueue
 from daemon.transcript import Checkpoint, Window
 from daemon.watcher import Watcher
-from tests.conftest import CliRunner
-from tests.daemon_proc import REPO, Lines, log_text, rows, settled, srt_text, start, stop, wait_until
+from tests.conftest import CliRunner, inbox_file
+from tests.daemon_proc import REPO, Lines, checkpointed, log_text, rows, settled, srt_text, start, stop, wait_until
 from tests.faults import flood, kill_batch, kill_loop, paths, readers
 from tests.speech import compose, meeting, sentences, wer
 
 MAX_WER = 0.15
 
 
-@pytest.fixture
-def queue(tmp_path: Path) -> JobQueue:
-    return JobQueue(connect(tmp_path / "jobs.db"), tmp_path / "outbox")
-
-
-def _file(tmp_path: Path, name: str) -> Path:
-    path = tmp_path / "inbox" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(name.encode())
-    return path
-
-
 def test_crashes_after_progress_never_fail_a_job_but_three_without_do(queue: JobQueue, tmp_path: Path) -> None:
-    job = queue.enqueue(_file(tmp_path, "long.wav")).job
+    job = queue.enqueue(inbox_file(tmp_path, "long.wav")).job
     assert job.id is not None
     for window in range(1, 6):  # killed five times, each time a window further on: not the file's fault
         queue.claim()
@@ -61,8 +49,8 @@ def test_crashes_after_progress_never_fail_a_job_but_three_without_do(queue: Job
 
 
 def test_a_job_that_crashed_the_worker_waits_behind_the_others(queue: JobQueue, tmp_path: Path) -> None:
-    first = queue.enqueue(_file(tmp_path, "a.wav")).job
-    second = queue.enqueue(_file(tmp_path, "b.wav")).job
+    first = queue.enqueue(inbox_file(tmp_path, "a.wav")).job
+    second = queue.enqueue(inbox_file(tmp_path, "b.wav")).job
     assert queue.claim().id == first.id  # type: ignore[union-attr]
     queue.recover()
     assert queue.claim().id == second.id  # type: ignore[union-attr]
@@ -70,7 +58,7 @@ def test_a_job_that_crashed_the_worker_waits_behind_the_others(queue: JobQueue, 
 
 def test_an_older_database_gets_the_new_columns(tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
-    JobQueue(connect(db), tmp_path / "outbox").enqueue(_file(tmp_path, "a.wav"))
+    JobQueue(connect(db), tmp_path / "outbox").enqueue(inbox_file(tmp_path, "a.wav"))
     conn = sqlite3.connect(db)  # back to how the previous version left it
     conn.execute("ALTER TABLE jobs DROP COLUMN crashes")
     conn.execute("ALTER TABLE jobs DROP COLUMN resumed_from")
@@ -95,7 +83,7 @@ def test_one_unqueueable_name_does_not_stop_the_watcher(queue: JobQueue, tmp_pat
     bad = os.fsencode(tmp_path / "inbox") + b"/caf\xe9.mp3"  # Latin-1, not UTF-8: the SQLite text column cannot hold it
     with open(bad, "wb") as f:
         f.write(b"audio")
-    _file(tmp_path, "good.mp3")
+    inbox_file(tmp_path, "good.mp3")
     watcher = Watcher(tmp_path / "inbox", queue.enqueue, quiet_seconds=0, reject=queue.reject)
     watcher.scan()
     watcher.poll()
@@ -168,11 +156,6 @@ def test_full_disk_during_an_srt_write_leaves_the_old_file_and_no_temp(tmp_path:
     assert os.listdir(target.parent) == ["talk.srt"], "no temp file left behind"
 
 
-def _running_with_checkpoint(db: Path) -> dict | None:  # type: ignore[type-arg]
-    jobs = [j for j in rows(db) if j["status"] == "running" and j["processed_seconds"] > 0]
-    return jobs[0] if jobs else None
-
-
 @pytest.mark.slow
 def test_full_disk_while_the_database_is_written_pauses_then_resumes(
     tmp_path: Path, daemon_env: dict[str, str], cli: CliRunner
@@ -184,7 +167,7 @@ def test_full_disk_while_the_database_is_written_pauses_then_resumes(
     worker = start("work", daemon_env)  # output piped: with the disk "full", its log file cannot grow
     output = Lines(worker)
     try:
-        wait_until(lambda: _running_with_checkpoint(db), 180, "the first checkpoint", worker)
+        wait_until(lambda: checkpointed(db), 180, "the first checkpoint", worker)
         soft, hard = resource.prlimit(worker.pid, resource.RLIMIT_FSIZE)
         resource.prlimit(worker.pid, resource.RLIMIT_FSIZE, (0, hard))  # from now on every write fails
         # The next commit fails; the worker waits and tries again (2 s, then 4 s) instead of failing the job.
@@ -213,9 +196,11 @@ def full_outbox(tmp_path: Path) -> Iterator[Path]:
     outbox = tmp_path / "outbox"
     outbox.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(outbox)],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, timeout=30)
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()}); the RLIMIT_FSIZE tests cover this")
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()}), so the worker's retry after a "
+                    "failed SRT write goes untested; the RLIMIT_FSIZE tests still cover a failed database write "
+                    "and write_atomic leaving no partial file")
     try:
         with (outbox / "filler").open("wb", buffering=0) as f:
             try:
@@ -225,7 +210,7 @@ def full_outbox(tmp_path: Path) -> Iterator[Path]:
                 pass  # full
         yield outbox
     finally:
-        subprocess.run(["umount", "--lazy", str(outbox)], check=True)
+        subprocess.run(["umount", "--lazy", str(outbox)], check=True, timeout=30)
 
 
 @pytest.mark.slow

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,17 +13,10 @@ from daemon.decoder import Decoder
 from daemon.engine import DecodeSettings, Engine
 from daemon.guards import Guard, Memory
 from daemon.transcript import Segment
-from daemon.weights import load_model
-from tests.speech import compose, meeting, sentences, wer, write_audio
+from tests.speech import compose, meeting, sentences, wer, write_silence
 
 pytestmark = pytest.mark.slow
 MAX_WER = 0.15
-
-
-@pytest.fixture(scope="module")
-def fp32_model(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
-    model, _ = load_model("tiny.en", tmp_path_factory.mktemp("models"))
-    return model
 
 
 def text_of(engine: Engine, path: Path) -> str:
@@ -32,8 +25,6 @@ def text_of(engine: Engine, path: Path) -> str:
 
 @pytest.mark.parametrize("name", ["bf16", "fp16"])
 def test_half_weights_take_at_most_55_percent(fp32_model: torch.nn.Module, name: str) -> None:
-    import copy
-
     half = precision.convert(copy.deepcopy(fp32_model), name)
     assert precision.weight_bytes(half) <= 0.55 * precision.weight_bytes(fp32_model)
     norms = [m for m in half.modules() if isinstance(m, torch.nn.LayerNorm)]
@@ -41,8 +32,6 @@ def test_half_weights_take_at_most_55_percent(fp32_model: torch.nn.Module, name:
 
 
 def test_bf16_transcribes_as_well_as_fp32(fp32_model: torch.nn.Module, tmp_path: Path) -> None:
-    import copy
-
     recording = compose(sentences()[18:24])
     path = recording.write(tmp_path / "a.m4a")
     fp32_wer = wer(recording.text, text_of(Engine(fp32_model), path))
@@ -60,9 +49,7 @@ def test_auto_picks_a_measured_format_on_this_cpu() -> None:
 
 def test_silence_costs_nothing_and_says_nothing(fp32_model: torch.nn.Module, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    rng = np.random.default_rng(0)
-    hum = (rng.standard_normal(16000 * 600) * 10 ** (-75 / 20)).astype(np.float32)  # −75 dBFS room tone
-    silent = write_audio(hum, tmp_path / "ten minutes of nothing.wav")
+    silent = write_silence(tmp_path / "ten minutes of nothing.wav", 600, noise_dbfs=-75)  # room tone
     engine = Engine(fp32_model)
     calls: list[int] = []
     original = Decoder.run

@@ -12,18 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from daemon.db import PRAGMAS, JobStatus, connect
 from daemon.queue import JobQueue
-
-
-@pytest.fixture
-def queue(tmp_path: Path) -> JobQueue:
-    return JobQueue(connect(tmp_path / "jobs.db"), tmp_path / "outbox")
-
-
-def make(tmp_path: Path, name: str, data: bytes = b"audio") -> Path:
-    path = tmp_path / "inbox" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
+from tests.conftest import inbox_file
 
 
 def test_every_connection_has_the_pragmas(tmp_path: Path) -> None:
@@ -44,14 +33,14 @@ def test_database_file_is_owner_only(tmp_path: Path) -> None:
 
 
 def test_status_column_rejects_unknown_states(queue: JobQueue, tmp_path: Path) -> None:
-    queue.enqueue(make(tmp_path, "a.wav"))
+    queue.enqueue(inbox_file(tmp_path, "a.wav"))
     with pytest.raises(IntegrityError):
         with queue.engine.begin() as conn:
             conn.exec_driver_sql("UPDATE jobs SET status = 'paused'")
 
 
 def test_rows_are_readable_from_the_sqlite3_shell(queue: JobQueue, tmp_path: Path) -> None:
-    queue.enqueue(make(tmp_path, "a.wav"))
+    queue.enqueue(inbox_file(tmp_path, "a.wav"))
     ro = sqlite3.connect(f"file:{tmp_path / 'jobs.db'}?mode=ro", uri=True)
     status, created = ro.execute("SELECT status, created_at FROM jobs").fetchone()
     assert status == "queued"
@@ -59,7 +48,7 @@ def test_rows_are_readable_from_the_sqlite3_shell(queue: JobQueue, tmp_path: Pat
 
 
 def test_enqueue_is_idempotent_for_the_same_file(queue: JobQueue, tmp_path: Path) -> None:
-    path = make(tmp_path, "a.wav")
+    path = inbox_file(tmp_path, "a.wav")
     first = queue.enqueue(path)
     again = queue.enqueue(path)
     assert first.created and not again.created
@@ -69,7 +58,7 @@ def test_enqueue_is_idempotent_for_the_same_file(queue: JobQueue, tmp_path: Path
 
 
 def test_new_content_at_the_same_path_is_transcribed_again(queue: JobQueue, tmp_path: Path) -> None:
-    path = make(tmp_path, "a.wav", b"first take")
+    path = inbox_file(tmp_path, "a.wav", b"first take")
     job = queue.enqueue(path).job
     assert queue.claim().id == job.id
     queue.finish(job.id, JobStatus.DONE)
@@ -80,7 +69,7 @@ def test_new_content_at_the_same_path_is_transcribed_again(queue: JobQueue, tmp_
 
 
 def test_replaced_before_claim_updates_the_queued_row(queue: JobQueue, tmp_path: Path) -> None:
-    path = make(tmp_path, "a.wav", b"first")
+    path = inbox_file(tmp_path, "a.wav", b"first")
     first = queue.enqueue(path).job
     path.write_bytes(b"second version")
     second = queue.enqueue(path).job
@@ -89,9 +78,9 @@ def test_replaced_before_claim_updates_the_queued_row(queue: JobQueue, tmp_path:
 
 
 def test_colliding_names_are_disambiguated(queue: JobQueue, tmp_path: Path) -> None:
-    a = queue.enqueue(make(tmp_path, "meeting.m4a", b"one")).job
-    b = queue.enqueue(make(tmp_path, "meeting.mp3", b"two")).job
-    c = queue.enqueue(make(tmp_path, "other.wav", b"three")).job
+    a = queue.enqueue(inbox_file(tmp_path, "meeting.m4a", b"one")).job
+    b = queue.enqueue(inbox_file(tmp_path, "meeting.mp3", b"two")).job
+    c = queue.enqueue(inbox_file(tmp_path, "other.wav", b"three")).job
     assert Path(a.srt_path).name == "meeting.srt"
     assert Path(b.srt_path).name == "meeting (2).srt"
     assert Path(c.srt_path).name == "other.srt"
@@ -99,15 +88,15 @@ def test_colliding_names_are_disambiguated(queue: JobQueue, tmp_path: Path) -> N
 
 
 def test_claim_is_fifo_and_sets_running(queue: JobQueue, tmp_path: Path) -> None:
-    ids = [queue.enqueue(make(tmp_path, f"{i}.wav", bytes([i]))).job.id for i in range(3)]
+    ids = [queue.enqueue(inbox_file(tmp_path, f"{i}.wav", bytes([i]))).job.id for i in range(3)]
     job = queue.claim()
     assert job is not None and job.id == ids[0]
     assert job.status == JobStatus.RUNNING and job.attempts == 1 and job.started_at is not None
 
 
 def test_same_content_waits_while_its_twin_runs(queue: JobQueue, tmp_path: Path) -> None:
-    first = queue.enqueue(make(tmp_path, "a.wav", b"same")).job
-    queue.enqueue(make(tmp_path, "b.wav", b"same"))
+    first = queue.enqueue(inbox_file(tmp_path, "a.wav", b"same")).job
+    queue.enqueue(inbox_file(tmp_path, "b.wav", b"same"))
     assert queue.claim().id == first.id
     assert queue.claim() is None  # b must not be transcribed in parallel with a
     queue.finish(first.id, JobStatus.DONE)
@@ -125,7 +114,7 @@ def _claim_all(db: str, outbox: str, out: multiprocessing.Queue) -> None:  # typ
 
 def test_concurrent_claims_never_hand_out_a_job_twice(queue: JobQueue, tmp_path: Path) -> None:
     for i in range(60):
-        queue.enqueue(make(tmp_path, f"{i}.wav", i.to_bytes(2, "big")))
+        queue.enqueue(inbox_file(tmp_path, f"{i}.wav", i.to_bytes(2, "big")))
     out: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()  # type: ignore[type-arg]
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_claim_all, args=(str(tmp_path / "jobs.db"), str(tmp_path / "outbox"), out))
@@ -141,7 +130,7 @@ def test_concurrent_claims_never_hand_out_a_job_twice(queue: JobQueue, tmp_path:
 
 
 def test_recover_requeues_then_fails_after_max_attempts(queue: JobQueue, tmp_path: Path) -> None:
-    job = queue.enqueue(make(tmp_path, "crashy.wav")).job
+    job = queue.enqueue(inbox_file(tmp_path, "crashy.wav")).job
     for attempt in (1, 2):
         claimed = queue.claim()
         assert claimed.id == job.id and claimed.attempts == attempt
@@ -156,7 +145,7 @@ def test_recover_requeues_then_fails_after_max_attempts(queue: JobQueue, tmp_pat
 
 
 def test_release_does_not_count_the_interrupted_attempt(queue: JobQueue, tmp_path: Path) -> None:
-    job = queue.enqueue(make(tmp_path, "a.wav")).job
+    job = queue.enqueue(inbox_file(tmp_path, "a.wav")).job
     queue.claim()
     queue.release(job.id)
     (row,) = queue.jobs()
@@ -164,7 +153,7 @@ def test_release_does_not_count_the_interrupted_attempt(queue: JobQueue, tmp_pat
 
 
 def test_retry_failed(queue: JobQueue, tmp_path: Path) -> None:
-    job = queue.enqueue(make(tmp_path, "a.wav")).job
+    job = queue.enqueue(inbox_file(tmp_path, "a.wav")).job
     queue.claim()
     queue.fail(job.id, "bad")
     (retried,) = queue.retry(failed=True)

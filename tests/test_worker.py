@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from daemon.db import JobStatus
 from daemon.supervisor import EXIT_CONFIG
 from daemon.worker import Worker
 from tests.conftest import CliRunner
-from tests.daemon_proc import rows, srt_text, start, stop, wait_until
+from tests.daemon_proc import checkpointed, rows, srt_text, start, stop, wait_until
 from tests.speech import compose, meeting, sentences, wer
 
 pytestmark = pytest.mark.slow
@@ -60,15 +58,10 @@ def test_unknown_model_is_a_config_error_not_a_crash_loop(cli: CliRunner) -> Non
     assert "no-such-model" in result.stdout + result.stderr
 
 
-def _long_job(tmp_path: Path, cli: CliRunner, name: str = "long.m4a") -> Path:
-    meeting(150, seed=3).write(tmp_path / "inbox" / name)
-    cli("enqueue", str(tmp_path / "inbox" / name))
+def _long_job(tmp_path: Path, cli: CliRunner) -> Path:
+    meeting(150, seed=3).write(tmp_path / "inbox" / "long.m4a")
+    cli("enqueue", str(tmp_path / "inbox" / "long.m4a"))
     return tmp_path / "state" / "jobs.db"
-
-
-def _checkpointed(db: Path) -> dict | None:  # type: ignore[type-arg]
-    job = rows(db)[0]
-    return job if job["status"] == "running" and job["processed_seconds"] > 0 else None
 
 
 def test_sigterm_mid_job_keeps_a_checkpoint_and_exits_zero_in_time(
@@ -76,7 +69,7 @@ def test_sigterm_mid_job_keeps_a_checkpoint_and_exits_zero_in_time(
 ) -> None:
     db = _long_job(tmp_path, cli)
     worker = start("work", daemon_env)
-    running = wait_until(lambda: _checkpointed(db), 120, "the first checkpoint", worker)
+    running = wait_until(lambda: checkpointed(db), 120, "the first checkpoint", worker)
     assert 0 < running["progress"] < 1
     status = cli("status").stdout  # progress is visible while it runs
     assert "running" in status and "%" in status and "ETA" in status, status
@@ -103,7 +96,7 @@ def test_resume_after_sigkill_gives_the_same_srt_as_an_uninterrupted_run(
 ) -> None:
     db = _long_job(tmp_path, cli)
     worker = start("work", daemon_env)
-    killed_at = wait_until(lambda: _checkpointed(db), 120, "the first checkpoint", worker)["processed_seconds"]
+    killed_at = wait_until(lambda: checkpointed(db), 120, "the first checkpoint", worker)["processed_seconds"]
     stop(worker, signal.SIGKILL)
     (job,) = rows(db)
     assert job["status"] == "running" and job["attempts"] == 1  # what a crash leaves behind
@@ -117,13 +110,10 @@ def test_resume_after_sigkill_gives_the_same_srt_as_an_uninterrupted_run(
     assert resumed_from >= killed_at - 0.05  # not from zero (the log rounds to 0.1 s)
 
     # The same recording, transcribed without interruption by a fresh queue.
-    fresh = {**daemon_env, "WHISPER_DAEMON_DB": str(tmp_path / "fresh.db"),
-             "WHISPER_DAEMON_OUTBOX": str(tmp_path / "fresh-out")}
+    fresh = {"WHISPER_DAEMON_DB": str(tmp_path / "fresh.db"), "WHISPER_DAEMON_OUTBOX": str(tmp_path / "fresh-out")}
     (tmp_path / "inbox" / "long.m4a").rename(tmp_path / "inbox" / "again.m4a")
-    subprocess.run([sys.executable, "-m", "daemon", "enqueue", str(tmp_path / "inbox" / "again.m4a")],
-                   env=fresh, check=True, timeout=60)
-    subprocess.run([sys.executable, "-m", "daemon", "work", "--exit-when-empty"], env=fresh, check=True,
-                   timeout=300, capture_output=True)
+    cli("enqueue", str(tmp_path / "inbox" / "again.m4a"), timeout=60, env_extra=fresh)
+    cli("work", "--exit-when-empty", env_extra=fresh)
     resumed = list(srt.parse((tmp_path / "outbox" / "long.srt").read_text()))
     uninterrupted = list(srt.parse((tmp_path / "fresh-out" / "again.srt").read_text()))
     assert [c.content for c in resumed] == [c.content for c in uninterrupted]
