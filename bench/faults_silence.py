@@ -11,7 +11,6 @@ and reports how far it got, its real-time factor, and the cues it had produced b
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +26,7 @@ def run(audio: Path, model: str, deadline: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-silence-") as tmp:
         env = common.daemon_env(Path(tmp), model)
         db = Path(env["WHISPER_DAEMON_DB"])
-        subprocess.run([common.PYTHON, "-m", "daemon", "enqueue", str(audio)], env=env, cwd=common.REPO,
-                       check=True, capture_output=True)
+        common.enqueue(audio, env)
         began = time.monotonic()
         worker = start("work", env, "--exit-when-empty", output=Path(tmp) / "work.out")
         while worker.poll() is None and time.monotonic() - began < deadline:

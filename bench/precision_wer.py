@@ -10,21 +10,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
-from pathlib import Path
 
-import psutil
-import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
 
-import common  # noqa: E402
-
-from daemon import precision  # noqa: E402
-from daemon.engine import Engine  # noqa: E402
-from daemon.weights import load_model  # noqa: E402
+from daemon import precision
+from daemon.engine import Engine
+from daemon.weights import load_model
 
 TARGET_POINTS = 0.5
 
@@ -34,7 +27,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["tiny.en", "base"])
     parser.add_argument("--minutes", type=float, default=5)
     args = parser.parse_args()
-    torch.set_num_threads(psutil.cpu_count(logical=False) or 1)  # as the worker does
+    precision.use_physical_cores()  # as the worker does
     audio, reference = common.recording(args.minutes, seed=0)
     rows = []
     for name in args.models:

@@ -10,38 +10,23 @@ from __future__ import annotations
 import argparse
 import random
 import signal
-import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import srt
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PYTHON, REPO, daemon_env, daemon_transcribe, recording, table, write_result  # noqa: E402
+from common import daemon_env, daemon_transcribe, enqueue, recording, table, write_result
 
-CHUNK_SECONDS = 30.0
+from daemon.config import Config
+from tests.daemon_proc import rows, start, wait_until
+
+CHUNK_SECONDS = Config.chunk_seconds
 
 
 def processed(db: Path) -> tuple[str, float]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        status, seconds = conn.execute("SELECT status, processed_seconds FROM jobs").fetchone()
-        return status, seconds
-    finally:
-        conn.close()
-
-
-def wait_for(predicate, timeout: float):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError("benchmark step did not happen in time")
+    (job,) = rows(db)
+    return job["status"], job["processed_seconds"]
 
 
 def main() -> None:
@@ -60,19 +45,22 @@ def main() -> None:
         wall = reference.measurement.wall_seconds
         env = daemon_env(tmp / "killed", args.model)
         db = tmp / "killed" / "jobs.db"
-        subprocess.run([PYTHON, "-m", "daemon", "enqueue", str(audio)], env=env, cwd=REPO, check=True,
-                       capture_output=True)
-        rows: list[dict[str, float | int | str]] = []
+        enqueue(audio, env)
+        kills: list[dict[str, float | int | str]] = []
         while True:
-            worker = subprocess.Popen([PYTHON, "-m", "daemon", "work", "--exit-when-empty"], env=env, cwd=REPO,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            worker = start("work", env, "--exit-when-empty", output=tmp / "work.out")
             _, start_at = processed(db)
-            if rows:  # the restart's first checkpoint closes the window that was in flight at the kill
-                first = wait_for(lambda: (lambda s: s[1] if s[1] > start_at or s[0] == "done" else None)(
-                    processed(db)), 600)
-                rows[-1]["first_checkpoint_after_restart_s"] = round(first, 2)
-                rows[-1]["re_transcribed_s"] = round(first - start_at, 2)
-            if len(rows) == args.kills:
+
+            def moved_on() -> float | None:
+                status, seconds = processed(db)
+                return seconds if seconds > start_at or status == "done" else None
+
+            if kills:  # the restart's first checkpoint closes the window that was in flight at the kill
+                # A fine poll: a coarse one could miss the first checkpoint and report the second.
+                first = wait_until(moved_on, 600, "the first checkpoint after the restart", interval=0.05)
+                kills[-1]["first_checkpoint_after_restart_s"] = round(first, 2)
+                kills[-1]["re_transcribed_s"] = round(first - start_at, 2)
+            if len(kills) == args.kills:
                 worker.wait(timeout=3600)
                 break
             time.sleep(rng.uniform(1.0, wall / args.kills))
@@ -80,23 +68,23 @@ def main() -> None:
                 break  # finished before this kill
             worker.send_signal(signal.SIGKILL)
             worker.wait()
-            rows.append({"kill": len(rows) + 1, "committed_at_kill_s": round(processed(db)[1], 2)})
+            kills.append({"kill": len(kills) + 1, "committed_at_kill_s": round(processed(db)[1], 2)})
         reference_cues = [c.content for c in srt.parse(reference.srt_path.read_text(encoding="utf-8"))]
         killed_srt = next((tmp / "killed" / "outbox").glob("*.srt"))
         resumed_cues = [c.content for c in srt.parse(killed_srt.read_text(encoding="utf-8"))]
 
     missing = len([c for c in reference_cues if c not in resumed_cues])
     extra = len(resumed_cues) - len(reference_cues) + missing
-    worst = max(float(r["re_transcribed_s"]) for r in rows)
+    worst = max(float(r["re_transcribed_s"]) for r in kills)
     print(table(["kill", "committed at kill s", "1st checkpoint after restart s", "re-transcribed s"],
                 [[r["kill"], r["committed_at_kill_s"], r["first_checkpoint_after_restart_s"], r["re_transcribed_s"]]
-                 for r in rows]))
+                 for r in kills]))
     same = resumed_cues == reference_cues
-    print(f"\nuninterrupted cues {len(reference_cues)}, after {len(rows)} kills {len(resumed_cues)}: "
+    print(f"\nuninterrupted cues {len(reference_cues)}, after {len(kills)} kills {len(resumed_cues)}: "
           f"identical={same}, missing={missing}, duplicated/extra={extra}")
     print(f"worst re-transcribed audio after a kill: {worst:.1f} s (target ≤ one chunk, {CHUNK_SECONDS:.0f} s): "
           f"{'PASS' if worst <= CHUNK_SECONDS and same else 'FAIL'}")
-    write_result("resume", {"minutes": args.minutes, "model": args.model, "kills": rows, "identical": same,
+    write_result("resume", {"minutes": args.minutes, "model": args.model, "kills": kills, "identical": same,
                             "missing": missing, "extra": extra, "worst_re_transcribed_s": worst})
 
 
