@@ -136,7 +136,7 @@ def cmd_work(cfg: Config, args: argparse.Namespace) -> int:
     worker = Worker(cfg, _stop_on_signals())
     try:
         worker.initialize()
-    except ModelError as e:
+    except (ModelError, ConfigError) as e:  # a model that cannot follow the settings: say what to change
         logger.error("{}", e)
         return EXIT_CONFIG
     try:

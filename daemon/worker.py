@@ -69,7 +69,10 @@ class Worker:
         model = precision.convert(model, self.precision)
         self.model_name = resolved.name
         self.engine = Engine(model, DecodeSettings(language=self.cfg.language, beam_size=self.cfg.beam_size,
-                                                   chunk_seconds=self.cfg.chunk_seconds))
+                                                   chunk_seconds=self.cfg.chunk_seconds,
+                                                   task=self.cfg.task,
+                                                   prompt=self.cfg.prompt,
+                                                   chinese_script=self.cfg.chinese_script))
         self.registry.register(resolved.name, self.precision)
         self.report(Status(WorkerState.IDLE))
         logger.info("worker ready: model {} from {} on {}, {} weights ({:.0f} MB), {} torch threads "
