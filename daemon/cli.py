@@ -18,8 +18,8 @@ from loguru import logger
 
 from daemon import config, logs
 from daemon.config import Config, ConfigError
-from daemon.db import Job, JobStatus, WorkerRow, connect
-from daemon.registry import Registry
+from daemon.db import Job, JobStatus, SchemaMismatch, WorkerRow, connect, connect_readonly
+from daemon.registry import gone, workers
 from daemon.service import add_service_parser, cmd_service
 from daemon.supervisor import EXIT_CONFIG, EXIT_RECYCLE, PARENT_PID_ENV
 
@@ -112,7 +112,7 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
     from daemon.watcher import Watcher
 
     logs.setup(cfg.log_dir, "watcher", foreground=sys.stderr.isatty() or PARENT_PID_ENV in os.environ)
-    queue = JobQueue(connect(cfg.db), cfg.outbox)
+    queue = JobQueue(connect(cfg.db))
 
     def enqueue(path: Path) -> None:
         result = queue.enqueue(path)
@@ -149,11 +149,11 @@ def cmd_work(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_enqueue(cfg: Config, args: argparse.Namespace) -> int:
     from daemon.queue import JobQueue
 
-    queue = JobQueue(connect(cfg.db), cfg.outbox)
+    queue = JobQueue(connect(cfg.db))
     code = 0
     for path in args.files:
         try:
-            result = queue.enqueue(path)
+            result = queue.enqueue(path, follow_link=True)  # a link the user names is followed
         except OSError as e:
             print(f"{path}: cannot read it ({e.strerror})", file=sys.stderr)
             code = 1
@@ -166,13 +166,20 @@ def cmd_enqueue(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_retry(cfg: Config, args: argparse.Namespace) -> int:
     from daemon.queue import JobQueue
 
-    jobs = JobQueue(connect(cfg.db), cfg.outbox).retry(args.ids, failed=args.failed)
+    queue = JobQueue(connect(cfg.db))
+    jobs = queue.retry(args.ids, failed=args.failed)
     for job in jobs:
-        print(f"job {job.id}: queued again ({Path(job.path).name})")
-    missing = set(args.ids) - {job.id for job in jobs}
-    for job_id in sorted(missing):
-        print(f"job {job_id}: no such finished or failed job", file=sys.stderr)
-    return 1 if missing else 0
+        print(f"job {job.id}: queued again ({printable(Path(job.path).name)})")
+    others = {job.id: job for job in queue.get(set(args.ids) - {job.id for job in jobs})}
+    for job_id in sorted(set(args.ids) - {job.id for job in jobs}):
+        if job_id not in others:
+            print(f"job {job_id}: no such job", file=sys.stderr)
+        elif others[job_id].status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            print(f"job {job_id}: already {others[job_id].status.value}; nothing to retry", file=sys.stderr)
+        else:
+            print(f"job {job_id}: {others[job_id].status.value}, a newer job has this file; nothing to retry",
+                  file=sys.stderr)
+    return 1 if len(jobs) < len(set(args.ids)) else 0
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
@@ -181,17 +188,29 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     if not cfg.db.exists():
         print(f"no queue database at {cfg.db} yet: start the daemon with `whisper-daemon run`")
         return 0
-    engine = connect(cfg.db)
-    jobs = JobQueue(engine, cfg.outbox).jobs(args.limit)
-    workers = Registry(engine).workers()
+    try:
+        engine = connect_readonly(cfg.db)
+    except SchemaMismatch as e:
+        print(f"whisper-daemon status: {e}", file=sys.stderr)
+        return 1
+    jobs = JobQueue(engine).jobs(args.limit)
+    rows = workers(engine)
+    engine.dispose()
+    now = datetime.now(timezone.utc)
     if args.json:
-        print(json.dumps({"workers": [_plain(w.model_dump()) for w in workers],
+        print(json.dumps({"workers": [_plain(w.model_dump()) | {"state": _worker_state(w, now)} for w in rows],
                           "jobs": [_job_dict(j) for j in jobs]}, indent=2, ensure_ascii=False))
     else:
-        print(_workers_table(workers))
+        print(_workers_table(rows, now))
         print()
         print(_table(jobs))
     return 0
+
+
+def printable(text: str) -> str:
+    """`text` safe for one line of a terminal table: control characters (a newline, an escape
+    sequence in a file name) are shown as escapes instead of acting."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _plain(data: dict[str, Any]) -> dict[str, Any]:
@@ -206,15 +225,18 @@ def _job_dict(job: Job) -> dict[str, Any]:
     return data
 
 
-def _workers_table(workers: list[WorkerRow]) -> str:
-    if not workers:
+def _worker_state(w: WorkerRow, now: datetime) -> str:
+    return "gone" if gone(w, now) else w.state.value
+
+
+def _workers_table(registered: list[WorkerRow], now: datetime) -> str:
+    if not registered:
         return "no worker running"
-    rows = [("WORKER", "STATE", "MODEL", "PRECISION", "RSS", "JOB", "HEARTBEAT", "REASON")]
-    now = datetime.now(timezone.utc)
-    for w in workers:
-        rows.append((str(w.pid), w.state.value, w.model or "-", w.precision or "-",
+    rows = [("WORKER", "PID", "STATE", "MODEL", "PRECISION", "RSS", "JOB", "HEARTBEAT", "REASON")]
+    for w in registered:
+        rows.append((w.id, str(w.pid), _worker_state(w, now), w.model or "-", w.precision or "-",
                      "-" if w.rss_mb is None else f"{w.rss_mb:.0f} MB", str(w.current_job_id or "-"),
-                     f"{(now - w.heartbeat_at).total_seconds():.0f} s ago", w.reason or ""))
+                     f"{(now - w.heartbeat_at).total_seconds():.0f} s ago", printable(w.reason or "")))
     return _columns(rows)
 
 
@@ -246,12 +268,13 @@ def _table(jobs: list[Job]) -> str:
     for job in jobs:
         if job.status == JobStatus.RUNNING or (job.status == JobStatus.QUEUED and job.processed_seconds):
             detail = progress_line(job)
-        elif job.status in (JobStatus.DONE, JobStatus.DUPLICATE):
+        elif job.status in (JobStatus.DONE, JobStatus.DUPLICATE) and job.srt_path:
             detail = Path(job.srt_path).name
         else:
             detail = job.error or ""
         rows.append((str(job.id), job.status.value, _duration(job.audio_seconds),
-                     "-" if job.rtf is None else f"{job.rtf:.2f}", str(job.attempts), Path(job.path).name, detail))
+                     "-" if job.rtf is None else f"{job.rtf:.2f}", str(job.attempts), printable(Path(job.path).name),
+                     printable(detail)))
     return _columns(rows)
 
 

@@ -13,20 +13,24 @@ from pathlib import Path
 
 from loguru import logger
 
-from daemon import precision
+from daemon import logs, precision
 from daemon.audio import AudioError, probe_seconds
 from daemon.config import Config
-from daemon.db import Job, JobStatus, WorkerState, checkpoint, connect, storage_error
+from daemon.db import Job, JobStatus, WorkerState, checkpoint, connect, slots_dir, storage_error
 from daemon.engine import DecodeSettings, Engine
 from daemon.guards import MB, Guard, Status, model_fits, read_memory, release_memory, rss_mb
-from daemon.queue import JobQueue
-from daemon.registry import Registry
+from daemon.inputs import Fingerprint, fingerprint, refusal
+from daemon.outputs import folder_for
+from daemon.queue import JobQueue, LeaseLost
+from daemon.registry import Registry, take_slot
 from daemon.subtitles import render, write_atomic
+from daemon.transcript import Segment
 from daemon.weights import ModelError, load_resolved, resolve_model, smaller_models
 
 IDLE_MIN_SECONDS = 0.2
 IDLE_MAX_SECONDS = 2.0  # worst-case pickup delay for a new job while idle
 HEARTBEAT_SECONDS = 10.0  # while idle; busy workers beat once per window
+RECOVER_SECONDS = 60.0  # how often an idle worker looks for jobs whose worker died (lease expired)
 STORAGE_BACKOFF_START_SECONDS = 2.0  # disk full or I/O error: first wait before trying the job again
 STORAGE_BACKOFF_MAX_SECONDS = 300.0
 
@@ -36,8 +40,10 @@ class Worker:
         self.cfg = cfg
         self.stop = stop or threading.Event()
         engine = connect(cfg.db)
-        self.queue = JobQueue(engine, cfg.outbox)
-        self.registry = Registry(engine)
+        self.queue = JobQueue(engine)
+        self.slot = take_slot(slots_dir(cfg.db))
+        self.name = self.slot.name  # the holder of the jobs this worker runs
+        self.registry = Registry(engine, self.name)
         # Tests replace the guard with one whose probes and clock are injected.
         self.guard = Guard(self.report, self.stop.wait, low_memory_mb=cfg.min_available_mb)
         self.engine: Engine | None = None
@@ -46,15 +52,11 @@ class Worker:
         self.current_job: int | None = None
         self.recycle = False  # set when RSS outgrew its cap: exit so the service manager restarts us
         self._last_beat = 0.0
+        self._last_recovery = 0.0
         self._storage_backoff = STORAGE_BACKOFF_START_SECONDS
 
     def initialize(self) -> None:
-        for row in self.registry.prune():
-            logger.warning("worker {} on this host is gone (last heartbeat {}); forgetting it",
-                           row.pid, row.heartbeat_at.isoformat(timespec="seconds"))
-        for job in self.queue.recover(self.cfg.max_attempts, held=self.registry.busy_job_ids()):
-            logger.warning("recovered job {} ({}) left running by a previous worker: now {}",
-                           job.id, Path(job.path).name, job.status.value)
+        self._recover()
         resolved = resolve_model(self.cfg.model, self.cfg.cache_dir / "models")
         memory = read_memory()
         if not model_fits(resolved.checkpoint.stat().st_size, memory, self.cfg.min_available_mb):
@@ -70,10 +72,12 @@ class Worker:
         self.model_name = resolved.name
         self.engine = Engine(model, DecodeSettings(language=self.cfg.language, beam_size=self.cfg.beam_size,
                                                    chunk_seconds=self.cfg.chunk_seconds))
-        self.registry.register(resolved.name, self.precision)
+        for row in self.registry.register(resolved.name, self.precision):
+            logger.info("forgetting worker {} (pid {} on {}), gone since {}", row.id, row.pid, row.host,
+                        row.heartbeat_at.isoformat(timespec="seconds"))
         self.report(Status(WorkerState.IDLE))
-        logger.info("worker ready: model {} from {} on {}, {} weights ({:.0f} MB), {} torch threads "
-                    "(physical cores)", resolved.name, resolved.source, device, self.precision,
+        logger.info("worker {} ready: model {} from {} on {}, {} weights ({:.0f} MB), {} torch threads "
+                    "(physical cores)", self.name, resolved.name, resolved.source, device, self.precision,
                     precision.weight_bytes(model) / MB, threads)
 
     def run(self, exit_when_empty: bool = False) -> None:
@@ -95,7 +99,9 @@ class Worker:
         if not self.guard.check():  # don't start a job under memory pressure
             return False
         try:
-            job = self.queue.claim()
+            if time.monotonic() - self._last_recovery >= RECOVER_SECONDS:
+                self._recover()
+            job = self.queue.claim(self.name)
         except Exception as e:
             if not storage_error(e):
                 raise
@@ -107,19 +113,17 @@ class Worker:
         self.current_job = job.id
         self.report(Status(WorkerState.BUSY))
         try:
-            twin = self.queue.finished_twin(job)
-            if twin is not None and Path(twin.srt_path).is_file():
-                self._copy_twin(job, twin)
-            else:
-                self._transcribe(job)
+            self._process(job)
             self._storage_backoff = STORAGE_BACKOFF_START_SECONDS
+        except LeaseLost as e:  # this worker stalled past its lease (a sleeping laptop): another has the job
+            logger.warning("job {}: {}; leaving it to the worker that has it now", job.id, e)
         except Exception as e:
             if storage_error(e):  # disk full, I/O error: not the file's fault
                 self._pause_for_storage(job.id, e)
             else:  # one bad job must not take the worker down
                 logger.exception("job {}: unexpected error", job.id)
-                self.queue.fail(job.id, f"{Path(job.path).name}: unexpected error ({type(e).__name__}: {e}); "
-                                        "see the worker log")
+                self.queue.fail(job.id, self.name, f"{Path(job.path).name}: unexpected error ({type(e).__name__}: "
+                                                   f"{e}); see {logs.log_file(self.cfg.log_dir, 'worker')}")
         finally:
             self.current_job = None
             self.report(Status(WorkerState.IDLE))
@@ -130,12 +134,16 @@ class Worker:
     def shutdown(self) -> None:
         self.registry.unregister()
         self.queue.engine.dispose()
+        self.slot.release()
         logger.info("worker stopped")
 
     def report(self, status: Status) -> None:
+        """Heartbeat, and renew the lease of the job in hand: the guard reports at every wait."""
         self._last_beat = time.monotonic()
         try:
             self.registry.heartbeat(status.state, status.reason, rss_mb(), self.current_job)
+            if self.current_job is not None:
+                self.queue.renew(self.current_job, self.name)
         except Exception as e:
             if not storage_error(e):
                 raise
@@ -153,12 +161,12 @@ class Worker:
             self._storage_backoff = min(self._storage_backoff * 2, STORAGE_BACKOFF_MAX_SECONDS)
             try:
                 if job_id is not None:
-                    self.queue.release(job_id)
+                    self.queue.release(job_id, self.name)
                 return
             except Exception as e:
                 if not storage_error(e):
                     raise
-                if stopping:  # left `running`: the next worker's start-up recovery requeues it
+                if stopping:  # left `running`: this worker's next start takes it back
                     logger.warning("job {} could not be put back in the queue: {}", job_id, getattr(e, "orig", e))
                     return
                 error = e
@@ -172,7 +180,46 @@ class Worker:
             self.recycle = True
             self.stop.set()
 
-    def _transcribe(self, job: Job) -> None:
+    def _recover(self) -> None:
+        """Requeue the jobs of workers that died: this one's previous life, and any whose lease ran out."""
+        self._last_recovery = time.monotonic()
+        for job in self.queue.recover(self.name, self.cfg.max_attempts):
+            logger.warning("recovered job {} ({}) left running by a worker that stopped: now {}",
+                           job.id, Path(job.path).name, job.status.value)
+
+    def _process(self, job: Job) -> None:
+        """Check the file again (it may have changed or been refused before), then transcribe it, or
+        render the transcript of the same content done earlier."""
+        assert job.id is not None
+        path = Path(job.path)
+        reason = refusal(path)
+        seen = None
+        if reason is None:
+            try:
+                seen = fingerprint(path)
+            except OSError as e:
+                reason = f"cannot read the file: {e.strerror}"
+        if seen is None:
+            self.queue.fail(job.id, self.name, f"{path.name}: {reason}")
+            logger.warning("job {} failed: {}: {}", job.id, path.name, reason)
+            return
+        job, restarted = self.queue.verify(job.id, self.name, seen, self.model_name, self.precision)
+        if job.status == JobStatus.SUPERSEDED:
+            logger.info("job {}: {}: {}", job.id, path.name, job.error)
+            return
+        if restarted:
+            logger.info("job {}: {}; starting over", job.id, restarted)
+        twin = self.queue.finished_twin(job, self.model_name)
+        if twin is None:
+            self._transcribe(job, seen)
+            return
+        assert twin.id is not None
+        srt = self._write(job, self.queue.segments(twin.id))
+        self.queue.finish(job.id, self.name, JobStatus.DUPLICATE, duplicate_of=twin.id, audio_seconds=twin.audio_seconds,
+                          rtf=0.0, progress=1.0, language=twin.language, model=twin.model, precision=twin.precision)
+        logger.info("job {}: same content as job {}; rendered its transcript to {}", job.id, twin.id, srt)
+
+    def _transcribe(self, job: Job, seen: Fingerprint) -> None:
         """Window by window, committing each window's segments with its checkpoint."""
         assert self.engine is not None and job.id is not None
         path = Path(job.path)
@@ -191,29 +238,44 @@ class Worker:
                 window_rtf = (now - window_began) / max(window.checkpoint.offset_seconds - processed, 1e-6)
                 processed, decoded = window.checkpoint.offset_seconds, window.decoded_seconds
                 rtf = (now - began) / max(processed - start.offset_seconds, 1e-6)
-                self.queue.save_window(job.id, window, expected, rtf)
+                self.queue.save_window(job.id, self.name, window, expected, rtf, self.model_name, self.precision)
                 release_memory()
                 self.report(Status(WorkerState.BUSY))
+                if _changed(path, seen):
+                    self.queue.release(job.id, self.name)
+                    logger.info("job {}: {} changed while it was being transcribed; it is read again", job.id,
+                                path.name)
+                    return
                 if self.stop.is_set() or not self.guard.check(window_rtf):
-                    self.queue.release(job.id)
+                    self.queue.release(job.id, self.name)
                     logger.info("job {}: stopped at {:.1f} s; it resumes there next time", job.id, processed)
                     return
                 window_began = time.monotonic()
-            write_atomic(Path(job.srt_path), render(self.queue.segments(job.id)))
+            srt = self._write(job, self.queue.segments(job.id))
         except AudioError as e:
-            self.queue.fail(job.id, f"{path.name}: {e}")
+            self.queue.fail(job.id, self.name, f"{path.name}: {e}")
             logger.warning("job {} failed: {}: {}", job.id, path.name, e)
             return
-        done = self.queue.finish(job.id, JobStatus.DONE, progress=1.0, audio_seconds=decoded, model=self.model_name,
-                                 precision=self.precision)
+        done = self.queue.finish(job.id, self.name, JobStatus.DONE, progress=1.0, audio_seconds=decoded,
+                                 model=self.model_name, precision=self.precision)
         logger.info("job {}: done, {:.1f} s of audio at {:.2f}x real time → {}", job.id,
-                    done.audio_seconds or 0.0, done.rtf or 0.0, job.srt_path)
+                    done.audio_seconds or 0.0, done.rtf or 0.0, srt)
 
-    def _copy_twin(self, job: Job, twin: Job) -> None:
-        """Same content as a finished job: reuse its transcript under this file's own name."""
+    def _write(self, job: Job, segments: list[Segment]) -> Path:
+        """Render the transcript, choose its name in this worker's outbox, write it atomically."""
         assert job.id is not None
-        if Path(twin.srt_path) != Path(job.srt_path):
-            write_atomic(Path(job.srt_path), Path(twin.srt_path).read_text(encoding="utf-8"))
-        self.queue.finish(job.id, JobStatus.DUPLICATE, duplicate_of=twin.id, audio_seconds=twin.audio_seconds,
-                          rtf=0.0, progress=1.0, language=twin.language, model=twin.model)
-        logger.info("job {}: same content as job {}; copied its transcript to {}", job.id, twin.id, job.srt_path)
+        text = render(segments)
+        folder = folder_for(Path(job.path), self.cfg.inbox, self.cfg.outbox)
+        srt = self.queue.reserve_output(job.id, self.name, folder, text)
+        write_atomic(srt, text)
+        return srt
+
+
+def _changed(path: Path, seen: Fingerprint) -> bool:
+    """The file was replaced or rewritten since it was read. A deleted file is not: its open
+    handle still gives the audio as it was."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return False
+    return (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns)

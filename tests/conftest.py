@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from daemon.db import connect
+from daemon.db import Job, connect
 from daemon.queue import JobQueue
 
 if TYPE_CHECKING:  # importing whisper (and torch) is for the tests that run the model
@@ -37,9 +37,16 @@ def fp32_model(model_cache: Path) -> Whisper:
     return model
 
 
+HOLDER = "test-worker"  # the worker name queue-level tests claim jobs as
+
+
 @pytest.fixture
 def queue(tmp_path: Path) -> JobQueue:
-    return JobQueue(connect(tmp_path / "jobs.db"), tmp_path / "outbox")
+    return JobQueue(connect(tmp_path / "jobs.db"))
+
+
+def claim(queue: JobQueue, holder: str = HOLDER) -> Job | None:
+    return queue.claim(holder)
 
 
 def inbox_file(tmp_path: Path, name: str, data: bytes | None = None) -> Path:

@@ -193,6 +193,8 @@ class _Format:
     container: str  # FFmpeg muxer name
     audio_codecs: tuple[str, ...]  # first one this build can encode wins
     video_codecs: tuple[str, ...] = ()  # empty: container gets no video option
+    rate: int | None = None  # the only sample rate the codec takes, when it does not say so itself
+    bit_rate: int | None = None  # for codecs that have no default and refuse to open without one
 
 
 # Audio codecs are listed by preference. Native "vorbis" is left out on purpose:
@@ -208,6 +210,14 @@ _FORMATS: dict[str, _Format] = {
     ".mp4": _Format("mp4", ("aac",), ("mpeg4", "libx264")),
     ".mov": _Format("mov", ("aac",), ("mpeg4", "libx264")),
     ".webm": _Format("webm", ("libopus",), ("libvpx", "libvpx-vp9")),
+    ".mkv": _Format("matroska", ("aac", "libopus"), ("mpeg4", "libx264")),
+    ".m4v": _Format("mp4", ("aac",), ("mpeg4", "libx264")),
+    ".aiff": _Format("aiff", ("pcm_s16be",)),
+    ".aif": _Format("aiff", ("pcm_s16be",)),
+    ".caf": _Format("caf", ("alac", "pcm_s16le")),
+    ".amr": _Format("amr", ("libopencore_amrnb",), rate=8000),  # narrow-band phone audio
+    ".3gp": _Format("3gp", ("aac", "libopencore_amrnb")),
+    ".wma": _Format("asf", ("wmav2",), bit_rate=64_000),
 }
 FORMATS: tuple[str, ...] = tuple(_FORMATS)
 VIDEO_FORMATS: tuple[str, ...] = tuple(ext for ext, f in _FORMATS.items() if f.video_codecs)
@@ -315,7 +325,7 @@ def _encode(path: Path, blocks: Iterable[np.ndarray], total_samples: int, sample
         codec = av.Codec(audio_codec, "w")
         # Keep the input rate when the codec allows it; otherwise (opus at 44.1 kHz,
         # say) take the nearest higher supported rate. PyAV resamples on encode.
-        rates = sorted(codec.audio_rates or [])
+        rates = sorted(codec.audio_rates or ([fmt.rate] if fmt.rate else []))
         rate = sample_rate
         if rates and sample_rate not in rates:
             rate = next((r for r in rates if r >= sample_rate), rates[-1])
@@ -325,6 +335,8 @@ def _encode(path: Path, blocks: Iterable[np.ndarray], total_samples: int, sample
             if preferred in formats:
                 astream.format = preferred
                 break
+        if fmt.bit_rate:
+            astream.bit_rate = fmt.bit_rate
         vstream = _add_video_stream(container, video_codec) if video_codec is not None else None
 
         # Audio: feed fixed-size frames; PyAV converts format/rate and re-chunks to

@@ -12,8 +12,9 @@ import pytest
 
 from daemon import config
 from daemon.cli import _table, _workers_table
-from daemon.db import JobStatus, WorkerState
+from daemon.db import JobStatus, WorkerState, utcnow
 from daemon.guards import Guard, Memory
+from daemon.registry import workers
 from daemon.supervisor import EXIT_CONFIG, EXIT_RECYCLE
 from daemon.worker import Worker
 from tests.conftest import CliRunner
@@ -42,8 +43,8 @@ def test_pressure_spike_pauses_and_resumes_without_losing_a_segment(
     seen: list[tuple[WorkerState, str]] = []
 
     def wait_and_look(seconds: float) -> bool:
-        (row,) = worker.registry.workers()
-        seen.append((row.state, _workers_table([row]) + "\n\n" + _table(worker.queue.jobs())))
+        (row,) = workers(worker.queue.engine)
+        seen.append((row.state, _workers_table([row], utcnow()) + "\n\n" + _table(worker.queue.jobs())))
         return t.wait(seconds)
 
     plenty, tight = Memory(8000), Memory(300)
@@ -62,9 +63,10 @@ def test_pressure_spike_pauses_and_resumes_without_losing_a_segment(
     print("status during the simulated backoff:\n" + seen[0][1])
     print("status during the simulated pause:\n" + seen[1][1])
     assert "96 °C" in seen[0][1] and "only 300 MB" in seen[1][1] and "running" in seen[1][1]
-    job = {j.id: j for j in worker.queue.jobs()}[spiky.id]
+    jobs = {j.id: j for j in worker.queue.jobs()}
+    job = jobs[spiky.id]
     assert job.status == JobStatus.DONE and job.attempts == 1
-    assert srt_text(Path(job.srt_path)) == srt_text(Path(calm.srt_path))
+    assert srt_text(Path(job.srt_path)) == srt_text(Path(jobs[calm.id].srt_path))
 
 
 def test_rss_cap_exits_with_the_recycle_code_after_the_job(tmp_path: Path, cli: CliRunner) -> None:

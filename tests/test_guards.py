@@ -1,4 +1,4 @@
-"""Memory guard, throttle backoff and the workers table.
+"""Memory guard and throttle backoff.
 
 Memory pressure and heat cannot be produced on demand here, so these tests inject the probes
 (memory, thermal) and a fake clock whose `wait` advances time instead of sleeping.
@@ -6,19 +6,12 @@ Memory pressure and heat cannot be produced on demand here, so these tests injec
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
-from daemon.db import JobStatus, WorkerRow, WorkerState, connect, utcnow, writing
+from daemon.db import WorkerState
 from daemon.guards import BACKOFF_MAX_SECONDS, Guard, Memory, Status, model_fits, read_memory, rss_mb
-from daemon.queue import JobQueue
-from daemon.registry import Registry
 from tests.guard_fakes import FakeTime, memory_sequence
 
 PLENTY = Memory(available_mb=8000, psi_some_avg10=0.0)
@@ -106,38 +99,6 @@ def test_real_probes_read_this_machine() -> None:
     memory = read_memory()
     assert memory.available_mb > 100
     assert 10 < rss_mb() < 10_000
-
-
-def test_stale_worker_row_from_a_dead_pid_is_recognised(tmp_path: Path) -> None:
-    engine = connect(tmp_path / "jobs.db")
-    queue = JobQueue(engine, tmp_path / "out")
-    registry = Registry(engine)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (tmp_path / "a.wav").write_bytes(b"a")
-    (tmp_path / "b.wav").write_bytes(b"b")
-    orphan = queue.enqueue(tmp_path / "a.wav").job
-    held = queue.enqueue(tmp_path / "b.wav").job
-    queue.claim(), queue.claim()
-    with writing(engine) as session:
-        session.add(WorkerRow(pid=dead.pid, host=registry.host, state=WorkerState.BUSY, current_job_id=orphan.id,
-                              heartbeat_at=utcnow() - timedelta(minutes=1)))
-        # A live worker (our parent stands in for it) still holds the other job.
-        session.add(WorkerRow(pid=os.getppid(), host=registry.host, state=WorkerState.BUSY,
-                              current_job_id=held.id))
-    (gone,) = registry.prune()
-    assert gone.pid == dead.pid
-    (recovered,) = queue.recover(held=registry.busy_job_ids())
-    assert recovered.id == orphan.id and recovered.status == JobStatus.QUEUED
-    assert [w.pid for w in registry.workers()] == [os.getppid()]
-
-
-def test_silent_heartbeat_counts_as_dead_even_if_the_pid_lives(tmp_path: Path) -> None:
-    engine = connect(tmp_path / "jobs.db")
-    registry = Registry(engine, clock=lambda: utcnow() + timedelta(hours=1))
-    with writing(engine) as session:
-        session.add(WorkerRow(pid=os.getppid(), host=registry.host))
-    assert len(registry.prune()) == 1
 
 
 @pytest.mark.parametrize("state", list(WorkerState))
