@@ -94,7 +94,7 @@ def refusal(path: Path) -> str | None:
     if as_text(path) != str(path):
         return "its name is not valid UTF-8; rename the file"
     if not os.access(path, os.R_OK):
-        return "cannot read the file: permission denied"
+        return "cannot read the file: Permission denied"  # as strerror says it
     return None
 
 

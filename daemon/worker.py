@@ -76,7 +76,7 @@ class Worker:
             logger.info("forgetting worker {} (pid {} on {}), gone since {}", row.id, row.pid, row.host,
                         row.heartbeat_at.isoformat(timespec="seconds"))
         self.report(Status(WorkerState.IDLE))
-        logger.info("worker {} ready: model {} from {} on {}, {} weights ({:.0f} MB), {} torch threads "
+        logger.info("worker ready ({}): model {} from {} on {}, {} weights ({:.0f} MB), {} torch threads "
                     "(physical cores)", self.name, resolved.name, resolved.source, device, self.precision,
                     precision.weight_bytes(model) / MB, threads)
 

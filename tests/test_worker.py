@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import srt
 
 from daemon import config
-from daemon.db import JobStatus
+from daemon.db import JobStatus, utcnow
+from daemon.queue import LEASE
 from daemon.supervisor import EXIT_CONFIG
 from daemon.worker import Worker
 from tests.conftest import CliRunner
@@ -41,6 +43,32 @@ def test_run_once_processes_jobs_in_order_and_survives_a_bad_file(
     assert a.status == JobStatus.DONE and c.status == JobStatus.DONE
     assert b.status == JobStatus.FAILED and b.error.startswith("b.wav: ")
     assert wer(good.text, srt_text(Path(c.srt_path))) <= 0.15
+
+
+def test_an_idle_worker_takes_over_a_job_whose_lease_ran_out(
+    tmp_path: Path, daemon_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker on another machine took a job and vanished (its host name and pid mean nothing
+    here). Time is injected into the queue, and the minute between recoveries is not waited for:
+    a lease runs out after ten minutes."""
+    talk = compose(sentences()[20:23])
+    talk.write(tmp_path / "inbox" / "orphan.wav")
+    worker = Worker(config.load({}, env=daemon_env))
+    now = [utcnow()]
+    worker.queue.clock = lambda: now[0]
+    job = worker.queue.enqueue(tmp_path / "inbox" / "orphan.wav").job
+    assert worker.queue.claim("7-a-mac-that-went-away").id == job.id
+    worker.initialize()
+    try:
+        monkeypatch.setattr("daemon.worker.RECOVER_SECONDS", 0.0)
+        assert not worker.run_once()  # the lease still holds: nobody else may touch the job
+        now[0] += LEASE + timedelta(seconds=1)
+        assert worker.run_once()
+    finally:
+        worker.shutdown()
+    (done,) = worker.queue.jobs()
+    assert done.status == JobStatus.DONE and done.attempts == 2
+    assert wer(talk.text, srt_text(Path(done.srt_path))) <= 0.15
 
 
 def test_exit_when_empty_drains_and_exits_zero(tmp_path: Path, cli: CliRunner) -> None:
