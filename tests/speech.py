@@ -403,8 +403,9 @@ def wer(reference: str, hypothesis: str) -> float:
 # --------------------------------------------------------------------------- slow writes
 
 
-def write_slowly(data: bytes, path: Path | str, seconds: float, pieces: int = 10) -> None:
-    """Write `data` to `path` in `pieces` chunks spread over `seconds`.
+def write_slowly(data: bytes, path: Path | str, seconds: float, pieces: int = 10) -> float:
+    """Write `data` to `path` in `pieces` chunks spread over `seconds`; return the longest time
+    between two pieces landing (a busy machine stretches it beyond `seconds / (pieces - 1)`).
 
     The file exists (partially written) from the first chunk until the last one
     lands about `seconds` later, which is what a watcher must not pick up early.
@@ -413,6 +414,7 @@ def write_slowly(data: bytes, path: Path | str, seconds: float, pieces: int = 10
     pieces = max(1, min(pieces, len(data) or 1))
     bounds = [round(i * len(data) / pieces) for i in range(pieces + 1)]
     interval = seconds / (pieces - 1) if pieces > 1 else 0.0
+    landed: list[float] = []  # when each piece was on disk
     with open(path, "wb") as handle:
         for index in range(pieces):
             if index:
@@ -420,3 +422,5 @@ def write_slowly(data: bytes, path: Path | str, seconds: float, pieces: int = 10
             handle.write(data[bounds[index] : bounds[index + 1]])
             handle.flush()
             os.fsync(handle.fileno())  # make each piece visible to other processes now
+            landed.append(time.monotonic())
+    return max((later - earlier for earlier, later in zip(landed, landed[1:])), default=0.0)

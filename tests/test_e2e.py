@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -66,11 +65,19 @@ def test_drop_a_recording_get_a_transcript(tmp_path: Path, daemon_env: dict[str,
     assert len(rows(db)) == 1 and srt_path.stat().st_mtime_ns == mtime
 
 
+# The slowly written file gets a piece every 0.25 s against a 3 s quiet period: a writer stalled for
+# 2.75 s is what it takes to fail by load. The writing lasts two quiet periods, so a watcher that let a
+# file grow after it first saw it without starting its quiet period again would queue it half written.
+SLOW_QUIET_SECONDS = 3.0
+SLOW_WRITE_SECONDS = 2 * SLOW_QUIET_SECONDS
+SLOW_PIECES = 25  # a piece every SLOW_WRITE_SECONDS / (SLOW_PIECES - 1) = 0.25 s
+
+
 def test_bad_and_tricky_inputs(tmp_path: Path, daemon_env: dict[str, str]) -> None:
     inbox, outbox, db = tmp_path / "inbox", tmp_path / "outbox", tmp_path / "state" / "jobs.db"
     talk = compose(sentences()[6:9])
     other = compose(sentences()[9:12])
-    daemon = start("run", daemon_env)
+    daemon = start("run", {**daemon_env, "WHISPER_DAEMON_QUIET_SECONDS": str(SLOW_QUIET_SECONDS)})
     try:
         talk.write(inbox / "first name.wav")
         (inbox / "random.mp3").write_bytes(os.urandom(50_000))
@@ -83,10 +90,9 @@ def test_bad_and_tricky_inputs(tmp_path: Path, daemon_env: dict[str, str]) -> No
         # A file written slowly must only be queued once complete.
         slow = tmp_path / "slow.wav"
         other.write(slow)
-        writer = threading.Thread(target=write_slowly, args=(slow.read_bytes(), inbox / "slowly.wav", 4.0))
-        writer.start()
-        writer.join()
+        stalled = write_slowly(slow.read_bytes(), inbox / "slowly.wav", SLOW_WRITE_SECONDS, SLOW_PIECES)
         finished_writing = time.time()
+        assert stalled < SLOW_QUIET_SECONDS, f"the writer stalled {stalled:.1f} s: the machine is too busy"
         jobs = wait_until(lambda: settled(db, 6), 240, "all six jobs", daemon)
     finally:
         code, output = stop(daemon)
