@@ -14,7 +14,7 @@ import pytest
 import srt
 
 from tests.conftest import CliRunner
-from tests.daemon_proc import rows, settled, srt_text, start, stop, wait_until
+from tests.daemon_proc import log_text, rows, settled, srt_text, start, stop, wait_until
 from tests.speech import compose, sentences, wer, write_slowly
 
 pytestmark = pytest.mark.slow
@@ -50,19 +50,28 @@ def test_drop_a_recording_get_a_transcript(tmp_path: Path, daemon_env: dict[str,
     assert code == 0, output
     assert inbox.joinpath("meeting.m4a").exists(), "inputs are never deleted"
 
-    # A restart scans the inbox again: the finished file must not be transcribed twice.
+    # A restart scans the inbox again: the finished file must not be transcribed twice. The witness is a
+    # recording moved in after the start-up scan. The old file has waited the same quiet period for
+    # longer, and the watcher offers files to the queue in the order it first saw them, so once the
+    # witness is queued the old file has been offered too; and a wrongly re-queued old file, older in the
+    # queue, would have been transcribed before the witness is done.
     mtime = srt_path.stat().st_mtime_ns
+    witness = compose(sentences()[6:8])
     daemon = start("run", daemon_env)
     try:
         logs = tmp_path / "logs"
-        wait_until(lambda: (logs / "watcher.log").read_text().count("watching") == 2
-                   and (logs / "worker.log").read_text().count("worker ready") == 2,
-                   120, "the restarted daemon to be ready", daemon)
-        time.sleep(2)  # four quiet periods: the start-up scan has had its chance to (wrongly) enqueue
+        wait_until(lambda: log_text(logs / "watcher.log").count("start-up scan done") == 2, 120,
+                   "the restarted watcher's start-up scan", daemon)
+        os.replace(witness.write(tmp_path / "after the restart.wav"), inbox / "after the restart.wav")
+        jobs = wait_until(lambda: settled(db, 2), 240, "the recording moved in after the restart", daemon)
     finally:
         code, output = stop(daemon, signal.SIGTERM)
     assert code == 0, output
-    assert len(rows(db)) == 1 and srt_path.stat().st_mtime_ns == mtime
+    assert [Path(j["path"]).name for j in jobs] == ["meeting.m4a", "after the restart.wav"]
+    assert jobs[1]["status"] == "done", jobs[1]["error"]
+    assert wer(witness.text, srt_text(outbox / "after the restart.srt")) <= MAX_WER
+    assert srt_path.stat().st_mtime_ns == mtime
+    assert log_text(logs / "worker.log").count("transcribing meeting.m4a") == 1
 
 
 # The slowly written file gets a piece every 0.25 s against a 3 s quiet period: a writer stalled for
