@@ -27,6 +27,7 @@ import numpy as np
 
 SAMPLE_RATE = 16000
 SPEECH_DIR = Path(__file__).resolve().parent / "fixtures" / "speech"
+REAL_SPEECH_DIR = Path(__file__).resolve().parent / "fixtures" / "realspeech"  # <language>/<clip>.wav + .txt
 
 
 class UnsupportedFormat(RuntimeError):
@@ -96,6 +97,20 @@ def _manifest() -> tuple[Sentence, ...]:
 def sentences() -> list[Sentence]:
     """All committed sentences, in manifest order (a fresh list; safe to shuffle)."""
     return list(_manifest())
+
+
+@dataclass(frozen=True)
+class RealClip:
+    """A recording of a real person and its corpus's reference transcript (licence: the README beside it)."""
+
+    audio: Path
+    text: str
+
+
+def real_speech(language: str) -> list[RealClip]:
+    """The real recordings in tests/fixtures/realspeech/<language>/, by name. Score English with `wer`."""
+    return [RealClip(path, path.with_suffix(".txt").read_text(encoding="utf-8").strip())
+            for path in sorted((REAL_SPEECH_DIR / language).iterdir()) if path.suffix in (".wav", ".flac")]
 
 
 # --------------------------------------------------------------------------- composing

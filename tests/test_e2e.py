@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 import srt
 
+from daemon.config import ENV_PREFIX, Config
+from tests import formats
 from tests.conftest import CliRunner
 from tests.daemon_proc import log_text, rows, settled, srt_text, start, stop, wait_until
-from tests.speech import compose, sentences, wer, write_slowly
+from tests.speech import compose, real_speech, sentences, wer, write_slowly
 
 pytestmark = pytest.mark.slow
 MAX_WER = 0.15
@@ -129,3 +131,39 @@ def test_bad_and_tricky_inputs(tmp_path: Path, daemon_env: dict[str, str]) -> No
     assert slowly["status"] == "done" and slowly["size"] == slow.stat().st_size
     assert datetime.fromisoformat(slowly["created_at"]).timestamp() >= finished_writing
     assert wer(other.text, srt_text(outbox / "slowly.srt")) <= MAX_WER
+
+
+MAX_REAL_WER = 0.15  # base: 6.7 % here, 2 errors in 30 words ("therefore" heard as "there for")
+PATH_SETTINGS = ("INBOX", "OUTBOX", "DB", "LOG_DIR", "CACHE_DIR")
+
+
+def test_the_default_configuration_on_real_speech(tmp_path: Path, daemon_env: dict[str, str],
+                                                   cli: CliRunner) -> None:
+    """What a new user gets: the multilingual `base` model, the language detected per recording, the
+    precision `auto` measures on this CPU, on recordings of a real person (LJSpeech), through the
+    CLI. Every other test pins tiny.en; here only the folders are set."""
+    defaults = Config()
+    assert (defaults.model, defaults.language, defaults.precision) == ("base", None, "auto")
+    env = {k: v for k, v in daemon_env.items()
+           if not k.startswith(ENV_PREFIX) or k.removeprefix(ENV_PREFIX) in PATH_SETTINGS}
+    inbox, db = tmp_path / "inbox", tmp_path / "state" / "jobs.db"
+    clips = real_speech("en")
+    for clip in clips:
+        shutil.copy(clip.audio, inbox / clip.audio.name)
+    cli("enqueue", *(str(inbox / clip.audio.name) for clip in clips))
+    worker = start("work", env, "--exit-when-empty", output=tmp_path / "work.out")
+    wait_until(lambda: worker.poll() is not None, 900, "the worker to drain the queue", worker)
+    code, output = stop(worker)
+    assert code == 0, output
+
+    jobs = rows(db)
+    assert [Path(j["path"]).name for j in jobs] == [clip.audio.name for clip in clips]
+    assert all(j["status"] == "done" for j in jobs), [j["error"] for j in jobs]
+    assert {j["model"] for j in jobs} == {"base"}
+    assert [j["language"] for j in jobs] == ["en"] * len(clips)  # detected: no language was set
+    timings = formats.matmul_seconds()  # once the worker has exited, so the two do not compete
+    assert {j["precision"] for j in jobs} <= formats.right_choices(timings), timings
+    heard = " ".join(srt_text(Path(j["srt_path"])) for j in jobs)
+    score = wer(" ".join(clip.text for clip in clips), heard)
+    print(f"defaults: base, {jobs[0]['precision']}, languages {[j['language'] for j in jobs]}, WER {score:.1%}")
+    assert score <= MAX_REAL_WER, heard
