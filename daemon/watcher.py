@@ -88,6 +88,7 @@ class Watcher:
         logger.info("watching {} (quiet period {} s)", self.inbox, self.quiet_seconds)
         try:
             self.scan()
+            logger.info("start-up scan done: {} file(s) to check", len(self._pending))
             next_scan = self.clock() + self.rescan_seconds
             while not stop.wait(POLL_SECONDS):
                 self.poll()

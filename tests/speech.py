@@ -27,6 +27,7 @@ import numpy as np
 
 SAMPLE_RATE = 16000
 SPEECH_DIR = Path(__file__).resolve().parent / "fixtures" / "speech"
+REAL_SPEECH_DIR = Path(__file__).resolve().parent / "fixtures" / "realspeech"  # <language>/<clip>.wav + .txt
 
 
 class UnsupportedFormat(RuntimeError):
@@ -96,6 +97,20 @@ def _manifest() -> tuple[Sentence, ...]:
 def sentences() -> list[Sentence]:
     """All committed sentences, in manifest order (a fresh list; safe to shuffle)."""
     return list(_manifest())
+
+
+@dataclass(frozen=True)
+class RealClip:
+    """A recording of a real person and its corpus's reference transcript (licence: the README beside it)."""
+
+    audio: Path
+    text: str
+
+
+def real_speech(language: str) -> list[RealClip]:
+    """The real recordings in tests/fixtures/realspeech/<language>/, by name. Score English with `wer`."""
+    return [RealClip(path, path.with_suffix(".txt").read_text(encoding="utf-8").strip())
+            for path in sorted((REAL_SPEECH_DIR / language).iterdir()) if path.suffix in (".wav", ".flac")]
 
 
 # --------------------------------------------------------------------------- composing
@@ -415,8 +430,9 @@ def wer(reference: str, hypothesis: str) -> float:
 # --------------------------------------------------------------------------- slow writes
 
 
-def write_slowly(data: bytes, path: Path | str, seconds: float, pieces: int = 10) -> None:
-    """Write `data` to `path` in `pieces` chunks spread over `seconds`.
+def write_slowly(data: bytes, path: Path | str, seconds: float, pieces: int = 10) -> float:
+    """Write `data` to `path` in `pieces` chunks spread over `seconds`; return the longest time
+    between two pieces landing (a busy machine stretches it beyond `seconds / (pieces - 1)`).
 
     The file exists (partially written) from the first chunk until the last one
     lands about `seconds` later, which is what a watcher must not pick up early.
@@ -425,6 +441,7 @@ def write_slowly(data: bytes, path: Path | str, seconds: float, pieces: int = 10
     pieces = max(1, min(pieces, len(data) or 1))
     bounds = [round(i * len(data) / pieces) for i in range(pieces + 1)]
     interval = seconds / (pieces - 1) if pieces > 1 else 0.0
+    landed: list[float] = []  # when each piece was on disk
     with open(path, "wb") as handle:
         for index in range(pieces):
             if index:
@@ -432,3 +449,5 @@ def write_slowly(data: bytes, path: Path | str, seconds: float, pieces: int = 10
             handle.write(data[bounds[index] : bounds[index + 1]])
             handle.flush()
             os.fsync(handle.fileno())  # make each piece visible to other processes now
+            landed.append(time.monotonic())
+    return max((later - earlier for earlier, later in zip(landed, landed[1:])), default=0.0)
