@@ -35,7 +35,7 @@ def test_crashes_after_progress_never_fail_a_job_but_three_without_do(queue: Job
     assert job.id is not None
     for window in range(1, 6):  # killed five times, each time a window further on: not the file's fault
         queue.claim()
-        queue.save_window(job.id, Window((), Checkpoint(30.0 * window), 30.0 * window), 600.0, 0.1)
+        queue.save_window(job.id, Window((), Checkpoint(30.0 * window), 30.0 * window, 0.0), 600.0, 0.1)
         (recovered,) = queue.recover(max_attempts=3)
         assert recovered.status == JobStatus.QUEUED and recovered.crashes == 0
     for crash in (1, 2):  # then stuck at the same place

@@ -96,6 +96,65 @@ def test_sustained_slowdown_against_our_own_baseline_is_throttling() -> None:
     assert reports[-2].state == WorkerState.BACKOFF and "slower" in reports[-2].reason
 
 
+def test_skipped_windows_leave_the_usual_pace_alone() -> None:
+    t = FakeTime()
+    guard = make_guard(t)
+    for _ in range(5):
+        guard.check(0.10)
+    for _ in range(40):  # 20 minutes of silence the model never ran on
+        guard.check(None)
+    for _ in range(10):  # the usual pace is still the usual pace...
+        guard.check(0.10)
+    assert t.waits == []
+    for _ in range(3):  # ...and 1.6 times it is still slow
+        guard.check(0.16)
+    assert t.waits == [5.0]
+
+
+def test_a_few_abnormally_fast_windows_cannot_make_the_guard_back_off_for_good() -> None:
+    t = FakeTime()
+    guard = make_guard(t)
+    for _ in range(15):
+        guard.check(0.10)
+    for _ in range(5):  # a minority of odd windows does not move the usual pace at all
+        guard.check(0.001)
+    for _ in range(10):
+        guard.check(0.10)
+    assert t.waits == []
+
+    fresh_t = FakeTime()
+    fresh = make_guard(fresh_t)
+    for _ in range(5):  # a fresh worker whose first windows were abnormally fast
+        fresh.check(0.001)
+    waits_after = []
+    for _ in range(60):
+        fresh.check(0.10)
+        waits_after.append(len(fresh_t.waits))
+    assert 1 <= waits_after[-1] <= 2  # a bounded number of backoffs...
+    assert waits_after[10] == waits_after[-1]  # ...all in the first few windows, then none
+
+
+def test_a_throttle_backs_off_and_the_pace_recovers_when_it_ends() -> None:
+    t = FakeTime()
+    reports: list[Status] = []
+    guard = make_guard(t, reports=reports)
+    for _ in range(15):
+        guard.check(0.10)
+    for _ in range(6):  # throttled to a third of the speed
+        guard.check(0.30)
+    assert t.waits == [5.0, 10.0]  # exponential
+    assert reports[-2].state == WorkerState.BACKOFF and "3.0× slower" in reports[-2].reason
+    for _ in range(30):  # it lasts: after a bounded number of backoffs it is this worker's pace now
+        guard.check(0.30)
+    assert t.waits == [5.0, 10.0]
+    for _ in range(20):  # fast again: no backoff, and the usual pace comes back down
+        guard.check(0.10)
+    assert t.waits == [5.0, 10.0]
+    for _ in range(3):  # so the next throttle is caught again, from the first backoff (eased back down)
+        guard.check(0.30)
+    assert t.waits == [5.0, 10.0, 5.0]
+
+
 def test_model_fit_estimate() -> None:
     tiny_bytes = 75 * 2**20
     assert model_fits(tiny_bytes, Memory(available_mb=4000), reserve_mb=1024)
