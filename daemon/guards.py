@@ -7,12 +7,11 @@ cannot be produced on demand. Checks run between windows, never inside one.
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import os
 import re
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections import deque
@@ -20,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from loguru import logger
 
 from daemon.db import WorkerState
@@ -45,12 +45,8 @@ class Memory:
 
 
 def rss_mb() -> float:
-    """This process's resident set size now."""
-    try:
-        with open(f"/proc/{os.getpid()}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MB
-    except OSError:  # macOS: no /proc; ru_maxrss (bytes there) is the best cheap figure
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / MB
+    """This process's resident set size now, not its peak (/proc on Linux, the task's info on macOS)."""
+    return psutil.Process().memory_info().rss / MB
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -93,16 +89,35 @@ def _read_memory_linux() -> Memory:
     return Memory(available, psi_some_avg10=psi)
 
 
-def _sysctl(name: str) -> int:
-    return int(subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5).stdout)
+@functools.cache
+def _libsystem() -> ctypes.CDLL:
+    libc = ctypes.CDLL("/usr/lib/libSystem.B.dylib", use_errno=True)
+    libc.sysctlbyname.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
+                                  ctypes.c_void_p, ctypes.c_size_t]
+    libc.sysctlbyname.restype = ctypes.c_int
+    return libc
 
 
-def _read_memory_macos() -> Memory:
+def _sysctl(name: str) -> bytes:
+    """A macOS kernel value's bytes, read in-process: forking sysctl(8) from a ~600 MB worker at
+    every check costs more than the check."""
+    size = ctypes.c_size_t(8)  # the values read here are ints and uint64s
+    value = ctypes.create_string_buffer(size.value)
+    if _libsystem().sysctlbyname(name.encode(), value, ctypes.byref(size), None, 0) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"cannot read {name}: {os.strerror(error)}")
+    return value.raw[: size.value]
+
+
+def _read_memory_macos(sysctl: Callable[[str], bytes] = _sysctl) -> Memory:
     # psutil-style "available" understates free memory on macOS (compressed and file-backed
     # pages); the kernel's own pressure level is what memory_pressure(1) reports.
-    level = _sysctl("kern.memorystatus_vm_pressure_level")
-    free_pct = _sysctl("kern.memorystatus_level")  # % of memory the kernel considers available
-    total = _sysctl("hw.memsize") / MB
+    def number(name: str) -> int:
+        return int.from_bytes(sysctl(name), sys.byteorder)
+
+    level = number("kern.memorystatus_vm_pressure_level")
+    free_pct = number("kern.memorystatus_level")  # % of memory the kernel considers available
+    total = number("hw.memsize") / MB
     return Memory(total * free_pct / 100, macos_level=level)
 
 

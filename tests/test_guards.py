@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from daemon.db import JobStatus, WorkerRow, WorkerState, connect, utcnow, writing
-from daemon.guards import BACKOFF_MAX_SECONDS, Guard, Memory, Status, model_fits, read_memory, rss_mb
+from daemon.guards import (BACKOFF_MAX_SECONDS, MB, Guard, Memory, Status, _read_memory_macos, model_fits, read_memory,
+                           rss_mb)
 from daemon.queue import JobQueue
 from daemon.registry import Registry
 from tests.guard_fakes import FakeTime, memory_sequence
@@ -165,6 +167,44 @@ def test_real_probes_read_this_machine() -> None:
     memory = read_memory()
     assert memory.available_mb > 100
     assert 10 < rss_mb() < 10_000
+
+
+def _spawning_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    def spawned(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a memory check started a process")
+
+    monkeypatch.setattr(subprocess, "Popen", spawned)
+    for name in ("fork", "posix_spawn", "posix_spawnp", "system"):
+        monkeypatch.setattr(os, name, spawned)
+
+
+def test_macos_memory_comes_from_the_kernel_values_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS cannot be run here: its kernel values come from an injected reader, in the sizes
+    sysctlbyname gives them (int: 4 bytes, hw.memsize: 8). Nothing may start a process."""
+    values = {"kern.memorystatus_vm_pressure_level": (2, 4), "kern.memorystatus_level": (37, 4),
+              "hw.memsize": (16 << 30, 8)}
+
+    def sysctl(name: str) -> bytes:
+        value, size = values[name]
+        return value.to_bytes(size, sys.byteorder)
+
+    _spawning_fails(monkeypatch)
+    memory = _read_memory_macos(sysctl)
+    assert memory.macos_level == 2
+    assert memory.available_mb == pytest.approx(16384 * 0.37)
+    assert read_memory().available_mb > 0 and rss_mb() > 0  # this machine's own probes start nothing either
+
+
+def test_rss_is_the_current_size_not_the_peak() -> None:
+    before = rss_mb()
+    block = np.ones(256 * MB // 8)  # written, so resident
+    grown = rss_mb()
+    del block
+    after = rss_mb()
+    assert grown - before > 200 and grown - after > 200
+    statm = Path("/proc/self/statm")
+    if statm.exists():  # Linux: the kernel's own figure
+        assert rss_mb() == pytest.approx(int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MB, abs=5)
 
 
 def test_stale_worker_row_from_a_dead_pid_is_recognised(tmp_path: Path) -> None:
