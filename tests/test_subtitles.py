@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -24,17 +25,34 @@ def test_timestamp(seconds: float, text: str) -> None:
 def test_render_parses_and_keeps_times_increasing() -> None:
     segments = [
         Segment(0.0, 2.5, " Hello there."),
-        Segment(2.4, 2.4, "Overlapping and instantaneous."),
+        Segment(2.4, 3.0, "Overlapping."),
         Segment(3.0, 4.0, "   "),
         Segment(3605.0, 3607.25, "An hour\n\nlater."),
     ]
     cues = list(srt.parse(render(segments)))
-    assert [c.content for c in cues] == ["Hello there.", "Overlapping and instantaneous.", "An hour later."]
+    assert [c.content for c in cues] == ["Hello there.", "Overlapping.", "An hour later."]
     assert [c.index for c in cues] == [1, 2, 3]
-    for prev, cue in zip(cues, cues[1:]):
-        assert cue.start >= prev.end
-    assert all(c.end > c.start for c in cues)
+    assert cues[1].start.total_seconds() == 2.5  # starts when the one before ends
     assert cues[-1].start.total_seconds() == 3605.0
+
+
+def test_a_cue_lasts_at_least_one_frame_and_empty_or_zero_length_ones_are_dropped() -> None:
+    frame = timedelta(milliseconds=40)  # one frame of 25 fps video
+    segments = [
+        Segment(1.0, 1.0, "Zero length."),
+        Segment(1.2, 1.1, "Ends before it starts."),
+        Segment(1.5, 2.0, ""),
+        Segment(2.0, 2.01, "Short."),
+        Segment(2.02, 2.03, "Short, right after."),
+        Segment(2.0305, 2.0306, "Shorter than the rounding."),
+        Segment(2.1, 3.0, "Long."),
+    ]
+    cues = list(srt.parse(render(segments)))
+    assert [c.content for c in cues] == ["Short.", "Short, right after.", "Shorter than the rounding.", "Long."]
+    assert all(c.end - c.start >= frame for c in cues)
+    for prev, cue in zip(cues, cues[1:]):
+        assert prev.start < prev.end <= cue.start
+    assert cues[0].start == timedelta(seconds=2) and cues[-1].end == timedelta(seconds=3)
 
 
 def test_empty_transcript_is_an_empty_file() -> None:
@@ -61,3 +79,4 @@ def test_write_atomic_failure_keeps_the_old_file(tmp_path: Path, monkeypatch: py
         write_atomic(target, "new")
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["a.srt"]
+
