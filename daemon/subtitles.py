@@ -10,6 +10,24 @@ from pathlib import Path
 
 from daemon.transcript import Segment
 
+
+def _umask(status: str = "/proc/self/status") -> int:
+    """The process's umask. os.umask can only read it by setting it, for every thread at once, so
+    it is read from /proc where the kernel shows it (Linux 4.7+). Elsewhere it is set and put back
+    once, at import; a file another thread creates in between gets the stricter 077."""
+    try:
+        with open(status) as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # transcripts get the user's umask, like any file they make
 VIDEO_FPS = 25  # PAL, the slowest common frame rate
 MIN_CUE_MS = 1000 // VIDEO_FPS  # one frame (40 ms): a shorter cue may never be shown
 
@@ -62,7 +80,7 @@ def write_atomic(path: Path, data: str) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, FILE_MODE)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

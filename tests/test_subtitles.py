@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import stat
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import srt
 
 from daemon.transcript import Segment
 from daemon.subtitles import render, timestamp, write_atomic
+from tests.conftest import REPO
 
 
 @pytest.mark.parametrize(
@@ -80,3 +84,15 @@ def test_write_atomic_failure_keeps_the_old_file(tmp_path: Path, monkeypatch: py
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["a.srt"]
 
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o002, 0o664), (0o077, 0o600)])
+def test_transcripts_get_the_users_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    """In a process of its own: the umask is process-wide, and read once at import."""
+    target = tmp_path / "out" / "a.srt"
+    code = ("import os, sys; from pathlib import Path; from daemon.subtitles import _umask, write_atomic; "
+            "write_atomic(Path(sys.argv[1]), 'words'); "
+            "print(_umask(), _umask('/no/such/status'), os.umask(0))")  # /proc, then the fallback
+    out = subprocess.run([sys.executable, "-c", code, str(target)], cwd=REPO, umask=umask, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert stat.S_IMODE(target.stat().st_mode) == mode
+    assert out.split() == [str(umask)] * 3  # both ways read it, and the fallback put it back
