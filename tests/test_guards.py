@@ -237,8 +237,3 @@ def test_silent_heartbeat_counts_as_dead_even_if_the_pid_lives(tmp_path: Path) -
     with writing(engine) as session:
         session.add(WorkerRow(pid=os.getppid(), host=registry.host))
     assert len(registry.prune()) == 1
-
-
-@pytest.mark.parametrize("state", list(WorkerState))
-def test_worker_states_are_the_documented_ones(state: WorkerState) -> None:
-    assert state.value in {"idle", "busy", "paused", "backoff"}
