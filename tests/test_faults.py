@@ -36,7 +36,7 @@ def test_crashes_after_progress_never_fail_a_job_but_three_without_do(queue: Job
     assert job.id is not None
     for window in range(1, 6):  # killed five times, each time a window further on: not the file's fault
         claim(queue)
-        queue.save_window(job.id, HOLDER, Window((), Checkpoint(30.0 * window), 30.0 * window), 600.0, 0.1,
+        queue.save_window(job.id, HOLDER, Window((), Checkpoint(30.0 * window), 30.0 * window, 0.0), 600.0, 0.1,
                           "tiny.en", "fp32")
         (recovered,) = queue.recover(HOLDER, max_attempts=3)
         assert recovered.status == JobStatus.QUEUED and recovered.crashes == 0

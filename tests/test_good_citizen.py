@@ -6,8 +6,10 @@ probe; the clock and waits are injected too, so nothing sleeps.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from daemon import config
@@ -20,7 +22,7 @@ from daemon.worker import Worker
 from tests.conftest import CliRunner
 from tests.daemon_proc import rows, srt_text
 from tests.guard_fakes import FakeTime, memory_sequence
-from tests.speech import meeting
+from tests.speech import SAMPLE_RATE, compose, meeting, write_audio
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +69,48 @@ def test_pressure_spike_pauses_and_resumes_without_losing_a_segment(
     job = jobs[spiky.id]
     assert job.status == JobStatus.DONE and job.attempts == 1
     assert srt_text(Path(job.srt_path)) == srt_text(Path(jobs[calm.id].srt_path))
+
+
+def test_silence_then_speech_on_an_idle_machine_never_backs_off(tmp_path: Path, daemon_env: dict[str, str]) -> None:
+    """5 minutes of silence, then 5 minutes of speech, on an idle machine: no back-off at all, and
+    the workers table never shows `backoff`.
+
+    Skipped silent windows take milliseconds; they must not teach the throttle guard a pace that
+    makes every speech window look throttled. Whether a CPU is throttled cannot be chosen here
+    (this machine is shared with other tests), so the worker times its windows with this process's
+    CPU time, which is what the wall clock reads on an idle machine; the thermal and memory probes
+    say the machine is cool and roomy, and waits are recorded instead of slept.
+    """
+    speech = meeting(300, seed=11)
+    audio = np.concatenate([compose([300.0]).audio, speech.audio])
+    write_audio(audio, tmp_path / "inbox" / "late start.wav")
+    cfg = config.load({}, env=daemon_env)
+    worker = Worker(cfg)
+    job = worker.queue.enqueue(tmp_path / "inbox" / "late start.wav").job
+    worker.initialize()
+    t = FakeTime()
+    worker.guard = Guard(worker.report, t.wait, memory=lambda: Memory(8000), thermal=lambda: None, clock=t.clock,
+                         low_memory_mb=cfg.min_available_mb)
+    worker.clock = time.process_time
+    shown: list[str] = []  # the workers table as `status` prints it, after every heartbeat
+    heartbeat = worker.registry.heartbeat
+
+    def heartbeat_and_look(*args: object) -> None:
+        heartbeat(*args)  # type: ignore[arg-type]
+        shown.append(_workers_table(worker.registry.workers()))
+
+    worker.registry.heartbeat = heartbeat_and_look  # type: ignore[method-assign]
+    try:
+        assert worker.run_once()
+    finally:
+        worker.shutdown()
+    assert t.waits == []
+    states = {line.split()[1] for table in shown for line in table.splitlines()[1:]}
+    assert states == {"busy", "idle"}, states
+    done = {j.id: j for j in worker.queue.jobs()}[job.id]
+    assert done.status == JobStatus.DONE and done.audio_seconds == pytest.approx(len(audio) / SAMPLE_RATE, abs=1)
+    segments = worker.queue.segments(job.id)
+    assert len(segments) > 20 and segments[0].start >= 299  # the speech was transcribed, none in the silence
 
 
 def test_rss_cap_exits_with_the_recycle_code_after_the_job(tmp_path: Path, cli: CliRunner) -> None:

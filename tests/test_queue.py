@@ -192,7 +192,7 @@ def test_only_an_expired_lease_lets_another_worker_requeue_a_job(tmp_path: Path)
     taken = queue.claim("another worker")
     assert taken is not None and taken.id == job.id
     # The first worker wakes up (a laptop lid opened): it cannot write for the job any more.
-    window = Window((Segment(0.0, 1.0, "stale words"),), Checkpoint(30.0), 30.0)
+    window = Window((Segment(0.0, 1.0, "stale words"),), Checkpoint(30.0), 30.0, 30.0)
     with pytest.raises(LeaseLost):
         queue.save_window(job.id, HOLDER, window, 60.0, 0.1, "tiny.en", "fp32")
     with pytest.raises(LeaseLost):
@@ -225,7 +225,7 @@ def test_verify_restarts_changed_content_and_supersedes_older_versions(queue: Jo
     seen = fingerprint(path)
     _, restarted = queue.verify(job.id, HOLDER, seen, "tiny.en", "fp32")
     assert restarted is None
-    queue.save_window(job.id, HOLDER, Window((Segment(0.0, 2.0, "one"),), Checkpoint(30.0), 30.0), 60.0, 0.1,
+    queue.save_window(job.id, HOLDER, Window((Segment(0.0, 2.0, "one"),), Checkpoint(30.0), 30.0, 30.0), 60.0, 0.1,
                       "tiny.en", "fp32")
     queue.release(job.id, HOLDER)
     path.write_bytes(b"version two, queued while nobody watched")
@@ -235,7 +235,7 @@ def test_verify_restarts_changed_content_and_supersedes_older_versions(queue: Jo
     assert checked.processed_seconds == 0 and queue.segments(job.id) == []
     assert checked.sha256 == fingerprint(path).sha256
 
-    queue.save_window(job.id, HOLDER, Window((Segment(0.0, 2.0, "two"),), Checkpoint(30.0), 30.0), 60.0, 0.1,
+    queue.save_window(job.id, HOLDER, Window((Segment(0.0, 2.0, "two"),), Checkpoint(30.0), 30.0, 30.0), 60.0, 0.1,
                       "tiny.en", "fp32")
     queue.release(job.id, HOLDER)
     claim(queue)
