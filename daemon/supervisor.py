@@ -1,8 +1,9 @@
 """`run`: the watcher and the worker as two child processes of one foreground process.
 
 Separate processes keep the always-on watcher free of torch, and let a crashed worker be
-restarted without losing the watcher. Children get the resolved settings through the
-environment, so they see exactly the config this process built.
+restarted without losing the watcher. Children get every resolved setting through the
+environment, unset ones and the config file's path included (Config.to_env), so they see exactly
+the config this process built, whatever the default config.toml says.
 """
 
 from __future__ import annotations

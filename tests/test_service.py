@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import Config
+from daemon import config
+from daemon.config import Config, load
 from daemon.service import (
     ACTIONS, EXIT_UNSUPPORTED, Plan, Remove, ServiceError, Step, add_service_parser, cmd_service, execute, plan,
 )
@@ -191,6 +192,31 @@ def test_systemctl_commands(cfg: Config, home: Path, action: str, expected: list
 
 def test_systemd_install_mentions_linger(cfg: Config, home: Path) -> None:
     assert any("loginctl enable-linger $USER" in note for note in systemd("install", cfg, home).notes)
+
+
+def _unit_env(text: str) -> dict[str, str]:
+    """The Environment= lines of a unit, unquoted the way systemd reads them."""
+    pairs = [shlex.split(line.removeprefix("Environment="))[0].replace("%%", "%")
+             for line in text.splitlines() if line.startswith("Environment=")]
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def test_services_get_exactly_the_settings_of_install(tmp_path: Path, home: Path) -> None:
+    """What `service install --config chosen.toml` wrote builds the same config in the services,
+    even where the default config.toml disagrees, and names the file it came from."""
+    default = config.default_config_file()
+    default.parent.mkdir(parents=True)
+    default.write_text('language = "de"\nmodel = "small"\nbeam_size = 5\n')
+    chosen = tmp_path / "chosen.toml"
+    chosen.write_text('model = "tiny.en"\nbeam_size = "none"\n')
+    cfg = load({"config": str(chosen), "inbox": str(tmp_path / "in"), "outbox": str(tmp_path / "out")}, env={})
+    units = [_unit_env(text) for text in systemd("install", cfg, home).files.values()]
+    agents = [plistlib.loads(text.encode())["EnvironmentVariables"]
+              for text in launchd("install", cfg, home).files.values()]
+    for env in units + agents:
+        assert env["WHISPER_DAEMON_CONFIG"] == str(chosen)
+        service = load({}, env=env)
+        assert service == cfg and (service.language, service.beam_size, service.config) == (None, None, chosen)
 
 
 def test_exit_code_policy(cfg: Config, home: Path) -> None:
