@@ -21,7 +21,7 @@ from daemon.config import Config, ConfigError
 from daemon.db import Job, JobStatus, WorkerRow, connect
 from daemon.registry import Registry
 from daemon.service import ACTIONS, add_service_parser, cmd_service
-from daemon.supervisor import EXIT_CONFIG, EXIT_RECYCLE, PARENT_PID_ENV
+from daemon.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL, PARENT_PID_ENV
 
 EXIT_USAGE = 2
 
@@ -32,7 +32,7 @@ SETTINGS_FLAGS: dict[str, dict[str, Any]] = {
     "outbox": dict(help="folder for .srt transcripts (not inside the inbox)"),
     "db": dict(help="SQLite queue database"),
     "model": dict(help="tiny, tiny.en, base, base.en, small, …; a .pt file; or a CTranslate2 folder"),
-    "language": dict(help="spoken language code (default: detect)"),
+    "language": dict(help="spoken language, a code (en) or a name (english); default: detect"),
     "quiet_seconds": dict(type=float, help="how long a new file must stay unchanged before it is queued (default 2)"),
     "config": dict(help=f"TOML settings file (default {config.default_config_file()} if present; \"\" for none)"),
 }
@@ -169,21 +169,23 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_work(cfg: Config, args: argparse.Namespace) -> int:
-    from daemon.weights import ModelError
+    from daemon.weights import ModelError, ModelUnavailable
     from daemon.worker import Worker
 
     logs.setup(cfg.log_dir, "worker", foreground=sys.stderr.isatty() or PARENT_PID_ENV in os.environ)
     worker = Worker(cfg, _stop_on_signals())
     try:
-        worker.initialize()
-    except ModelError as e:
+        worker.initialize()  # waits (paused) while the model does not fit in free memory yet
+        worker.run(exit_when_empty=args.exit_when_empty)
+    except ModelUnavailable as e:  # e.g. first boot, network not up yet: the service manager retries later
+        logger.error("{} The worker exits with {} so that it is started again later.", e, EXIT_TEMPFAIL)
+        return EXIT_TEMPFAIL
+    except (ModelError, ConfigError) as e:  # restarting cannot help
         logger.error("{}", e)
         return EXIT_CONFIG
-    try:
-        worker.run(exit_when_empty=args.exit_when_empty)
     finally:
         worker.shutdown()
-    return EXIT_RECYCLE if worker.recycle else 0
+    return EXIT_TEMPFAIL if worker.recycle else 0
 
 
 def cmd_enqueue(cfg: Config, args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 
 from daemon.config import APP, Config
 from daemon.subtitles import write_atomic
-from daemon.supervisor import EXIT_CONFIG
+from daemon.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL
 
 ACTIONS = ("install", "uninstall", "start", "stop", "restart", "status")
 EXIT_UNSUPPORTED = 2  # like a usage error: nothing was attempted
@@ -210,7 +210,8 @@ def render_unit(command: str, python: str, env: Mapping[str, str]) -> str:
         "# Restart after a crash (non-zero exit or a signal), not after a clean exit 0.",
         "Restart=on-failure",
         "RestartSec=10",
-        f"# {EXIT_CONFIG} = EX_CONFIG: the configuration is wrong, so restarting cannot help.",
+        f"# {EXIT_CONFIG} = EX_CONFIG: the configuration is wrong, so restarting cannot help. {EXIT_TEMPFAIL} = "
+        "EX_TEMPFAIL (start again later: no network yet for a model download, or memory cap reached) is restarted.",
         f"RestartPreventExitStatus={EXIT_CONFIG}",
         "# SIGTERM first (the worker stops at the next chunk boundary), SIGKILL 20 s later.",
         "KillSignal=SIGTERM",

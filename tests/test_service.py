@@ -6,6 +6,9 @@ import argparse
 import plistlib
 import shlex
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ from daemon.config import Config, load
 from daemon.service import (
     ACTIONS, EXIT_UNSUPPORTED, Plan, Remove, ServiceError, Step, add_service_parser, cmd_service, execute, plan,
 )
-from daemon.supervisor import EXIT_CONFIG
+from daemon.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL, RESTART_MIN_SECONDS, Supervisor, _Child
 
 UID = 501
 PYTHON = "/opt/whisper daemon/.venv/bin/python"  # a space, to prove nothing goes through a shell
@@ -227,6 +230,23 @@ def test_exit_code_policy(cfg: Config, home: Path) -> None:
         lines = text.splitlines()
         assert "Restart=on-failure" in lines and "RestartPreventExitStatus=78" in lines
     assert EXIT_CONFIG == 78
+
+
+def test_run_restarts_a_child_that_exits_75_and_stops_on_78() -> None:
+    """`run` is a service manager too: 75 (start me again later) is restarted with the backoff,
+    78 (bad configuration) stops it. The children here are real processes exiting with those codes."""
+    supervisor = Supervisor(Config(), threading.Event())
+    child = _Child("work")
+    for attempt in range(2):
+        child.proc = subprocess.Popen([sys.executable, "-c", f"raise SystemExit({EXIT_TEMPFAIL})"])
+        child.started = time.monotonic()  # as Supervisor._start records it: a short life keeps the backoff
+        child.proc.wait(timeout=60)
+        before = time.monotonic()
+        assert supervisor._check(child) is None and child.proc is None
+        assert child.restart_at >= before + RESTART_MIN_SECONDS * 2 ** attempt  # backing off
+    child.proc = subprocess.Popen([sys.executable, "-c", f"raise SystemExit({EXIT_CONFIG})"])
+    child.proc.wait(timeout=60)
+    assert supervisor._check(child) == EXIT_CONFIG
 
 
 # ---------------------------------------------------------------- the command line
