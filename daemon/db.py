@@ -49,7 +49,6 @@ class JobStatus(str, Enum):
     SUPERSEDED = "superseded"  # the file changed again before this version of it was transcribed
 
 
-FINISHED = (JobStatus.DONE, JobStatus.FAILED, JobStatus.DUPLICATE, JobStatus.SUPERSEDED)
 
 
 class WorkerState(str, Enum):

@@ -19,7 +19,7 @@ from pathlib import Path
 from sqlalchemy import Engine, delete, func, or_, update
 from sqlmodel import Session, col, select
 
-from daemon.db import FINISHED, Job, JobStatus, SegmentRow, reading, utcnow, writing
+from daemon.db import Job, JobStatus, SegmentRow, reading, utcnow, writing
 from daemon.inputs import Fingerprint, as_text, canonical, fingerprint
 from daemon.outputs import existing, names, output_key
 from daemon.transcript import Checkpoint, Segment, Window

@@ -12,21 +12,25 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 from loguru import logger
+from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE  # in the worker only: importing whisper loads torch
 
 from daemon import logs, precision
 from daemon.audio import AudioError, probe_seconds
-from daemon.config import Config
+from daemon.config import Config, ConfigError
 from daemon.db import Job, JobStatus, WorkerState, checkpoint, connect, slots_dir, storage_error
 from daemon.engine import DecodeSettings, Engine
-from daemon.guards import MB, Guard, Status, model_fits, read_memory, release_memory, rss_mb
+from daemon.guards import (
+    BACKOFF_MAX_SECONDS, BACKOFF_START_SECONDS, MB, Guard, Memory, Status, model_fits, release_memory, rss_mb,
+)
 from daemon.inputs import Fingerprint, fingerprint, refusal
 from daemon.outputs import folder_for
 from daemon.queue import JobQueue, LeaseLost
 from daemon.registry import Registry, take_slot
 from daemon.subtitles import render, write_atomic
 from daemon.transcript import Segment
-from daemon.weights import ModelError, load_resolved, resolve_model, smaller_models
+from daemon.weights import ModelError, ResolvedModel, load_resolved, resolve_model, smaller_models
 
 IDLE_MIN_SECONDS = 0.2
 IDLE_MAX_SECONDS = 2.0  # worst-case pickup delay for a new job while idle
@@ -59,20 +63,20 @@ class Worker:
 
     def initialize(self) -> None:
         self._recover()
+        language = _language_code(self.cfg.language)
         resolved = resolve_model(self.cfg.model, self.cfg.cache_dir / "models")
-        memory = read_memory()
-        if not model_fits(resolved.checkpoint.stat().st_size, memory, self.cfg.min_available_mb):
-            smaller = smaller_models(resolved.name)
-            choice = (f"Choose a smaller model (--model {smaller[0]}; smaller ones: {', '.join(smaller)}) or free "
-                      "some memory." if smaller else "No smaller model exists: free some memory.")
-            raise ModelError(f"model {resolved.name} does not fit: only {memory.available_mb:.0f} MB of memory "
-                             f"is available. {choice}")
+        if not self._wait_until_model_fits(resolved):
+            return  # asked to stop while waiting: run() returns at once
         threads = precision.use_physical_cores()
         model, device = precision.to_device(load_resolved(resolved), precision.pick_device())
+        if language not in (None, "en") and not model.is_multilingual:
+            multilingual = resolved.name.removesuffix(".en") if resolved.name.endswith(".en") else "base"
+            raise ConfigError(f"language {self.cfg.language!r}: model {resolved.name} is English-only. Choose a "
+                              f"multilingual model (e.g. --model {multilingual}), or leave the language unset.")
         self.precision = precision.choose(self.cfg.precision, device)
         model = precision.convert(model, self.precision)
         self.model_name = resolved.name
-        self.engine = Engine(model, DecodeSettings(language=self.cfg.language, beam_size=self.cfg.beam_size,
+        self.engine = Engine(model, DecodeSettings(language=language, beam_size=self.cfg.beam_size,
                                                    chunk_seconds=self.cfg.chunk_seconds))
         for row in self.registry.register(resolved.name, self.precision):
             logger.info("forgetting worker {} (pid {} on {}), gone since {}", row.id, row.pid, row.host,
@@ -81,6 +85,35 @@ class Worker:
         logger.info("worker ready ({}): model {} from {} on {}, {} weights ({:.0f} MB), {} torch threads "
                     "(physical cores)", self.name, resolved.name, resolved.source, device, self.precision,
                     precision.weight_bytes(model) / MB, threads)
+
+    def _wait_until_model_fits(self, resolved: ResolvedModel) -> bool:
+        """Whether the model fits in free memory, waiting (paused, shown in `status`) until it does;
+        False if asked to stop meanwhile. A model that even this machine's total memory cannot hold
+        is a configuration error: waiting would never end."""
+        size, reserve = resolved.checkpoint.stat().st_size, self.cfg.min_available_mb
+        total = Memory(psutil.virtual_memory().total / MB)
+        if not model_fits(size, total, reserve):
+            smaller = smaller_models(resolved.name)
+            choice = (f"Choose a smaller model (--model {smaller[0]}; smaller ones: {', '.join(smaller)})"
+                      if smaller else "No smaller model exists: use a machine with more memory")
+            raise ModelError(f"model {resolved.name} can never fit: this machine has {total.available_mb:.0f} MB of "
+                             f"memory in all, and min_available_mb keeps {reserve:.0f} MB of it free. {choice}, "
+                             "or lower min_available_mb.")
+        delay, registered = BACKOFF_START_SECONDS, False
+        while not model_fits(size, memory := self.guard.memory(), reserve):
+            reason = (f"waiting for memory to load model {resolved.name}: only {memory.available_mb:.0f} MB "
+                      f"available, {reserve:.0f} MB of which stay free (min_available_mb)")
+            logger.warning("{}; checking again in {:.0f} s", reason, delay)
+            if not registered:  # so that `status` shows the wait
+                self.registry.register(resolved.name, self.cfg.precision)
+                registered = True
+            self.report(Status(WorkerState.PAUSED, reason))
+            if self.guard.wait(delay):
+                return False
+            delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+        if registered:
+            logger.info("model {} fits in memory now: loading it", resolved.name)
+        return True
 
     def run(self, exit_when_empty: bool = False) -> None:
         """Work until stopped; idle waits back off from IDLE_MIN to IDLE_MAX and reset on work."""
@@ -282,3 +315,16 @@ def _changed(path: Path, seen: Fingerprint) -> bool:
     except FileNotFoundError:
         return False
     return (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns)
+
+
+def _language_code(language: str | None) -> str | None:
+    """The `language` setting as Whisper's code: a code ("de") or a name ("German", "castilian")."""
+    if language is None:
+        return None
+    key = language.strip().lower()
+    code = key if key in LANGUAGES else TO_LANGUAGE_CODE.get(key)
+    if code is not None:
+        return code
+    raise ConfigError(f"language {language!r} is not one Whisper knows. Give a code or an English name, e.g. "
+                      f"en or english, de or german (codes: {', '.join(sorted(LANGUAGES))}), or leave it unset to "
+                      "detect the language of each recording.")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from daemon.db import WorkerState
 from daemon.guards import (BACKOFF_MAX_SECONDS, MB, Guard, Memory, Status, _read_memory_macos, model_fits, read_memory,
                            rss_mb)
 from tests.guard_fakes import FakeTime, memory_sequence
