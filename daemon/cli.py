@@ -18,52 +18,92 @@ from loguru import logger
 
 from daemon import config, logs
 from daemon.config import Config, ConfigError
-from daemon.db import Job, JobStatus, WorkerRow, connect
-from daemon.registry import Registry
-from daemon.service import add_service_parser, cmd_service
-from daemon.supervisor import EXIT_CONFIG, EXIT_RECYCLE, PARENT_PID_ENV
+from daemon.db import Job, JobStatus, SchemaMismatch, WorkerRow, connect, connect_readonly
+from daemon.registry import gone, workers
+from daemon.service import ACTIONS, add_service_parser, cmd_service
+from daemon.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL, PARENT_PID_ENV
 
 EXIT_USAGE = 2
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    flags = common.add_argument_group("settings (also WHISPER_DAEMON_<NAME> in the environment, or a TOML file)")
-    flags.add_argument("--inbox", help="folder to watch for recordings")
-    flags.add_argument("--outbox", help="folder for .srt transcripts (not inside the inbox)")
-    flags.add_argument("--db", help="SQLite queue database")
-    flags.add_argument("--model", help="tiny, tiny.en, base, base.en, small, …; a .pt file; or a CTranslate2 folder")
-    flags.add_argument("--language", help="spoken language code (default: detect)")
-    flags.add_argument("--quiet-seconds", dest="quiet_seconds", type=float,
-                       help="how long a new file must stay unchanged before it is queued (default 2)")
-    flags.add_argument("--config", help=f"TOML settings file (default {config.DEFAULT_CONFIG_FILE} if present)")
+# The settings flags, and which subcommands use each: a flag a subcommand would ignore is refused.
+SETTINGS_FLAGS: dict[str, dict[str, Any]] = {
+    "inbox": dict(help="folder to watch for recordings"),
+    "outbox": dict(help="folder for .srt transcripts (not inside the inbox)"),
+    "db": dict(help="SQLite queue database"),
+    "model": dict(help="tiny, tiny.en, base, base.en, small, …; a .pt file; or a CTranslate2 folder"),
+    "language": dict(help="spoken language, a code (en) or a name (english); default: detect"),
+    "quiet_seconds": dict(type=float, help="how long a new file must stay unchanged before it is queued (default 2)"),
+    "config": dict(help=f"TOML settings file (default {config.default_config_file()} if present; \"\" for none)"),
+}
+SETTINGS_USED: dict[str, tuple[str, ...]] = {
+    "run": tuple(SETTINGS_FLAGS),
+    "watch": ("inbox", "outbox", "db", "quiet_seconds", "config"),
+    "work": ("inbox", "outbox", "db", "model", "language", "config"),
+    "status": ("db", "config"),
+    "enqueue": ("inbox", "db", "config"),
+    "retry": ("db", "config"),
+    "service install": tuple(SETTINGS_FLAGS),
+    **{f"service {action}": () for action in ACTIONS if action != "install"},  # they ignore settings
+}
 
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _settings(command: str) -> argparse.ArgumentParser:
+    """The settings flags for a subcommand's parser. All are parsed, so a flag it does not use is
+    refused by name in main() (not as a puzzling 'unrecognized argument'); only its own are listed."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("settings (also WHISPER_DAEMON_<NAME> in the environment, or a TOML file)")
+    for name, options in SETTINGS_FLAGS.items():
+        shown = options if name in SETTINGS_USED[command] else {**options, "help": argparse.SUPPRESS}
+        group.add_argument(_flag(name), dest=name, **shown)
+    return parent
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="whisper-daemon", description="Transcribe recordings dropped into a folder.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", parents=[common], help="watcher and worker together, in the foreground")
-    sub.add_parser("watch", parents=[common], help="only the inbox watcher")
-    work = sub.add_parser("work", parents=[common], help="only the transcription worker")
+    sub.add_parser("run", parents=[_settings("run")], help="watcher and worker together, in the foreground")
+    sub.add_parser("watch", parents=[_settings("watch")], help="only the inbox watcher")
+    work = sub.add_parser("work", parents=[_settings("work")], help="only the transcription worker")
     work.add_argument("--exit-when-empty", action="store_true", help="drain the queue, then exit 0")
-    status = sub.add_parser("status", parents=[common], help="show the jobs")
+    status = sub.add_parser("status", parents=[_settings("status")], help="show the jobs")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--limit", type=int, default=50)
-    enqueue = sub.add_parser("enqueue", parents=[common], help="queue files directly")
+    enqueue = sub.add_parser("enqueue", parents=[_settings("enqueue")], help="queue files directly")
     enqueue.add_argument("files", nargs="+", type=Path)
-    retry = sub.add_parser("retry", parents=[common], help="queue finished or failed jobs again")
+    retry = sub.add_parser("retry", parents=[_settings("retry")], help="queue finished or failed jobs again")
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("ids", nargs="*", type=int, default=[])
     which.add_argument("--failed", action="store_true", help="every failed job")
-    add_service_parser(sub, common)
+    add_service_parser(sub, _settings("service install"))
     return parser
+
+
+def _unused_flag(command: str, args: argparse.Namespace) -> str | None:
+    """Why the command line is refused, if it gives a settings flag `command` would ignore."""
+    for name in SETTINGS_FLAGS:
+        if getattr(args, name) is not None and name not in SETTINGS_USED[command]:
+            users = ", ".join(c for c, used in SETTINGS_USED.items() if name in used)
+            return f"whisper-daemon {command}: {_flag(name)} is not used by {command}; it is used by {users}"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    command = f"service {args.action}" if args.command == "service" else args.command
+    if refusal := _unused_flag(command, args):
+        print(refusal, file=sys.stderr)
+        return EXIT_USAGE
     if args.command == "retry" and not args.ids and not args.failed:
         print("retry: give job IDs or --failed", file=sys.stderr)
         return EXIT_USAGE
     try:
-        cfg = config.load(vars(args))
+        # Commands that use no settings don't read them either: a broken config must not block `service stop`.
+        cfg = config.load(vars(args)) if SETTINGS_USED[command] else Config()
     except ConfigError as e:
         print(f"whisper-daemon: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -112,7 +152,7 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
     from daemon.watcher import Watcher
 
     logs.setup(cfg.log_dir, "watcher", foreground=sys.stderr.isatty() or PARENT_PID_ENV in os.environ)
-    queue = JobQueue(connect(cfg.db), cfg.outbox)
+    queue = JobQueue(connect(cfg.db))
 
     def enqueue(path: Path) -> None:
         result = queue.enqueue(path)
@@ -129,31 +169,33 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_work(cfg: Config, args: argparse.Namespace) -> int:
-    from daemon.weights import ModelError
+    from daemon.weights import ModelError, ModelUnavailable
     from daemon.worker import Worker
 
     logs.setup(cfg.log_dir, "worker", foreground=sys.stderr.isatty() or PARENT_PID_ENV in os.environ)
     worker = Worker(cfg, _stop_on_signals())
     try:
-        worker.initialize()
-    except (ModelError, ConfigError) as e:  # a model that cannot follow the settings: say what to change
+        worker.initialize()  # waits (paused) while the model does not fit in free memory yet
+        worker.run(exit_when_empty=args.exit_when_empty)
+    except ModelUnavailable as e:  # e.g. first boot, network not up yet: the service manager retries later
+        logger.error("{} The worker exits with {} so that it is started again later.", e, EXIT_TEMPFAIL)
+        return EXIT_TEMPFAIL
+    except (ModelError, ConfigError) as e:  # restarting cannot help
         logger.error("{}", e)
         return EXIT_CONFIG
-    try:
-        worker.run(exit_when_empty=args.exit_when_empty)
     finally:
         worker.shutdown()
-    return EXIT_RECYCLE if worker.recycle else 0
+    return EXIT_TEMPFAIL if worker.recycle else 0
 
 
 def cmd_enqueue(cfg: Config, args: argparse.Namespace) -> int:
     from daemon.queue import JobQueue
 
-    queue = JobQueue(connect(cfg.db), cfg.outbox)
+    queue = JobQueue(connect(cfg.db))
     code = 0
     for path in args.files:
         try:
-            result = queue.enqueue(path)
+            result = queue.enqueue(path, follow_link=True)  # a link the user names is followed
         except OSError as e:
             print(f"{path}: cannot read it ({e.strerror})", file=sys.stderr)
             code = 1
@@ -166,13 +208,20 @@ def cmd_enqueue(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_retry(cfg: Config, args: argparse.Namespace) -> int:
     from daemon.queue import JobQueue
 
-    jobs = JobQueue(connect(cfg.db), cfg.outbox).retry(args.ids, failed=args.failed)
+    queue = JobQueue(connect(cfg.db))
+    jobs = queue.retry(args.ids, failed=args.failed)
     for job in jobs:
-        print(f"job {job.id}: queued again ({Path(job.path).name})")
-    missing = set(args.ids) - {job.id for job in jobs}
-    for job_id in sorted(missing):
-        print(f"job {job_id}: no such finished or failed job", file=sys.stderr)
-    return 1 if missing else 0
+        print(f"job {job.id}: queued again ({printable(Path(job.path).name)})")
+    others = {job.id: job for job in queue.get(set(args.ids) - {job.id for job in jobs})}
+    for job_id in sorted(set(args.ids) - {job.id for job in jobs}):
+        if job_id not in others:
+            print(f"job {job_id}: no such job", file=sys.stderr)
+        elif others[job_id].status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            print(f"job {job_id}: already {others[job_id].status.value}; nothing to retry", file=sys.stderr)
+        else:
+            print(f"job {job_id}: {others[job_id].status.value}, a newer job has this file; nothing to retry",
+                  file=sys.stderr)
+    return 1 if len(jobs) < len(set(args.ids)) else 0
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
@@ -181,17 +230,29 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     if not cfg.db.exists():
         print(f"no queue database at {cfg.db} yet: start the daemon with `whisper-daemon run`")
         return 0
-    engine = connect(cfg.db)
-    jobs = JobQueue(engine, cfg.outbox).jobs(args.limit)
-    workers = Registry(engine).workers()
+    try:
+        engine = connect_readonly(cfg.db)
+    except SchemaMismatch as e:
+        print(f"whisper-daemon status: {e}", file=sys.stderr)
+        return 1
+    jobs = JobQueue(engine).jobs(args.limit)
+    rows = workers(engine)
+    engine.dispose()
+    now = datetime.now(timezone.utc)
     if args.json:
-        print(json.dumps({"workers": [_plain(w.model_dump()) for w in workers],
+        print(json.dumps({"workers": [_plain(w.model_dump()) | {"state": _worker_state(w, now)} for w in rows],
                           "jobs": [_job_dict(j) for j in jobs]}, indent=2, ensure_ascii=False))
     else:
-        print(_workers_table(workers))
+        print(_workers_table(rows, now))
         print()
         print(_table(jobs))
     return 0
+
+
+def printable(text: str) -> str:
+    """`text` safe for one line of a terminal table: control characters (a newline, an escape
+    sequence in a file name) are shown as escapes instead of acting."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _plain(data: dict[str, Any]) -> dict[str, Any]:
@@ -206,15 +267,18 @@ def _job_dict(job: Job) -> dict[str, Any]:
     return data
 
 
-def _workers_table(workers: list[WorkerRow]) -> str:
-    if not workers:
+def _worker_state(w: WorkerRow, now: datetime) -> str:
+    return "gone" if gone(w, now) else w.state.value
+
+
+def _workers_table(registered: list[WorkerRow], now: datetime) -> str:
+    if not registered:
         return "no worker running"
-    rows = [("WORKER", "STATE", "MODEL", "PRECISION", "RSS", "JOB", "HEARTBEAT", "REASON")]
-    now = datetime.now(timezone.utc)
-    for w in workers:
-        rows.append((str(w.pid), w.state.value, w.model or "-", w.precision or "-",
+    rows = [("WORKER", "PID", "STATE", "MODEL", "PRECISION", "RSS", "JOB", "HEARTBEAT", "REASON")]
+    for w in registered:
+        rows.append((w.id, str(w.pid), _worker_state(w, now), w.model or "-", w.precision or "-",
                      "-" if w.rss_mb is None else f"{w.rss_mb:.0f} MB", str(w.current_job_id or "-"),
-                     f"{(now - w.heartbeat_at).total_seconds():.0f} s ago", w.reason or ""))
+                     f"{(now - w.heartbeat_at).total_seconds():.0f} s ago", printable(w.reason or "")))
     return _columns(rows)
 
 
@@ -246,12 +310,13 @@ def _table(jobs: list[Job]) -> str:
     for job in jobs:
         if job.status == JobStatus.RUNNING or (job.status == JobStatus.QUEUED and job.processed_seconds):
             detail = progress_line(job)
-        elif job.status in (JobStatus.DONE, JobStatus.DUPLICATE):
+        elif job.status in (JobStatus.DONE, JobStatus.DUPLICATE) and job.srt_path:
             detail = Path(job.srt_path).name
         else:
             detail = job.error or ""
         rows.append((str(job.id), job.status.value, _duration(job.audio_seconds),
-                     "-" if job.rtf is None else f"{job.rtf:.2f}", str(job.attempts), Path(job.path).name, detail))
+                     "-" if job.rtf is None else f"{job.rtf:.2f}", str(job.attempts), printable(Path(job.path).name),
+                     printable(detail)))
     return _columns(rows)
 
 

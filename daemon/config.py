@@ -8,7 +8,7 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,13 @@ import platformdirs
 APP = "whisper-daemon"
 ENV_PREFIX = "WHISPER_DAEMON_"
 DATA_DIR = Path(platformdirs.user_data_dir(APP))
-DEFAULT_CONFIG_FILE = Path(platformdirs.user_config_dir(APP)) / "config.toml"
 LOCALE_VARIABLES = ("LC_ALL", "LC_MESSAGES", "LANG")  # POSIX order: the first one set names the user's language
 TRADITIONAL_LOCALES = {"tw", "hk", "mo", "hant"}  # Taiwan, Hong Kong, Macau, or the script tag itself
 TASKS = ("transcribe", "translate")
 CHINESE_SCRIPTS = ("simplified", "traditional", "as-is")  # as-is: the model's own text, untouched
+UNSET = ""  # in the environment: an optional setting (or the config file) explicitly left unset
+_UNSET_WORDS = {UNSET, "none"}
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 
 
 class ConfigError(Exception):
@@ -36,7 +38,7 @@ class Config:
     model: str = "base"  # multilingual; English-only users can pick tiny.en or base.en
     language: str | None = None  # None: detect per recording
     task: str = "transcribe"  # or "translate": English text from speech in any language (multilingual models)
-    prompt: str = ""  # names, jargon and spellings the model should know; given to it on every window
+    prompt: str | None = None  # names, jargon and spellings the model should know; given to it on every window
     chinese_script: str = "simplified"  # simplified | traditional | as-is; load() picks the default from the locale
     beam_size: int | None = 2  # 2 beams: tiny.en WER 3.3% → 2.4% for ~25% more time; None or 1: greedy
     chunk_seconds: float = 30.0  # audio per window and per checkpoint (Whisper's window is 30 s)
@@ -49,62 +51,72 @@ class Config:
     max_rss_mb: float = 4096.0  # after a job above this, exit so the service manager restarts fresh
     log_dir: Path = Path(platformdirs.user_log_dir(APP))
     cache_dir: Path = Path(platformdirs.user_cache_dir(APP))
-    config: Path | None = field(default=None, compare=False)
+    config: Path | None = None  # the TOML file these settings were read from
 
     def to_env(self) -> dict[str, str]:
-        """The settings as WHISPER_DAEMON_* variables, to hand the same config to child processes."""
-        return {
-            ENV_PREFIX + f.name.upper(): str(getattr(self, f.name))
-            for f in fields(self)
-            if getattr(self, f.name) is not None and f.name != "config"
-        }
+        """Every setting as a WHISPER_DAEMON_* variable, unset ones and the config file included, so a
+        child process or a service builds exactly this config whatever the default config.toml says."""
+        return {ENV_PREFIX + f.name.upper(): UNSET if (value := getattr(self, f.name)) is None else str(value)
+                for f in fields(self)}
+
+
+def default_config_file() -> Path:
+    """Read when neither --config nor WHISPER_DAEMON_CONFIG names a file, if it exists. Looked up at
+    each load (not at import), so it follows HOME and XDG_CONFIG_HOME."""
+    return Path(platformdirs.user_config_dir(APP)) / "config.toml"
 
 
 def _coerce(name: str, hint: Any, raw: Any) -> Any:
     """Turn a TOML/env/CLI value into the field's type, naming the setting when it can't."""
-    if raw is None:
-        return None
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    target = args[0] if isinstance(hint, types.UnionType) and args else hint
-    if isinstance(raw, str) and raw.strip().lower() in {"", "none"} and target is not str:
-        return None
+    args = typing.get_args(hint)
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+    target = next(a for a in args if a is not type(None)) if optional else hint
+    if isinstance(raw, str) and raw.strip().lower() in _UNSET_WORDS:
+        if optional:
+            return None
+        if raw.strip() == UNSET:
+            raise ConfigError(f"setting {name!r} needs a value; leave it out to get the default")
     try:
         if target is Path:
             return Path(os.path.expanduser(str(raw))).absolute()
+        if target is bool and isinstance(raw, str):  # bool("false") is True
+            if raw.strip().lower() not in _TRUE | _FALSE:
+                raise ValueError(raw)
+            return raw.strip().lower() in _TRUE
         return target(raw)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"setting {name!r}: {raw!r} is not a valid {target.__name__}") from e
 
 
+def _read_toml(path: Path, names: set[str]) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            from_file = tomllib.load(f)
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file {path} does not exist") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+    unknown = set(from_file) - names
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting(s) {sorted(unknown)}; known: {sorted(names)}")
+    return from_file
+
+
 def load(cli: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Merge the layers; `cli` holds only the flags the user actually gave."""
-    cli = {k: v for k, v in (cli or {}).items() if v is not None}
     env = os.environ if env is None else env
     hints = typing.get_type_hints(Config)
     names = {f.name for f in fields(Config)}
+    given = {name: env[ENV_PREFIX + name.upper()] for name in names if ENV_PREFIX + name.upper() in env}
+    given.update({k: v for k, v in (cli or {}).items() if k in names and v is not None})  # flags beat env
 
-    config_file = cli.get("config") or env.get(ENV_PREFIX + "CONFIG")
-    path = Path(config_file).expanduser() if config_file else DEFAULT_CONFIG_FILE
-    layered: dict[str, Any] = {}
-    if config_file or path.exists():
-        try:
-            with path.open("rb") as f:
-                from_file = tomllib.load(f)
-        except FileNotFoundError as e:
-            raise ConfigError(f"config file {path} does not exist") from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
-        unknown = set(from_file) - names
-        if unknown:
-            raise ConfigError(f"config file {path}: unknown setting(s) {sorted(unknown)}; known: {sorted(names)}")
-        layered.update(from_file)
-        layered["config"] = path
-    for name in names:
-        if ENV_PREFIX + name.upper() in env:
-            layered[name] = env[ENV_PREFIX + name.upper()]
-    layered.update({k: v for k, v in cli.items() if k in names})
+    if "config" in given:  # named (or explicitly none): a named file must exist
+        path = _coerce("config", hints["config"], given.pop("config"))
+    else:
+        path = default_config_file() if default_config_file().is_file() else None
+    layered = {**(_read_toml(path, names - {"config"}) if path else {}), **given}
     layered.setdefault("chinese_script", default_chinese_script(env))
-    cfg = Config(**{k: _coerce(k, hints[k], v) for k, v in layered.items()})
+    cfg = Config(config=path, **{k: _coerce(k, hints[k], v) for k, v in layered.items() if k != "config"})
     validate(cfg)
     return cfg
 
@@ -138,4 +150,3 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"chinese_script is {cfg.chinese_script!r}: choose {', '.join(CHINESE_SCRIPTS)}")
     if not 1 <= cfg.chunk_seconds <= 30:
         raise ConfigError(f"chunk_seconds is {cfg.chunk_seconds}: it must be between 1 and 30 (Whisper's window)")
-

@@ -1,13 +1,15 @@
 """SQLite schema and connections: the only module that knows the database is SQLite.
 
-Everything SQLite-specific (pragmas, `BEGIN IMMEDIATE`, the file path URL) lives here, so a
-PostgreSQL backend only has to replace `connect()` and the begin hook.
+Everything SQLite-specific (pragmas, `BEGIN IMMEDIATE`, the file path URL, schema upgrades by
+table rebuild) lives here, so a PostgreSQL backend only has to replace `connect()`, the begin
+hook and `_upgrade`.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -15,16 +17,20 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Connection, Engine, String, UniqueConstraint, event
+from sqlalchemy import Column, Dialect, Engine, String, Table, UniqueConstraint, event
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.schema import CreateColumn
+from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, create_engine
+
+from daemon.outputs import output_key
 
 BUSY_TIMEOUT_MS = 30_000
 # Pragmas applied to every connection; tests read them back.
 PRAGMAS = {"journal_mode": "wal", "busy_timeout": BUSY_TIMEOUT_MS, "synchronous": 1, "foreign_keys": 1}
+READ_PRAGMAS = {"busy_timeout": BUSY_TIMEOUT_MS, "query_only": 1}  # `status`: reading must not disturb
+SCHEMA_VERSION = 1  # PRAGMA user_version; 0 is the unversioned schema of the first releases
 # After a checkpoint lets the WAL start over, SQLite truncates the file to this size; without it the
 # WAL keeps its high-water size for good (readers that hold checkpoints back can make that large).
 WAL_SIZE_LIMIT_BYTES = 4 << 20
@@ -39,7 +45,10 @@ class JobStatus(str, Enum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
-    DUPLICATE = "duplicate"
+    DUPLICATE = "duplicate"  # same content and settings as a done job: rendered from its segments
+    SUPERSEDED = "superseded"  # the file changed again before this version of it was transcribed
+
+
 
 
 class WorkerState(str, Enum):
@@ -83,12 +92,15 @@ class Job(SQLModel, table=True):
     __tablename__ = "jobs"
 
     id: int | None = Field(default=None, primary_key=True)
-    path: str = Field(index=True)
-    sha256: str = Field(index=True)
+    path: str = Field(index=True)  # inputs.canonical(): one spelling per file
+    sha256: str = Field(index=True)  # "" until the worker has read the file (a refused file)
     size: int
     mtime_ns: int
     status: JobStatus = Field(default=JobStatus.QUEUED, sa_column=_enum_column(JobStatus, JobStatus.QUEUED, "job_status"))
-    srt_path: str
+    # The transcript as written. Chosen when it is written, from the worker's outbox, never at enqueue.
+    srt_path: str | None = None
+    srt_key: str | None = Field(default=None, index=True)  # srt_path as a case- and normalisation-blind file system sees it
+    srt_sha256: str | None = None  # what was written there: a file with other bytes is not ours to replace
     error: str | None = None
     attempts: int = 0
     # Worker deaths in a row while holding this job without finishing a window: a file that kills
@@ -96,14 +108,18 @@ class Job(SQLModel, table=True):
     # not count, so random crashes during a long job cannot fail it. Claims take these jobs last.
     crashes: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     resumed_from: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})  # processed_seconds at claim
+    # Who holds a running job, and until when: the holder renews the lease with every window; once it
+    # has expired, any worker may put the job back in the queue.
+    holder: str | None = Field(default=None, index=True)
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     audio_seconds: float | None = None  # estimated from the container until the job is done
     processed_seconds: float = 0.0  # audio finished and checkpointed; a restart resumes here
     progress: float = 0.0  # processed_seconds / audio_seconds, 0.0 to 1.0
     rtf: float | None = None
     language: str | None = None
     prompt: str = "[]"  # JSON token list carried into the next window, part of the checkpoint
-    model: str | None = None
-    precision: str | None = None  # fp32, fp16 or bf16: what the resident model computed in
+    model: str | None = None  # the model and number format of the checkpoint, then of the transcript
+    precision: str | None = None  # fp32, fp16 or bf16
     duplicate_of: int | None = Field(default=None, foreign_key="jobs.id")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -125,11 +141,12 @@ class SegmentRow(SQLModel, table=True):
 
 
 class WorkerRow(SQLModel, table=True):
-    """One row per worker process, kept fresh by its heartbeat."""
+    """One row per worker, kept fresh by its heartbeat. `id` is the worker's holder name on jobs."""
 
     __tablename__ = "workers"
 
-    pid: int = Field(primary_key=True)
+    id: str = Field(primary_key=True)
+    pid: int  # for people reading `status`; nothing is decided by it (pids are reused after a reboot)
     host: str
     state: WorkerState = Field(default=WorkerState.IDLE,
                                sa_column=_enum_column(WorkerState, WorkerState.IDLE, "worker_state"))
@@ -143,24 +160,50 @@ class WorkerRow(SQLModel, table=True):
 
 
 def connect(db_path: Path) -> Engine:
-    """Open (and create) the queue database with WAL, busy_timeout and synchronous=NORMAL."""
+    """Open (create or upgrade) the queue database with WAL, busy_timeout and synchronous=NORMAL."""
     db_path.parent.mkdir(parents=True, exist_ok=True)
     if not db_path.exists():
         # Owner-only: transcripts and file names are private.
         os.close(os.open(db_path, os.O_CREAT | os.O_WRONLY, 0o600))
-    engine = create_engine(
-        f"sqlite:///{db_path}",
-        connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-    )
+    engine = _engine(f"sqlite:///{db_path}", PRAGMAS | {"journal_size_limit": WAL_SIZE_LIMIT_BYTES})
+    _upgrade(engine)
+    return engine
+
+
+def connect_readonly(db_path: Path) -> Engine:
+    """For `status` and other readers: never takes the write lock, never changes the schema."""
+    url = f"file:{urllib.parse.quote(str(db_path.absolute()))}?mode=ro"
+    engine = _engine("sqlite://", READ_PRAGMAS, creator=lambda: sqlite3.connect(
+        url, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False))
+    with engine.connect() as conn:
+        version = conn.exec_driver_sql("PRAGMA user_version").scalar()
+    if version != SCHEMA_VERSION:
+        engine.dispose()
+        raise SchemaMismatch(f"the queue database {db_path} has schema version {version}, this whisper-daemon reads "
+                             f"version {SCHEMA_VERSION}: start the watcher or worker of this version once to upgrade it")
+    return engine
+
+
+def slots_dir(db_path: Path) -> Path:
+    """Where this machine's workers of this queue keep their slots (registry.take_slot): beside it."""
+    return db_path.with_name(db_path.name + ".workers")
+
+
+class SchemaMismatch(Exception):
+    """A reader met a database of another version; the message says what to do."""
+
+
+def _engine(url: str, pragmas: dict[str, object], **kwargs: Any) -> Engine:
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+                           **kwargs)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Autocommit at the driver level so the begin hook below owns transaction start.
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        for name, value in PRAGMAS.items():
+        for name, value in pragmas.items():
             cursor.execute(f"PRAGMA {name}={value}")
-        cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -170,21 +213,70 @@ def connect(db_path: Path) -> Engine:
         immediate = conn.get_execution_options().get("immediate", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
-    # Under the write lock, so two processes starting together don't both create tables.
-    with engine.execution_options(immediate=True).begin() as conn:
-        SQLModel.metadata.create_all(conn)
-        _add_missing_columns(conn)
     return engine
 
 
-def _add_missing_columns(conn: Connection) -> None:
-    """A database made by an older version lacks newer columns: add them, with their defaults."""
-    for table in SQLModel.metadata.sorted_tables:
-        present = {row[1] for row in conn.exec_driver_sql(f"PRAGMA table_info({table.name})")}
-        for column in table.columns:
-            if column.name not in present:
-                ddl = CreateColumn(column).compile(dialect=conn.dialect)
-                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
+def _upgrade(engine: Engine) -> None:
+    """Create the tables, or bring a database made by an older version up to SCHEMA_VERSION.
+
+    SQLite cannot change a column's constraints in place, so each table is rebuilt from the
+    current model (create, copy the columns both have, drop, rename: SQLite's documented
+    procedure) with foreign keys off, under the write lock, so that two processes starting
+    together do it once."""
+    raw = engine.raw_connection()
+    db: sqlite3.Connection = raw.driver_connection  # type: ignore[assignment]
+    try:
+        db.execute("PRAGMA foreign_keys=OFF")  # only outside a transaction; the rebuild drops referenced tables
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise SchemaMismatch(f"the queue database has schema version {version}, newer than this "
+                                     f"whisper-daemon's {SCHEMA_VERSION}: upgrade whisper-daemon")
+            if version < SCHEMA_VERSION:
+                present = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                for table in SQLModel.metadata.sorted_tables:
+                    _rebuild(db, table, engine.dialect, copy=table.name in present and table.name != "workers")
+                _fill_new_columns(db, version)
+                if db.execute("PRAGMA foreign_key_check").fetchall():
+                    raise SchemaMismatch("the queue database has rows that point at missing jobs")
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        finally:
+            db.execute("PRAGMA foreign_keys=ON")
+    finally:
+        raw.close()
+
+
+def _rebuild(db: sqlite3.Connection, table: Table, dialect: Dialect, copy: bool) -> None:
+    name = table.name
+    ddl = str(CreateTable(table).compile(dialect=dialect)).strip()
+    if copy:
+        old = [row[1] for row in db.execute(f"PRAGMA table_info({name})")]
+        common = ", ".join(c.name for c in table.columns if c.name in old)
+        # Only the new table's own name changes; its references (to `jobs`) are right after the rename.
+        db.execute(ddl.replace(f"CREATE TABLE {name} ", f"CREATE TABLE _new_{name} ", 1))
+        db.execute(f"INSERT INTO _new_{name} ({common}) SELECT {common} FROM {name}")
+        db.execute(f"DROP TABLE {name}")
+        db.execute(f"ALTER TABLE _new_{name} RENAME TO {name}")
+    else:  # a new table, or one whose rows describe processes of the old version (workers)
+        db.execute(f"DROP TABLE IF EXISTS {name}")
+        db.execute(ddl)
+    for index in table.indexes:
+        db.execute(str(CreateIndex(index).compile(dialect=dialect)))
+
+
+def _fill_new_columns(db: sqlite3.Connection, version: int) -> None:
+    """Rows written by version 0 (before schema versions): transcript names were fixed at enqueue
+    time; now they are chosen when written, so unfinished jobs forget theirs."""
+    if version >= 1:
+        return
+    db.execute("UPDATE jobs SET srt_path = NULL WHERE status IN ('queued', 'running')")
+    for job_id, srt_path in db.execute("SELECT id, srt_path FROM jobs WHERE srt_path IS NOT NULL").fetchall():
+        db.execute("UPDATE jobs SET srt_key = ? WHERE id = ?", (output_key(Path(srt_path)), job_id))
 
 
 def checkpoint(engine: Engine) -> None:

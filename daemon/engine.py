@@ -123,7 +123,8 @@ class Engine:
                 # Silence costs nothing: no model time, and nothing for it to hallucinate.
                 buffer = buffer[content_frames * HOP_LENGTH:]
                 offset += content_frames * HOP_LENGTH
-                yield Window((), Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), feed.seconds)
+                yield Window((), Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), feed.seconds,
+                             model_seconds=0.0)
                 continue
             mel = self._mel(buffer[: self.window_samples], content_frames)
             if decoder is None:
@@ -141,7 +142,8 @@ class Engine:
             consumed = max(advance, 1) * HOP_LENGTH
             buffer = buffer[consumed:]
             offset += consumed
-            yield Window(kept, Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), feed.seconds)
+            yield Window(kept, Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), feed.seconds,
+                         model_seconds=content_frames * HOP_LENGTH / SAMPLE_RATE)
 
     def check(self, settings: DecodeSettings) -> None:
         """Settings this model cannot follow fail here, before any audio is read, saying what to change.
@@ -178,7 +180,9 @@ class Engine:
                 return
             voiced = [(a, b) for a, b in spans if not chunking.is_silent(buffer[a:b])]
             segments: list[Segment] = []
+            model_samples = 0
             while voiced:
+                model_samples += sum(b - a for a, b in voiced)
                 mels = [self._mel(buffer[a:b], (b - a) // HOP_LENGTH) for a, b in voiced]
                 if decoder is None:
                     language = language or self._detect_language(mels[0])
@@ -203,7 +207,8 @@ class Engine:
             consumed = spans[-1][1]
             buffer = buffer[consumed:]
             offset += consumed
-            yield Window(tuple(segments), Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), feed.seconds)
+            yield Window(tuple(segments), Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), feed.seconds,
+                         model_seconds=model_samples / SAMPLE_RATE)
 
     def _decode_batch(self, decoder: Decoder, mels: list[torch.Tensor], positions: list[int],
                       prompt: list[int]) -> list[DecodingResult]:

@@ -7,17 +7,19 @@ cannot be produced on demand. Checks run between windows, never inside one.
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import os
 import re
-import resource
-import subprocess
+import statistics
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from loguru import logger
 
 from daemon.db import WorkerState
@@ -28,9 +30,9 @@ RESUME_FACTOR = 1.5
 PSI_PAUSE = 25.0  # % of time some task stalled on memory (avg10); resume below half
 BACKOFF_START_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 120.0
-SLOWDOWN_FACTOR = 1.5  # a window this much slower than our running baseline means throttling
-BASELINE_WEIGHT = 0.2  # EWMA weight of each normal-speed window in the baseline
+SLOWDOWN_FACTOR = 1.5  # a window this much slower than this worker's usual pace means throttling
 SLOW_WINDOWS = 3  # ... for this many windows in a row (one slow window is noise)
+PACE_WINDOWS = 15  # the usual pace is the median of this many recent model windows (~7 min of audio)
 FIT_OVERHEAD_MB = 400  # activations, decoder caches and the interpreter beside the weights
 CHUNK_MB = 64  # one more chunk in a batch: its mel, encoder output and decoder caches (base: ~30 MB)
 
@@ -43,12 +45,8 @@ class Memory:
 
 
 def rss_mb() -> float:
-    """This process's resident set size now."""
-    try:
-        with open(f"/proc/{os.getpid()}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MB
-    except OSError:  # macOS: no /proc; ru_maxrss (bytes there) is the best cheap figure
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / MB
+    """This process's resident set size now, not its peak (/proc on Linux, the task's info on macOS)."""
+    return psutil.Process().memory_info().rss / MB
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -91,16 +89,35 @@ def _read_memory_linux() -> Memory:
     return Memory(available, psi_some_avg10=psi)
 
 
-def _sysctl(name: str) -> int:
-    return int(subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5).stdout)
+@functools.cache
+def _libsystem() -> ctypes.CDLL:
+    libc = ctypes.CDLL("/usr/lib/libSystem.B.dylib", use_errno=True)
+    libc.sysctlbyname.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
+                                  ctypes.c_void_p, ctypes.c_size_t]
+    libc.sysctlbyname.restype = ctypes.c_int
+    return libc
 
 
-def _read_memory_macos() -> Memory:
+def _sysctl(name: str) -> bytes:
+    """A macOS kernel value's bytes, read in-process: forking sysctl(8) from a ~600 MB worker at
+    every check costs more than the check."""
+    size = ctypes.c_size_t(8)  # the values read here are ints and uint64s
+    value = ctypes.create_string_buffer(size.value)
+    if _libsystem().sysctlbyname(name.encode(), value, ctypes.byref(size), None, 0) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"cannot read {name}: {os.strerror(error)}")
+    return value.raw[: size.value]
+
+
+def _read_memory_macos(sysctl: Callable[[str], bytes] = _sysctl) -> Memory:
     # psutil-style "available" understates free memory on macOS (compressed and file-backed
     # pages); the kernel's own pressure level is what memory_pressure(1) reports.
-    level = _sysctl("kern.memorystatus_vm_pressure_level")
-    free_pct = _sysctl("kern.memorystatus_level")  # % of memory the kernel considers available
-    total = _sysctl("hw.memsize") / MB
+    def number(name: str) -> int:
+        return int.from_bytes(sysctl(name), sys.byteorder)
+
+    level = number("kern.memorystatus_vm_pressure_level")
+    free_pct = number("kern.memorystatus_level")  # % of memory the kernel considers available
+    total = number("hw.memsize") / MB
     return Memory(total * free_pct / 100, macos_level=level)
 
 
@@ -156,6 +173,15 @@ class Guard:
 
     `wait(seconds)` returns True when the worker was asked to stop meanwhile; in production
     it is the stop event's wait, in tests a fake that advances a fake clock.
+
+    Throttling shows as windows that run slower than usual. The pace of a window is its wall
+    time per second of audio the model ran on; windows the model skipped have none. The usual
+    pace is the median of the last PACE_WINDOWS paces, so a few odd windows, fast or slow, do not
+    move it. SLOW_WINDOWS slow windows in a row mean throttling: back off. A pace that persists
+    becomes the usual one once it fills half the history (after two backoffs at most): it is
+    this worker's pace now, whether a throttle that waiting does not cure or a baseline learnt
+    from a few abnormally fast windows, and backing off forever would not help. Real heat is
+    still reported by the thermal probe, which backs off for as long as it lasts.
     """
 
     def __init__(
@@ -173,7 +199,7 @@ class Guard:
         self.thermal = thermal
         self.clock = clock
         self.low_memory_mb = low_memory_mb
-        self.baseline_rtf: float | None = None
+        self.paces: deque[float] = deque(maxlen=PACE_WINDOWS)
         self.slow_windows = 0
         self.backoff = BACKOFF_START_SECONDS
 
@@ -193,11 +219,16 @@ class Guard:
         room = (self.memory().available_mb - self.low_memory_mb) // CHUNK_MB
         return int(max(1, min(requested, room)))
 
-    def check(self, window_rtf: float | None = None) -> bool:
-        """Block while memory is tight or the machine throttles; False if asked to stop meanwhile."""
+    def check(self, model_pace: float | None = None) -> bool:
+        """Block while memory is tight or the machine throttles; False if asked to stop meanwhile.
+
+        `model_pace`: wall seconds the last window took per second of audio the model ran on;
+        None when the model did not run (a skipped silent window's milliseconds say nothing
+        about the CPU).
+        """
         if not self._memory_ok():
             return False
-        return self._throttle_ok(window_rtf)
+        return self._throttle_ok(model_pace)
 
     def _memory_ok(self) -> bool:
         reason = self.pressure(self.memory(), resuming=False)
@@ -216,19 +247,19 @@ class Guard:
         self.report(Status(WorkerState.BUSY))
         return True
 
-    def _throttle_ok(self, window_rtf: float | None) -> bool:
+    def _throttle_ok(self, model_pace: float | None) -> bool:
         reason = self.thermal()
-        if window_rtf is not None and window_rtf > 0:
-            baseline = self.baseline_rtf or window_rtf
-            slow = window_rtf > baseline * SLOWDOWN_FACTOR
+        if model_pace is not None and model_pace > 0:
+            usual = statistics.median(self.paces) if self.paces else model_pace
+            slow = model_pace > usual * SLOWDOWN_FACTOR
             self.slow_windows = self.slow_windows + 1 if slow else 0
-            if not slow:  # slow windows must not drag the baseline up, or throttling becomes normal
-                self.baseline_rtf = baseline + BASELINE_WEIGHT * (window_rtf - baseline)
+            self.paces.append(model_pace)
             if reason is None and self.slow_windows >= SLOW_WINDOWS:
-                reason = (f"windows {window_rtf / baseline:.1f}× slower than this worker's usual pace "
+                reason = (f"windows {model_pace / usual:.1f}× slower than this worker's usual pace "
                           f"for {self.slow_windows} windows: the CPU is being throttled or shared")
         if reason is None:
-            self.backoff = max(BACKOFF_START_SECONDS, self.backoff / 2)  # hysteresis: ease back down
+            if not self.slow_windows:  # hysteresis: ease back down, but not while the slowdown goes on
+                self.backoff = max(BACKOFF_START_SECONDS, self.backoff / 2)
             return True
         logger.warning("backing off {:.0f} s: {}", self.backoff, reason)
         self.report(Status(WorkerState.BACKOFF, reason))

@@ -14,6 +14,10 @@ STDERR_FORMAT = "<green>{time:HH:mm:ss}</green> {extra[proc]} <level>{message}</
 FILE_FORMAT = "{time:YYYY-MM-DDTHH:mm:ss.SSSZZ} {level} pid={process.id} {message}"
 
 
+def log_file(log_dir: Path, process: str) -> Path:
+    return log_dir / f"{process}.log"
+
+
 def setup(log_dir: Path, process: str, *, foreground: bool) -> None:
     """Log to `<log_dir>/<process>.log` (owner-only), and to stderr: everything in a terminal,
     only warnings and errors under a service manager (which files stderr separately)."""
@@ -21,7 +25,7 @@ def setup(log_dir: Path, process: str, *, foreground: bool) -> None:
     logger.configure(extra={"proc": process})
     logger.add(sys.stderr, level="INFO" if foreground else "WARNING", format=STDERR_FORMAT)
     log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    logger.add(log_dir / f"{process}.log", level="DEBUG", rotation=ROTATION, retention=RETENTION,
+    logger.add(log_file(log_dir, process), level="DEBUG", rotation=ROTATION, retention=RETENTION,
                opener=_private, format=FILE_FORMAT)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 
 import psutil
 import torch
@@ -56,18 +57,28 @@ def use_physical_cores() -> int:
     return threads
 
 
+def measure_cpu() -> dict[str, float]:
+    """Seconds per probe product in each format on this CPU (inf: a half format not worth measuring)."""
+    fp32 = _matmul_seconds(torch.float32)
+    return {"fp32": fp32, **{name: _half_seconds(DTYPES[name], fp32) for name in ("bf16", "fp16")}}
+
+
+def fastest(seconds: Mapping[str, float]) -> str:
+    """The faster half format if it keeps up with fp32 (within KEEPS_UP), else fp32."""
+    half = min(("bf16", "fp16"), key=seconds.__getitem__)
+    return half if seconds[half] <= seconds["fp32"] * KEEPS_UP else "fp32"
+
+
 def choose(requested: str, device: str) -> str:
     """Resolve `auto` for this device; explicit choices are kept."""
     if requested != "auto":
         return requested
     if device in ("cuda", "mps"):
         return "fp16"
-    fp32 = _matmul_seconds(torch.float32)
-    timings = {name: _half_seconds(DTYPES[name], fp32) for name in ("bf16", "fp16")}
-    half = min(timings, key=timings.__getitem__)
-    chosen = half if timings[half] <= fp32 * KEEPS_UP else "fp32"
-    logger.info("precision auto → {} (matmul {}: {}, fp32 {:.2f} ms)", chosen, half,
-                f"{timings[half] * 1e3:.2f} ms", fp32 * 1e3)
+    seconds = measure_cpu()
+    chosen = fastest(seconds)
+    logger.info("precision auto → {} (matmul {})", chosen,
+                ", ".join(f"{name} {s * 1e3:.2f} ms" for name, s in seconds.items()))
     return chosen
 
 

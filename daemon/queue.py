@@ -1,38 +1,37 @@
-"""The job queue: enqueue, claim, finish. Portable SQL only; SQLite specifics stay in db.py."""
+"""The job queue: enqueue, claim under a lease, checkpoint, finish. Portable SQL only; SQLite
+specifics stay in db.py.
+
+A running job belongs to the worker named in `holder` until `lease_until`. Every write a worker
+makes for a job (a window, its output name, its end) is conditional on still holding it, so a
+worker that lost its lease (asleep, stalled) can never overwrite the work of the one that took over.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine, delete, func, update
+from sqlalchemy import Engine, delete, func, or_, update
 from sqlmodel import Session, col, select
 
 from daemon.db import Job, JobStatus, SegmentRow, reading, utcnow, writing
+from daemon.inputs import Fingerprint, as_text, canonical, fingerprint
+from daemon.outputs import existing, names, output_key
 from daemon.transcript import Checkpoint, Segment, Window
 
 MAX_ATTEMPTS = 3
-HASH_BLOCK = 1 << 20
-NAME_MAX = 255  # bytes in one file name on ext4, APFS and most other file systems
+# A worker renews its lease with every window and every heartbeat (at most 2 minutes apart, the
+# longest guard wait); a job whose lease has run out for this long has lost its worker.
+LEASE = timedelta(minutes=10)
 
 
-def as_text(path: Path) -> str:
-    """The path as text for the database and logs: bytes that are not UTF-8 (possible in Linux
-    file names) become \\xNN escapes instead of failing to encode."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
+class LeaseLost(Exception):
+    """This worker no longer holds the job: its lease expired and the job was requeued or taken."""
 
 
 @dataclass(frozen=True)
@@ -42,126 +41,65 @@ class Enqueued:
 
 
 class JobQueue:
-    def __init__(self, engine: Engine, outbox: Path, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, engine: Engine, clock: Callable[[], datetime] = utcnow) -> None:
         self.engine = engine
-        self.outbox = outbox
         self.clock = clock
 
-    def enqueue(self, path: Path) -> Enqueued:
+    # ------------------------------------------------------------------ adding jobs
+
+    def enqueue(self, path: Path, *, follow_link: bool = False) -> Enqueued:
         """Queue `path` unless this exact file (same path, same content) is already known.
 
         Same content under another name is queued too; the worker turns it into a `duplicate`
-        that copies the first transcript instead of running the model again.
+        rendered from the first transcript's segments instead of running the model again.
+        `follow_link`: the user named this file themselves (`enqueue`), so a link is followed;
+        links found in the inbox are refused instead.
         """
-        path = path.absolute()
+        path = canonical(path, follow_link=follow_link)
         stat = path.stat()
         with reading(self.engine) as session:
-            latest = self._latest_for_path(session, path)
-        if latest is not None and (latest.size, latest.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
-            return Enqueued(latest, False)  # unchanged since we saw it: skip hashing
-        digest = sha256_file(path)  # outside the transaction: hashing a long video takes seconds
+            latest = _latest_for_path(session, path)
+        if latest is not None and latest.sha256 and (latest.size, latest.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+            return Enqueued(latest, False)  # nobody touched it since we read it: skip hashing
+        seen = fingerprint(path)  # outside the transaction: hashing a long video takes seconds
         with writing(self.engine) as session:
-            latest = self._latest_for_path(session, path)
-            if latest is not None and latest.sha256 == digest:
-                latest.size, latest.mtime_ns = stat.st_size, stat.st_mtime_ns
-                session.add(latest)
-                return Enqueued(latest, False)
+            latest = _latest_for_path(session, path)
             if latest is not None and latest.status == JobStatus.QUEUED:
-                # Replaced before the worker finished it: transcribe the new content from the start.
-                latest.sha256, latest.size, latest.mtime_ns = digest, stat.st_size, stat.st_mtime_ns
-                _reset_progress(session, latest)
-                return Enqueued(latest, True)
-            srt_path = latest.srt_path if latest is not None else self._free_srt_path(session, path)
-            job = Job(path=str(path), sha256=digest, size=stat.st_size, mtime_ns=stat.st_mtime_ns,
-                      srt_path=srt_path, created_at=self.clock())
+                changed = latest.sha256 != seen.sha256
+                if changed:  # replaced before the worker got to it: transcribe the new content from the start
+                    _reset_progress(session, latest)
+                _set_fingerprint(session, latest, seen)
+                return Enqueued(latest, changed)
+            if latest is not None and latest.status == JobStatus.RUNNING and latest.sha256 == seen.sha256:
+                return Enqueued(latest, False)
+            # New, new content (a running job for the old content is superseded when this one is
+            # claimed), or the same content copied in again after it was finished (its transcript may
+            # have been deleted): a new job. Known content is rendered from stored segments, cheaply.
+            job = Job(path=str(path), sha256=seen.sha256, size=seen.size, mtime_ns=seen.mtime_ns,
+                      created_at=self.clock())
             session.add(job)
             session.flush()
             return Enqueued(job, True)
 
     def reject(self, path: Path, reason: str) -> Enqueued:
         """Record a file that will not be transcribed (unreadable, a link, …) as a `failed` job, so
-        `status` says why. Rescans of the same unchanged file add nothing."""
+        `status` says why. Rescans of the same unchanged file add nothing. Its content is unknown
+        (sha256 ""): the worker reads and checks it again if the job is retried."""
+        path = canonical(path)
         stat = path.lstat()
-        text = Path(as_text(path.absolute()))
+        text = Path(as_text(path))
         error = f"{text.name}: {reason}"
         with writing(self.engine) as session:
-            latest = self._latest_for_path(session, text)
+            latest = _latest_for_path(session, text)
             if latest is not None and (latest.size, latest.mtime_ns, latest.error) == (
                     stat.st_size, stat.st_mtime_ns, error):
                 return Enqueued(latest, False)
             now = self.clock()
             job = Job(path=str(text), sha256="", size=stat.st_size, mtime_ns=stat.st_mtime_ns, status=JobStatus.FAILED,
-                      error=error, srt_path=latest.srt_path if latest else self._free_srt_path(session, text),
-                      created_at=now, finished_at=now)
+                      error=error, created_at=now, finished_at=now)
             session.add(job)
             session.flush()
             return Enqueued(job, True)
-
-    def claim(self) -> Job | None:
-        """Atomically move the oldest claimable job to `running`.
-
-        A job whose content is being transcribed right now waits, so that it becomes a
-        duplicate of that job rather than a second transcription.
-        """
-        busy_content = select(Job.sha256).where(Job.status == JobStatus.RUNNING)
-        next_id = (
-            select(Job.id)
-            .where(Job.status == JobStatus.QUEUED, col(Job.sha256).not_in(busy_content))
-            .order_by(col(Job.crashes), col(Job.id))  # a job that just killed a worker waits its turn
-            .limit(1)
-            .scalar_subquery()
-        )
-        stmt = (
-            update(Job)
-            .where(col(Job.id) == next_id)
-            .values(status=JobStatus.RUNNING, attempts=Job.attempts + 1, started_at=self.clock(),
-                    finished_at=None, error=None, resumed_from=Job.processed_seconds)
-            .returning(Job.id)
-        )
-        with writing(self.engine) as session:
-            job_id = session.execute(stmt).scalar_one_or_none()
-            return None if job_id is None else session.get(Job, job_id)
-
-    def finish(self, job_id: int, status: JobStatus, **fields: object) -> Job:
-        with writing(self.engine) as session:
-            job = session.get_one(Job, job_id)
-            job.status = status
-            job.finished_at = self.clock()
-            for name, value in fields.items():
-                setattr(job, name, value)
-            session.add(job)
-            return job
-
-    def fail(self, job_id: int, error: str) -> Job:
-        return self.finish(job_id, JobStatus.FAILED, error=error)
-
-    def release(self, job_id: int) -> None:
-        """Put a job back because the worker is stopping; the interrupted try does not count."""
-        with writing(self.engine) as session:
-            job = session.get_one(Job, job_id)
-            job.status = JobStatus.QUEUED
-            job.attempts = max(0, job.attempts - 1)
-            session.add(job)
-
-    def recover(self, max_attempts: int = MAX_ATTEMPTS, held: Iterable[int] = ()) -> list[Job]:
-        """Requeue jobs left `running` by a crashed worker (not those `held` by live ones);
-        give up on files that crashed it `max_attempts` times in a row without progress."""
-        with writing(self.engine) as session:
-            stuck = session.exec(
-                select(Job).where(Job.status == JobStatus.RUNNING, col(Job.id).not_in(list(held)))
-            ).all()
-            for job in stuck:
-                job.crashes = 0 if job.processed_seconds > job.resumed_from else job.crashes + 1
-                if job.crashes >= max_attempts:
-                    job.status = JobStatus.FAILED
-                    job.finished_at = self.clock()
-                    job.error = (f"the worker stopped unexpectedly {job.crashes} times in a row while "
-                                 f"transcribing this file (never past {job.processed_seconds:.0f} s of it); "
-                                 "giving up (use `retry` to try again)")
-                else:
-                    job.status = JobStatus.QUEUED
-                session.add(job)
-            return list(stuck)
 
     def retry(self, ids: Iterable[int] = (), *, failed: bool = False) -> list[Job]:
         query = select(Job).where(col(Job.status).in_([JobStatus.FAILED, JobStatus.DONE, JobStatus.DUPLICATE]))
@@ -169,25 +107,175 @@ class JobQueue:
         with writing(self.engine) as session:
             jobs = session.exec(query).all()
             for job in jobs:
-                job.status, job.attempts, job.error = JobStatus.QUEUED, 0, None
+                job.status, job.attempts, job.error, job.duplicate_of = JobStatus.QUEUED, 0, None, None
                 job.started_at = job.finished_at = None
                 _reset_progress(session, job)
             return list(jobs)
 
-    def save_window(self, job_id: int, window: Window, audio_seconds: float | None, rtf: float) -> None:
-        """Commit a window's segments and the checkpoint after it in one transaction."""
+    # ------------------------------------------------------------------ a worker's side
+
+    def claim(self, holder: str) -> Job | None:
+        """Atomically move the oldest claimable job to `running`, held by `holder` under a lease.
+
+        A job whose content is being transcribed right now waits, so that it becomes a
+        duplicate of that job rather than a second transcription. Unknown content ("") never waits.
+        """
+        busy_content = select(Job.sha256).where(Job.status == JobStatus.RUNNING, Job.sha256 != "")
+        next_id = (
+            select(Job.id)
+            .where(Job.status == JobStatus.QUEUED, col(Job.sha256).not_in(busy_content))
+            .order_by(col(Job.crashes), col(Job.id))  # a job that just killed a worker waits its turn
+            .limit(1)
+            .scalar_subquery()
+        )
+        now = self.clock()
+        stmt = (
+            update(Job)
+            .where(col(Job.id) == next_id)
+            .values(status=JobStatus.RUNNING, holder=holder, lease_until=now + LEASE, attempts=Job.attempts + 1,
+                    started_at=now, finished_at=None, error=None, resumed_from=Job.processed_seconds)
+            .returning(Job.id)
+        )
         with writing(self.engine) as session:
-            job = session.get_one(Job, job_id)
+            job_id = session.execute(stmt).scalar_one_or_none()
+            return None if job_id is None else session.get(Job, job_id)
+
+    def verify(self, job_id: int, holder: str, seen: Fingerprint, model: str, precision: str) -> tuple[Job, str | None]:
+        """Check a just-claimed job against its file as it is now (`seen`) and this worker's model.
+
+        If a newer job for the same path exists, that one has the file as it is now: this one ends
+        `superseded` (check the returned job's status). Otherwise older unfinished jobs for the path
+        are superseded by this one, and the checkpoint is discarded if the content changed since it
+        was queued, or if it was made with another model or precision; the reason is returned."""
+        with writing(self.engine) as session:
+            job = _held(session, job_id, holder)
+            newer = session.exec(select(Job.id).where(Job.path == job.path, col(Job.id) > job_id)
+                                 .order_by(col(Job.id).desc()).limit(1)).first()
+            if newer is not None:
+                self._end(job, JobStatus.SUPERSEDED, error=f"the file changed again; job {newer} has it as it is now")
+                session.add(job)
+                return job, None
+            session.execute(
+                update(Job).where(Job.path == job.path, col(Job.id) < job_id, Job.status == JobStatus.QUEUED)
+                .values(status=JobStatus.SUPERSEDED, finished_at=self.clock(),
+                        error=f"the file changed again; job {job_id} has it as it is now"))
+            reason = None
+            if job.sha256 and job.sha256 != seen.sha256:
+                reason = "the file changed since it was queued"
+            elif (job.model, job.precision) != (model, precision):
+                reason = f"its checkpoint was made with {job.model} in {job.precision}, this worker runs {model} in {precision}"
+            if reason is None or not (job.processed_seconds or _has_segments(session, job_id)):
+                reason = None  # nothing to discard
+            else:
+                _reset_progress(session, job)
+            _set_fingerprint(session, job, seen)
+            return job, reason
+
+    def finished_twin(self, job: Job, model: str) -> Job | None:
+        """An earlier job with the same content, transcribed by `model`, whose stored segments can
+        be rendered for this one. Unknown content ("") has no twin."""
+        if not job.sha256:
+            return None
+        with reading(self.engine) as session:
+            return session.exec(
+                select(Job)
+                .where(Job.sha256 == job.sha256, Job.status == JobStatus.DONE, Job.model == model,
+                       Job.id != job.id)
+                .order_by(col(Job.id).desc())
+                .limit(1)
+            ).first()
+
+    def save_window(self, job_id: int, holder: str, window: Window, audio_seconds: float | None, rtf: float,
+                    model: str, precision: str) -> None:
+        """Commit a window's segments and the checkpoint after it in one transaction; renews the lease."""
+        with writing(self.engine) as session:
+            job = _held(session, job_id, holder)
             seq = session.exec(select(func.count()).where(SegmentRow.job_id == job_id)).one()
             for i, seg in enumerate(window.segments, start=seq):
                 session.add(SegmentRow(job_id=job_id, seq=i, start=seg.start, end=seg.end, text=seg.text))
             job.processed_seconds = window.checkpoint.offset_seconds
             job.prompt = json.dumps(window.checkpoint.prompt)
             job.language = window.checkpoint.language
+            job.model, job.precision = model, precision  # what the checkpoint was made with
             job.audio_seconds = max(audio_seconds or 0.0, window.decoded_seconds)
             job.progress = min(1.0, job.processed_seconds / job.audio_seconds) if job.audio_seconds else 0.0
             job.rtf = rtf
+            job.lease_until = self.clock() + LEASE
             session.add(job)
+
+    def renew(self, job_id: int, holder: str) -> bool:
+        """Extend the lease; False if this worker no longer holds the job."""
+        with writing(self.engine) as session:
+            result = session.execute(update(Job).where(col(Job.id) == job_id, Job.holder == holder,
+                                                       Job.status == JobStatus.RUNNING)
+                                     .values(lease_until=self.clock() + LEASE))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def reserve_output(self, job_id: int, holder: str, folder: Path, text: str) -> Path:
+        """Choose where this job's transcript goes and record it before it is written.
+
+        The input's own earlier transcript in `folder` is replaced (new content at the same path);
+        otherwise the first of `names()` that no other input owns and that holds no file this input
+        did not write. Recording the bytes about to be written first means a crash between the two
+        steps leaves a file this input still recognises as its own."""
+        with writing(self.engine) as session:
+            job = _held(session, job_id, holder)
+            written = session.exec(select(Job).where(Job.path == job.path, col(Job.srt_path).is_not(None))
+                                   .order_by(col(Job.id).desc())).all()
+            hashes = {j.srt_sha256 for j in written if j.srt_sha256}
+            legacy = {j.srt_key for j in written if j.srt_sha256 is None}  # written before hashes were kept
+            earlier = [Path(j.srt_path) for j in written if Path(j.srt_path).parent == folder]  # type: ignore[arg-type]
+            for candidate in itertools.chain(earlier, names(folder, Path(job.path).stem)):
+                key = output_key(candidate)
+                if session.exec(select(Job.id).where(Job.srt_key == key, Job.path != job.path)).first() is not None:
+                    continue  # another input's transcript
+                on_disk = existing(candidate)
+                if on_disk is None or key in legacy or _sha256_or_none(on_disk) in hashes:
+                    job.srt_path, job.srt_key = str(candidate), key
+                    job.srt_sha256 = hashlib.sha256(text.encode()).hexdigest()
+                    session.add(job)
+                    return candidate
+        raise AssertionError("names() is endless")
+
+    def finish(self, job_id: int, holder: str, status: JobStatus, **fields: object) -> Job:
+        with writing(self.engine) as session:
+            job = _held(session, job_id, holder)
+            self._end(job, status, **fields)
+            session.add(job)
+            return job
+
+    def fail(self, job_id: int, holder: str, error: str) -> Job:
+        return self.finish(job_id, holder, JobStatus.FAILED, error=error)
+
+    def release(self, job_id: int, holder: str) -> None:
+        """Put a job back because the worker is stopping; the interrupted try does not count."""
+        with writing(self.engine) as session:
+            job = _held(session, job_id, holder)
+            job.status, job.holder, job.lease_until = JobStatus.QUEUED, None, None
+            job.attempts = max(0, job.attempts - 1)
+            session.add(job)
+
+    def recover(self, holder: str | None = None, max_attempts: int = MAX_ATTEMPTS) -> list[Job]:
+        """Requeue running jobs whose lease has expired, and those `holder` held in a previous life
+        (this worker, restarted after a crash); give up on files that crashed a worker
+        `max_attempts` times in a row without progress."""
+        now = self.clock()
+        with writing(self.engine) as session:
+            lost = or_(col(Job.lease_until).is_(None), col(Job.lease_until) < now, Job.holder == holder)
+            stuck = session.exec(select(Job).where(Job.status == JobStatus.RUNNING, lost)).all()
+            for job in stuck:
+                job.crashes = 0 if job.processed_seconds > job.resumed_from else job.crashes + 1
+                job.holder = job.lease_until = None
+                if job.crashes >= max_attempts:
+                    self._end(job, JobStatus.FAILED, error=(
+                        f"the worker stopped unexpectedly {job.crashes} times in a row while transcribing this "
+                        f"file (never past {job.processed_seconds:.0f} s of it); giving up (use `retry` to try again)"))
+                else:
+                    job.status = JobStatus.QUEUED
+                session.add(job)
+            return list(stuck)
+
+    # ------------------------------------------------------------------ reading
 
     def segments(self, job_id: int) -> list[Segment]:
         with reading(self.engine) as session:
@@ -198,40 +286,45 @@ class JobQueue:
     def checkpoint_of(job: Job) -> Checkpoint:
         return Checkpoint(job.processed_seconds, tuple(json.loads(job.prompt)), job.language)
 
-    def finished_twin(self, job: Job) -> Job | None:
-        """An earlier job with the same content whose transcript can be reused."""
-        with reading(self.engine) as session:
-            return session.exec(
-                select(Job)
-                .where(Job.sha256 == job.sha256, Job.status == JobStatus.DONE, Job.id != job.id)
-                .order_by(col(Job.id).desc())
-                .limit(1)
-            ).first()
-
     def jobs(self, limit: int = 50) -> list[Job]:
         with reading(self.engine) as session:
             return list(session.exec(select(Job).order_by(col(Job.id).desc()).limit(limit)).all())
 
-    @staticmethod
-    def _latest_for_path(session: Session, path: Path) -> Job | None:
-        return session.exec(
-            select(Job).where(Job.path == str(path)).order_by(col(Job.id).desc()).limit(1)
-        ).first()
+    def get(self, ids: Iterable[int]) -> list[Job]:
+        with reading(self.engine) as session:
+            return list(session.exec(select(Job).where(col(Job.id).in_(list(ids)))).all())
 
-    def _free_srt_path(self, session: Session, path: Path) -> str:
-        """outbox/<name>.srt, or 'name (2).srt' … when another input already owns that name.
+    def _end(self, job: Job, status: JobStatus, **fields: object) -> None:
+        job.status, job.finished_at, job.holder, job.lease_until = status, self.clock(), None, None
+        for name, value in fields.items():
+            setattr(job, name, value)
 
-        The name is one path component built from the input's own name, so it cannot point
-        outside the outbox; a long stem is cut so the whole name fits in NAME_MAX bytes."""
-        n = 1
-        while True:
-            suffix = ".srt" if n == 1 else f" ({n}).srt"
-            stem = path.stem.encode()[: NAME_MAX - len(suffix.encode())].decode("utf-8", "ignore")
-            candidate = str((self.outbox / (stem + suffix)).absolute())
-            owner = session.exec(select(Job.id).where(Job.srt_path == candidate).limit(1)).first()
-            if owner is None:
-                return candidate
-            n += 1
+
+def _held(session: Session, job_id: int, holder: str) -> Job:
+    job = session.get_one(Job, job_id)
+    if job.status != JobStatus.RUNNING or job.holder != holder:
+        raise LeaseLost(f"job {job_id} is no longer held by this worker (now {job.status.value})")
+    return job
+
+
+def _latest_for_path(session: Session, path: Path) -> Job | None:
+    return session.exec(select(Job).where(Job.path == str(path)).order_by(col(Job.id).desc()).limit(1)).first()
+
+
+def _has_segments(session: Session, job_id: int) -> bool:
+    return session.exec(select(SegmentRow.id).where(SegmentRow.job_id == job_id).limit(1)).first() is not None
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    try:
+        return fingerprint(path).sha256
+    except OSError:  # a folder, a link, unreadable: certainly not a transcript we wrote
+        return None
+
+
+def _set_fingerprint(session: Session, job: Job, seen: Fingerprint) -> None:
+    job.sha256, job.size, job.mtime_ns = seen.sha256, seen.size, seen.mtime_ns
+    session.add(job)
 
 
 def _reset_progress(session: Session, job: Job) -> None:

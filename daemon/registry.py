@@ -1,68 +1,90 @@
-"""The `workers` table: what each worker process is doing, for `status` and for crash recovery."""
+"""Who the workers are: a stable name per worker slot on this machine, and the `workers` table
+with each worker's state and heartbeat, for `status`.
+
+A worker's name is what it writes as the holder of the jobs it runs. It belongs to a slot, a
+small file this machine's workers lock while they run: a worker restarted after a crash takes
+the slot (and the name) its dead predecessor held, so it can take that one's jobs back at once,
+without waiting for their leases to run out and without trusting pids or host names (pids are
+reused after a reboot; a Mac's host name changes with the network).
+"""
 
 from __future__ import annotations
 
+import fcntl
+import itertools
 import os
 import socket
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete
 from sqlmodel import col, select
 
 from daemon.db import WorkerRow, WorkerState, reading, utcnow, writing
 
-STALE_AFTER = timedelta(minutes=10)  # no heartbeat for this long: treat as dead even if the pid lives
+# The longest a live worker goes without a heartbeat: the guard's longest wait (2 minutes), or one
+# slow window, with room to spare. Past this, `status` shows it as gone.
+STALE_AFTER = timedelta(minutes=5)
+FORGET_AFTER = timedelta(days=1)  # rows of workers gone this long are removed at start-up
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
+@dataclass(frozen=True)
+class Slot:
+    name: str
+    fd: int  # holds the lock for as long as this process runs (or until release())
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+def take_slot(folder: Path) -> Slot:
+    """Lock the first free slot file in `folder` and return its worker name (made on first use)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for n in itertools.count():
+        fd = os.open(folder / f"worker-{n}", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a live worker holds it
+            os.close(fd)
+            continue
+        name = os.read(fd, 64).decode(errors="replace").strip()
+        if not name:
+            name = f"{n}-{uuid.uuid4().hex[:12]}"
+            os.write(fd, name.encode())
+            os.fsync(fd)
+        return Slot(name, fd)
+    raise AssertionError("itertools.count() is endless")
+
+
+def gone(row: WorkerRow, now: datetime) -> bool:
+    return now - row.heartbeat_at > STALE_AFTER
 
 
 class Registry:
-    def __init__(self, engine: Engine, clock: Callable[[], datetime] = utcnow,
-                 alive: Callable[[int], bool] = pid_alive) -> None:
+    def __init__(self, engine: Engine, name: str, clock: Callable[[], datetime] = utcnow) -> None:
         self.engine = engine
+        self.name = name
         self.clock = clock
-        self.alive = alive
-        self.host = socket.gethostname()
 
-    def prune(self) -> list[WorkerRow]:
-        """Delete rows of workers on this host that died without cleaning up; return them."""
+    def register(self, model: str, precision: str) -> list[WorkerRow]:
+        """Add this worker's row (replacing its predecessor's in the same slot); forget workers gone
+        for FORGET_AFTER. Returns the forgotten rows."""
         now = self.clock()
         with writing(self.engine) as session:
-            rows = session.exec(select(WorkerRow).where(WorkerRow.host == self.host)).all()
-            stale = [r for r in rows if r.pid != os.getpid()
-                     and (not self.alive(r.pid) or now - r.heartbeat_at > STALE_AFTER)]
-            for row in stale:
-                session.delete(row)
-            return stale
-
-    def busy_job_ids(self) -> set[int]:
-        """Jobs held by live workers, which start-up recovery must leave alone."""
-        with reading(self.engine) as session:
-            ids = session.exec(select(WorkerRow.current_job_id).where(col(WorkerRow.current_job_id).is_not(None)))
-            return {i for i in ids if i is not None}
-
-    def register(self, model: str, precision: str) -> None:
-        with writing(self.engine) as session:
-            row = session.get(WorkerRow, os.getpid())
-            if row is not None:
-                session.delete(row)
-                session.flush()
-            now = self.clock()
-            session.add(WorkerRow(pid=os.getpid(), host=self.host, model=model, precision=precision,
-                                  started_at=now, heartbeat_at=now))
+            forgotten = list(session.exec(select(WorkerRow).where(col(WorkerRow.heartbeat_at) < now - FORGET_AFTER,
+                                                                  col(WorkerRow.id) != self.name)))
+            session.execute(delete(WorkerRow).where(
+                (col(WorkerRow.id) == self.name) | (col(WorkerRow.heartbeat_at) < now - FORGET_AFTER)))
+            session.add(WorkerRow(id=self.name, pid=os.getpid(), host=socket.gethostname(), model=model,
+                                  precision=precision, started_at=now, heartbeat_at=now))
+            return forgotten
 
     def heartbeat(self, state: WorkerState, reason: str | None, rss_mb: float, job_id: int | None) -> None:
         with writing(self.engine) as session:
-            row = session.get(WorkerRow, os.getpid())
+            row = session.get(WorkerRow, self.name)
             if row is None:
                 return
             row.state, row.reason, row.rss_mb, row.current_job_id = state, reason, round(rss_mb, 1), job_id
@@ -71,10 +93,11 @@ class Registry:
 
     def unregister(self) -> None:
         with writing(self.engine) as session:
-            row = session.get(WorkerRow, os.getpid())
+            row = session.get(WorkerRow, self.name)
             if row is not None:
                 session.delete(row)
 
-    def workers(self) -> list[WorkerRow]:
-        with reading(self.engine) as session:
-            return list(session.exec(select(WorkerRow).order_by(col(WorkerRow.started_at))).all())
+
+def workers(engine: Engine) -> list[WorkerRow]:
+    with reading(engine) as session:
+        return list(session.exec(select(WorkerRow).order_by(col(WorkerRow.started_at))).all())

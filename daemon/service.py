@@ -22,7 +22,7 @@ from typing import Any
 
 from daemon.config import APP, Config
 from daemon.subtitles import write_atomic
-from daemon.supervisor import EXIT_CONFIG
+from daemon.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL
 
 ACTIONS = ("install", "uninstall", "start", "stop", "restart", "status")
 EXIT_UNSUPPORTED = 2  # like a usage error: nothing was attempted
@@ -210,7 +210,8 @@ def render_unit(command: str, python: str, env: Mapping[str, str]) -> str:
         "# Restart after a crash (non-zero exit or a signal), not after a clean exit 0.",
         "Restart=on-failure",
         "RestartSec=10",
-        f"# {EXIT_CONFIG} = EX_CONFIG: the configuration is wrong, so restarting cannot help.",
+        f"# {EXIT_CONFIG} = EX_CONFIG: the configuration is wrong, so restarting cannot help. {EXIT_TEMPFAIL} = "
+        "EX_TEMPFAIL (start again later: no network yet for a model download, or memory cap reached) is restarted.",
         f"RestartPreventExitStatus={EXIT_CONFIG}",
         "# SIGTERM first (the worker stops at the next chunk boundary), SIGKILL 20 s later.",
         "KillSignal=SIGTERM",
@@ -248,8 +249,9 @@ def _systemd_plan(action: str, cfg: Config, home: Path, python: str) -> Plan:
 
 
 def _install_notes(cfg: Config) -> list[str]:
-    # The services get the settings as they are now, not the config file: say so.
-    return [f"Installed with inbox {cfg.inbox}, outbox {cfg.outbox}, model {cfg.model}. After changing "
+    # The services get every setting as it is now (Config.to_env), not only the config file: say so.
+    source = f"settings from {cfg.config}" if cfg.config else "no config file"
+    return [f"Installed with inbox {cfg.inbox}, outbox {cfg.outbox}, model {cfg.model} ({source}). After changing "
             "settings, run `whisper-daemon service install` again."]
 
 
@@ -324,7 +326,8 @@ def add_service_parser(subparsers: argparse._SubParsersAction, common: argparse.
     parser = subparsers.add_parser(
         "service", parents=[common], help="run watcher and worker as login services (launchd / systemd --user)",
         description="Install or control the watcher and worker as LaunchAgents (macOS) or systemd --user "
-                    "units (Linux). The settings given now are written into the service definitions.")
+                    "units (Linux). `install` writes the settings in effect now (flags, environment, config "
+                    "file) into the service definitions; the other actions take no settings.")
     parser.add_argument("action", choices=ACTIONS, help="install writes the service files and starts them; "
                         "uninstall stops them and removes the files")
     parser.add_argument("--dry-run", action="store_true",

@@ -10,11 +10,34 @@ from pathlib import Path
 
 from daemon.transcript import Segment
 
-MIN_CUE_SECONDS = 0.001  # SRT players drop cues whose end is not after their start
+
+def _umask(status: str = "/proc/self/status") -> int:
+    """The process's umask. os.umask can only read it by setting it, for every thread at once, so
+    it is read from /proc where the kernel shows it (Linux 4.7+). Elsewhere it is set and put back
+    once, at import; a file another thread creates in between gets the stricter 077."""
+    try:
+        with open(status) as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # transcripts get the user's umask, like any file they make
+VIDEO_FPS = 25  # PAL, the slowest common frame rate
+MIN_CUE_MS = 1000 // VIDEO_FPS  # one frame (40 ms): a shorter cue may never be shown
+
+
+def _ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
 
 
 def timestamp(seconds: float) -> str:
-    ms = max(0, round(seconds * 1000))
+    ms = _ms(seconds)
     hours, ms = divmod(ms, 3_600_000)
     minutes, ms = divmod(ms, 60_000)
     secs, ms = divmod(ms, 1000)
@@ -22,16 +45,21 @@ def timestamp(seconds: float) -> str:
 
 
 def render(segments: Iterable[Segment]) -> str:
-    """Numbered cues with strictly increasing, non-overlapping times; blank text is dropped."""
+    """Numbered cues with increasing, non-overlapping times, each at least one video frame long.
+
+    Segments with blank text or no length (end not after start) are dropped. A short cue is
+    lengthened to MIN_CUE_MS, and the next one starts no earlier than it ends. Times are whole
+    milliseconds, as SRT writes them, so rounding cannot shorten or overlap a cue.
+    """
     cues: list[str] = []
-    last_end = 0.0
+    last_end = 0
     for seg in segments:
         text = " ".join(seg.text.split())  # a blank line inside a cue would end it early
-        if not text:
+        if not text or seg.end <= seg.start:
             continue
-        start = max(seg.start, last_end)
-        end = max(seg.end, start + MIN_CUE_SECONDS)
-        cues.append(f"{len(cues) + 1}\n{timestamp(start)} --> {timestamp(end)}\n{text}\n")
+        start = max(_ms(seg.start), last_end)
+        end = max(_ms(seg.end), start + MIN_CUE_MS)
+        cues.append(f"{len(cues) + 1}\n{timestamp(start / 1000)} --> {timestamp(end / 1000)}\n{text}\n")
         last_end = end
     return "\n".join(cues)
 
@@ -52,7 +80,7 @@ def write_atomic(path: Path, data: str) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, FILE_MODE)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,8 +1,9 @@
 """`run`: the watcher and the worker as two child processes of one foreground process.
 
 Separate processes keep the always-on watcher free of torch, and let a crashed worker be
-restarted without losing the watcher. Children get the resolved settings through the
-environment, so they see exactly the config this process built.
+restarted without losing the watcher. Children get every resolved setting through the
+environment, unset ones and the config file's path included (Config.to_env), so they see exactly
+the config this process built, whatever the default config.toml says.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from loguru import logger
 from daemon.config import Config
 
 PARENT_PID_ENV = "WHISPER_DAEMON_PARENT_PID"  # tells a child to stop if `run` disappears
-EXIT_CONFIG = 78  # EX_CONFIG: restarting cannot help, so the supervisor stops too
-EXIT_RECYCLE = 75  # EX_TEMPFAIL: the worker outgrew its memory cap between jobs; restart it fresh
+EXIT_CONFIG = 78  # EX_CONFIG: restarting cannot help (unknown model, bad setting), so the supervisor stops too
+# EX_TEMPFAIL: start me again later: the worker outgrew its memory cap between jobs, or its model must
+# be downloaded and the network is not up yet. Restarted like any other exit, with the backoff.
+EXIT_TEMPFAIL = 75
 STOP_TIMEOUT_SECONDS = 20.0  # launchd's default ExitTimeOut
 RESTART_MIN_SECONDS = 1.0
 RESTART_MAX_SECONDS = 60.0

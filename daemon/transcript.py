@@ -29,3 +29,6 @@ class Window:
     segments: tuple[Segment, ...]
     checkpoint: Checkpoint
     decoded_seconds: float  # audio decoded so far; the whole length once the file is exhausted
+    # Seconds of audio given to the model in this window, summed over the mels it ran on; 0.0 when
+    # the window was skipped without running it. Wall time per model second is the CPU's pace.
+    model_seconds: float

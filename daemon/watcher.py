@@ -16,22 +16,9 @@ from loguru import logger
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from daemon.queue import as_text
+from daemon.inputs import as_text, is_candidate, refusal, skipped_silently, unsupported_reason
 
-AUDIO_EXTENSIONS = frozenset(
-    {".m4a", ".mp3", ".wav", ".flac", ".ogg", ".opus", ".aac", ".mp4", ".mov", ".webm"}
-)
-# Names browsers and copy tools use while a file is still being written.
-PARTIAL_SUFFIXES = (".part", ".crdownload", ".download", ".tmp")
 POLL_SECONDS = 0.25
-
-
-def is_candidate(path: Path) -> bool:
-    """Audio or video by extension; hidden files (.DS_Store, ._*) and partial downloads are not."""
-    name = path.name
-    if name.startswith(".") or name.lower().endswith(PARTIAL_SUFFIXES):
-        return False
-    return path.suffix.lower() in AUDIO_EXTENSIONS
 
 
 @dataclass
@@ -60,11 +47,12 @@ class Watcher:
         self.rescan_seconds = rescan_seconds
         self.clock = clock
         self._pending: dict[Path, _Pending] = {}
+        self._unsupported: set[Path] = set()  # told once each
         self._lock = threading.Lock()
 
     def notice(self, path: Path) -> None:
         """A file may have changed: (re)start its quiet period."""
-        if not is_candidate(path):
+        if not self._wanted(path):
             return
         with self._lock:
             self._pending.pop(path, None)
@@ -73,7 +61,7 @@ class Watcher:
     def scan(self, root: Path | None = None) -> None:
         """Pick up files that arrived while nobody was watching (or inside a moved-in folder)."""
         for path in sorted((root or self.inbox).rglob("*")):
-            if is_candidate(path):
+            if self._wanted(path):
                 with self._lock:
                     if path not in self._pending:
                         self._observe(path)
@@ -100,6 +88,7 @@ class Watcher:
         logger.info("watching {} (quiet period {} s)", self.inbox, self.quiet_seconds)
         try:
             self.scan()
+            logger.info("start-up scan done: {} file(s) to check", len(self._pending))
             next_scan = self.clock() + self.rescan_seconds
             while not stop.wait(POLL_SECONDS):
                 self.poll()
@@ -109,6 +98,15 @@ class Watcher:
         finally:
             observer.stop()
             observer.join(timeout=5)
+
+    def _wanted(self, path: Path) -> bool:
+        """A recording to track. A file of a format we don't take is logged, once, with the reason."""
+        if is_candidate(path):
+            return True
+        if not skipped_silently(path) and path not in self._unsupported and path.is_file():
+            self._unsupported.add(path)
+            logger.info("not transcribing {}: {}", as_text(path), unsupported_reason(path))
+        return False
 
     def _observe(self, path: Path) -> bool:
         """Record the current size and mtime; drop the file if it is gone or a folder.
@@ -131,33 +129,21 @@ class Watcher:
     def _enqueue(self, path: Path) -> None:
         """Queue a file that held still, or record why it cannot be; never let one file stop the watcher."""
         try:
-            reason = _refusal(path)
+            reason = refusal(path)
             if reason is None:
                 try:
                     self.enqueue(path)
                     return
-                except FileNotFoundError:
-                    logger.warning("{} vanished before it could be queued", as_text(path))
-                    return
-                except OSError as e:  # unreadable (permissions, I/O error): tell the user, not only the log
+                except PermissionError as e:  # unreadable: tell the user, not only the log
                     reason = f"cannot read the file: {e.strerror}"
             if self.reject is None:
                 logger.warning("not queued: {}: {}", as_text(path), reason)
             else:
                 self.reject(path, reason)
-        except Exception:  # e.g. the database is unwritable: the next rescan tries this file again
+        except FileNotFoundError:  # deleted or moved away while it was being looked at
+            logger.warning("{} vanished before it could be queued", as_text(path))
+        except Exception:  # e.g. the database is unwritable, an I/O error: the next rescan tries again
             logger.exception("could not queue {}", as_text(path))
-
-
-def _refusal(path: Path) -> str | None:
-    """Why a file in the inbox is not transcribed at all, or None."""
-    if path.is_symlink():
-        # Only files really in the inbox are read: a link could pull any file the user can read
-        # (from a shared inbox, say) into a transcript.
-        return "it is a symbolic link; links in the inbox are not followed (copy or move the file in instead)"
-    if as_text(path) != str(path):
-        return "its name is not valid UTF-8; rename the file"
-    return None
 
 
 class _Handler(FileSystemEventHandler):

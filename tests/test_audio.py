@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from daemon.audio import SAMPLE_RATE, AudioError, stream_audio
-from daemon.watcher import AUDIO_EXTENSIONS
-from tests.speech import compose, sentences
+from daemon.inputs import AUDIO_EXTENSIONS
+from tests.speech import VIDEO_FORMATS, compose, sentences
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def clip() -> np.ndarray:
 
 @pytest.mark.parametrize("ext", sorted(AUDIO_EXTENSIONS))
 def test_every_watched_extension_decodes(ext: str, clip: np.ndarray, tmp_path: Path) -> None:
-    path = compose(sentences()[:2]).write(tmp_path / f"clip{ext}", with_video=ext in {".mp4", ".mov", ".webm"})
+    path = compose(sentences()[:2]).write(tmp_path / f"clip{ext}", with_video=ext in VIDEO_FORMATS)
     audio = np.concatenate(list(stream_audio(path, SAMPLE_RATE * 30)))
     assert audio.dtype == np.float32
     assert abs(len(audio) - len(clip)) / SAMPLE_RATE < 0.25

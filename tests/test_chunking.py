@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -70,8 +71,6 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(engine: Eng
 
 
 def test_chunk_length_is_configurable(tmp_path: Path, engine: Engine) -> None:
-    from dataclasses import replace
-
     recording = compose(sentences()[8:13])
     path = recording.write(tmp_path / "short-chunks.wav")
     short = Engine(engine.model, replace(engine.settings, chunk_seconds=10))
@@ -80,3 +79,17 @@ def test_chunk_length_is_configurable(tmp_path: Path, engine: Engine) -> None:
     assert all(b - a <= 10.0 + 1e-9 for a, b in zip([0.0, *offsets], offsets))
     assert len(windows) >= recording.seconds / 10
     assert wer(recording.text, " ".join(s.text for w in windows for s in w.segments)) <= 0.2
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_model_seconds_count_only_the_audio_the_model_ran_on(engine: Engine, tmp_path: Path, batch_size: int) -> None:
+    """What the throttle guard's pace is measured against: silence skipped costs no model time."""
+    recording = compose([70.0, *sentences()[:5]])
+    path = recording.write(tmp_path / "late start.wav")
+    windows = list(Engine(engine.model, replace(engine.settings, batch_size=batch_size)).windows(path))
+    spoken = recording.seconds - recording.spans[0][0]
+    ran = sum(w.model_seconds for w in windows)
+    assert spoken <= ran <= recording.seconds - 40, (spoken, ran)  # at least 40 s of the silence was skipped
+    assert all(w.model_seconds > 0 for w in windows if w.segments)
+    if batch_size == 1:  # Whisper's own seek loop: the two silent windows were skipped
+        assert [w.model_seconds for w in windows[:2]] == [0.0, 0.0]

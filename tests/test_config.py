@@ -1,18 +1,26 @@
-"""Settings layers: defaults, then TOML, then environment, then command-line flags."""
+"""Settings layers: defaults, then TOML, then environment, then command-line flags; and that every
+process (children of `run`, services) and every test sees exactly the settings it was given."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from daemon.config import Config, ConfigError, load
+from daemon import cli, config
+from daemon.config import APP, Config, ConfigError, load
+from tests.conftest import REPO, TEST_MODEL
+from tests.daemon_proc import rows, start, stop, wait_until
+from tests.speech import compose, sentences
 
 
 def test_defaults_need_no_configuration(tmp_path: Path) -> None:
     cfg = load({}, env={})
     assert cfg.model == "base" and cfg.quiet_seconds == 2.0 and cfg.language is None
-    assert cfg.inbox.is_absolute() and cfg.db.name == "jobs.db"
+    assert cfg.inbox.is_absolute() and cfg.db.name == "jobs.db" and cfg.config is None
 
 
 def test_toml_then_env_then_cli(tmp_path: Path) -> None:
@@ -38,9 +46,35 @@ def test_config_is_frozen() -> None:
         cfg.model = "x"  # type: ignore[misc]
 
 
+def test_empty_means_unset_only_where_a_setting_may_be_unset(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('language = "de"\nbeam_size = 5\n')
+    cfg = load({"config": str(toml)}, env={"WHISPER_DAEMON_LANGUAGE": "", "WHISPER_DAEMON_BEAM_SIZE": "none"})
+    assert cfg.language is None and cfg.beam_size is None  # "" and "none" unset an optional setting
+    with pytest.raises(ConfigError, match="'quiet_seconds'"):
+        load({}, env={"WHISPER_DAEMON_QUIET_SECONDS": ""})  # a number it needs: not silently None
+    with pytest.raises(ConfigError, match="'model'"):
+        load({}, env={"WHISPER_DAEMON_MODEL": ""})
+
+
 def test_child_processes_get_the_same_settings(tmp_path: Path) -> None:
-    cfg = load({"inbox": str(tmp_path / "i"), "outbox": str(tmp_path / "o"), "quiet_seconds": 0.5}, env={})
-    assert load({}, env=cfg.to_env()) == cfg
+    """A child (or a service) given the parent's to_env() builds the parent's exact config, even when
+    the default config file says otherwise."""
+    default = config.default_config_file()
+    default.parent.mkdir(parents=True)
+    default.write_text('language = "de"\nbeam_size = 5\nmodel = "small"\n')
+    chosen = tmp_path / "chosen.toml"
+    chosen.write_text('model = "tiny.en"\nbeam_size = "none"\n')
+    cfg = load({"config": str(chosen), "inbox": str(tmp_path / "i"), "outbox": str(tmp_path / "o"),
+                "quiet_seconds": 0.5}, env={})
+    assert (cfg.model, cfg.language, cfg.beam_size, cfg.config) == ("tiny.en", None, None, chosen)
+    child = load({}, env=cfg.to_env())
+    assert child == cfg and child.config == chosen
+
+    without_file = load({}, env={"WHISPER_DAEMON_CONFIG": ""})  # "": no file at all, not the default
+    assert without_file.config is None and without_file.language is None
+    assert load({}, env=without_file.to_env()) == without_file
+    assert load({}, env={}).config == default  # and with nothing said, the default file is read
 
 
 @pytest.mark.parametrize(
@@ -62,6 +96,98 @@ def test_unknown_toml_key_is_named(tmp_path: Path) -> None:
     toml.write_text('modle = "tiny"\n')
     with pytest.raises(ConfigError, match="modle"):
         load({"config": str(toml)}, env={})
+
+
+# ---------------------------------------------------------------- tests never read the developer's settings
+
+HOSTILE_TEST = "test_the_tests_ignore_the_developers_own_settings"
+
+
+def test_the_tests_ignore_the_developers_own_settings(tmp_path: Path) -> None:
+    """Runs the quick settings tests as a developer whose own config.toml is broken and whose shell
+    exports WHISPER_DAEMON_* variables: they must pass all the same."""
+    home = tmp_path / "developer"
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
+    where = "import platformdirs, sys; print(platformdirs.user_config_dir(sys.argv[1]))"  # the platform's rule
+    broken = Path(subprocess.run([sys.executable, "-c", where, APP], env=env, capture_output=True, text=True,
+                                 check=True).stdout.strip()) / "config.toml"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('model = "no-such-model"\nnot toml at all [\n')
+    env.update(WHISPER_DAEMON_CONFIG=str(broken), WHISPER_DAEMON_MODEL="no-such-model",
+               WHISPER_DAEMON_LANGUAGE="klingon", WHISPER_DAEMON_QUIET_SECONDS="soon",
+               WHISPER_DAEMON_INBOX=str(home), WHISPER_DAEMON_OUTBOX=str(home / "out"))
+    inner = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+         f"--basetemp={tmp_path / 'inner'}", "--deselect", f"tests/test_config.py::{HOSTILE_TEST}",
+         "tests/test_config.py", "tests/test_service.py"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert inner.returncode == 0, inner.stdout[-4000:] + inner.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- one settings table for the subcommands
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["status", "--model", "tiny"],
+     "whisper-daemon status: --model is not used by status; it is used by run, work, service install"),
+    (["work", "--quiet-seconds", "3"],
+     "whisper-daemon work: --quiet-seconds is not used by work; it is used by run, watch, service install"),
+    (["retry", "--inbox", "x", "3"],
+     "whisper-daemon retry: --inbox is not used by retry; it is used by run, watch, work, enqueue, service install"),
+    (["enqueue", "--language", "de", "a.wav"],
+     "whisper-daemon enqueue: --language is not used by enqueue; it is used by run, work, service install"),
+    (["service", "stop", "--db", "x.db"],
+     "whisper-daemon service stop: --db is not used by service stop; it is used by run, watch, work, status, "
+     "enqueue, retry, service install"),
+])
+def test_a_flag_the_subcommand_would_ignore_is_refused(argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def must_not_run(*_: object) -> int:
+        raise AssertionError(f"{argv} ran instead of being refused")
+
+    for name in cli.COMMANDS:  # a refusal that broke must not start a worker or stop the user's services
+        monkeypatch.setitem(cli.COMMANDS, name, must_not_run)
+    assert cli.main(argv) == cli.EXIT_USAGE
+    assert capsys.readouterr().err.strip() == message
+
+
+def test_a_subcommand_takes_and_lists_the_flags_it_uses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["status", "--db", str(tmp_path / "none.db"), "--config", ""]) == 0
+    assert "no queue database" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        cli.main(["status", "--help"])
+    usage = capsys.readouterr().out
+    assert done.value.code == 0 and "--db" in usage and "--config" in usage
+    assert "--model" not in usage and "--inbox" not in usage
+    assert cli.main(["service", "install", "--dry-run", "--model", TEST_MODEL, "--inbox", str(tmp_path / "in"),
+                     "--outbox", str(tmp_path / "out")]) == 0
+    assert f"WHISPER_DAEMON_MODEL={TEST_MODEL}" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- `run --config` reaches the watcher and the worker
+
+@pytest.mark.slow
+def test_run_hands_its_config_file_to_the_watcher_and_the_worker(tmp_path: Path, daemon_env: dict[str, str]) -> None:
+    """`run --config chosen.toml` while the default config.toml (under the test's own HOME) says
+    otherwise: the children must use chosen.toml's settings, down to the ones it leaves unset."""
+    default = config.default_config_file()
+    default.parent.mkdir(parents=True)
+    default.write_text('model = "base"\nlanguage = "de"\nquiet_seconds = 3600\n')
+    chosen = tmp_path / "chosen.toml"
+    chosen.write_text(f'model = "{TEST_MODEL}"\nquiet_seconds = 0.5\n')  # language unset: detect
+    env = {k: v for k, v in daemon_env.items() if k not in ("WHISPER_DAEMON_MODEL", "WHISPER_DAEMON_QUIET_SECONDS")}
+    db = tmp_path / "state" / "jobs.db"
+    compose(sentences()[:2]).write(tmp_path / "inbox" / "hello.wav")
+    daemon = start("run", env, "--config", str(chosen), output=tmp_path / "run.out")
+    try:
+        (job,) = wait_until(lambda: [j for j in rows(db) if j["status"] in ("done", "failed")], 240,
+                            "the recording transcribed", daemon)
+        (worker,) = rows(db, "SELECT * FROM workers")
+    finally:
+        code, output = stop(daemon)
+    assert code == 0, output
+    assert job["status"] == "done", job
+    assert (worker["model"], job["model"], job["language"]) == (TEST_MODEL, TEST_MODEL, "en"), output
 
 
 @pytest.mark.parametrize(
@@ -100,7 +226,7 @@ def test_prompt_and_task_settings(tmp_path: Path) -> None:
     cfg = load({"config": str(toml)}, env={})
     assert cfg.prompt == "Anneliese Kwiatkowski, Zorbulator" and cfg.task == "translate"
     assert load({}, env=cfg.to_env()) == cfg
-    assert load({}, env={}).task == "transcribe" and load({}, env={}).prompt == ""
+    assert load({}, env={}).task == "transcribe" and load({}, env={}).prompt is None
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from typing import Any
 import psutil
 import pytest
 
+from daemon.outputs import folder_for, names
 from daemon.queue import JobQueue
 from tests.conftest import CliRunner
 from tests.daemon_proc import REPO, PeakSampler, log_text, rows, settled, srt_text, stop, wait_until, warm_model_cache
@@ -29,13 +30,16 @@ SHELLS = {"sh", "bash", "zsh", "dash", "/bin/sh", "/bin/bash", "/bin/zsh", "/usr
 
 
 @pytest.mark.parametrize("name", [*ESCAPES, "...mp3", "..mp3", ".mp3", "...", "x" * 251 + ".mp3"])
-def test_whatever_the_name_the_srt_path_is_one_name_inside_the_outbox(queue: JobQueue, tmp_path: Path,
+def test_whatever_the_name_the_srt_name_is_one_name_inside_the_outbox(queue: JobQueue, tmp_path: Path,
                                                                        name: str) -> None:
     (tmp_path / "inbox" / "sub").mkdir(parents=True)
     (tmp_path / "inbox" / name).write_bytes(name.encode())
     # Also reached through `..` components, as `whisper-daemon enqueue` may be given.
     for path in (tmp_path / "inbox" / name, tmp_path / "inbox" / "sub" / ".." / name):
-        srt_path = Path(queue.enqueue(path).job.srt_path)
+        job = queue.enqueue(path).job
+        assert job.path == str(tmp_path / "inbox" / name)
+        folder = folder_for(Path(job.path), tmp_path / "inbox", tmp_path / "outbox")
+        srt_path = next(names(folder, Path(job.path).stem))
         assert srt_path.parent == tmp_path / "outbox" and srt_path.name.endswith(".srt")
         assert srt_path.name not in (".", "..") and os.sep not in srt_path.name
         assert len(os.fsencode(srt_path.name)) <= 255

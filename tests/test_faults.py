@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from daemon.db import JobStatus, connect, storage_error
+from daemon.db import SCHEMA_VERSION, JobStatus, connect, storage_error
 from daemon.queue import JobQueue
+from daemon.registry import workers
 from daemon.transcript import Checkpoint, Window
 from daemon.watcher import Watcher
-from tests.conftest import CliRunner, inbox_file
+from tests.conftest import HOLDER, CliRunner, claim, inbox_file
 from tests.daemon_proc import REPO, Lines, checkpointed, log_text, rows, settled, srt_text, start, stop, wait_until
 from tests.faults import flood, kill_batch, kill_loop, paths, readers
 from tests.speech import compose, meeting, sentences, wer
@@ -34,16 +35,17 @@ def test_crashes_after_progress_never_fail_a_job_but_three_without_do(queue: Job
     job = queue.enqueue(inbox_file(tmp_path, "long.wav")).job
     assert job.id is not None
     for window in range(1, 6):  # killed five times, each time a window further on: not the file's fault
-        queue.claim()
-        queue.save_window(job.id, Window((), Checkpoint(30.0 * window), 30.0 * window), 600.0, 0.1)
-        (recovered,) = queue.recover(max_attempts=3)
+        claim(queue)
+        queue.save_window(job.id, HOLDER, Window((), Checkpoint(30.0 * window), 30.0 * window, 0.0), 600.0, 0.1,
+                          "tiny.en", "fp32")
+        (recovered,) = queue.recover(HOLDER, max_attempts=3)
         assert recovered.status == JobStatus.QUEUED and recovered.crashes == 0
     for crash in (1, 2):  # then stuck at the same place
-        queue.claim()
-        (recovered,) = queue.recover(max_attempts=3)
+        claim(queue)
+        (recovered,) = queue.recover(HOLDER, max_attempts=3)
         assert recovered.status == JobStatus.QUEUED and recovered.crashes == crash
-    queue.claim()
-    (gave_up,) = queue.recover(max_attempts=3)
+    claim(queue)
+    (gave_up,) = queue.recover(HOLDER, max_attempts=3)
     assert gave_up.status == JobStatus.FAILED and "3 times in a row" in (gave_up.error or "")
     assert gave_up.attempts == 8
 
@@ -51,20 +53,30 @@ def test_crashes_after_progress_never_fail_a_job_but_three_without_do(queue: Job
 def test_a_job_that_crashed_the_worker_waits_behind_the_others(queue: JobQueue, tmp_path: Path) -> None:
     first = queue.enqueue(inbox_file(tmp_path, "a.wav")).job
     second = queue.enqueue(inbox_file(tmp_path, "b.wav")).job
-    assert queue.claim().id == first.id  # type: ignore[union-attr]
-    queue.recover()
-    assert queue.claim().id == second.id  # type: ignore[union-attr]
+    assert claim(queue).id == first.id  # type: ignore[union-attr]
+    queue.recover(HOLDER)
+    assert claim(queue).id == second.id  # type: ignore[union-attr]
 
 
-def test_an_older_database_gets_the_new_columns(tmp_path: Path) -> None:
+def test_a_database_of_the_previous_version_is_upgraded_without_losing_a_job(tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
-    JobQueue(connect(db), tmp_path / "outbox").enqueue(inbox_file(tmp_path, "a.wav"))
-    conn = sqlite3.connect(db)  # back to how the previous version left it
-    conn.execute("ALTER TABLE jobs DROP COLUMN crashes")
-    conn.execute("ALTER TABLE jobs DROP COLUMN resumed_from")
-    conn.close()
-    (job,) = JobQueue(connect(db), tmp_path / "outbox").jobs()
-    assert job.crashes == 0 and job.resumed_from == 0.0
+    old = sqlite3.connect(db)
+    old.executescript((REPO / "tests" / "fixtures" / "queue_v0.sql").read_text())
+    old.close()
+    queue = JobQueue(connect(db))
+    done, running, duplicate = sorted(queue.jobs(), key=lambda j: j.id or 0)
+    assert (done.status, running.status, duplicate.status) == (JobStatus.DONE, JobStatus.RUNNING, JobStatus.DUPLICATE)
+    assert done.srt_path == "/outbox/done.srt" and done.srt_key == "/outbox/done.srt"
+    assert running.srt_path is None  # chosen when written, from the worker's outbox
+    assert duplicate.duplicate_of == done.id and queue.segments(done.id)[0].text == "hello there"
+    assert workers(queue.engine) == []  # rows of the old version's processes mean nothing now
+    (recovered,) = queue.recover("new worker")  # no lease: its worker is gone
+    assert recovered.id == running.id and recovered.status == JobStatus.QUEUED
+    with queue.engine.begin() as conn:
+        assert conn.exec_driver_sql("PRAGMA user_version").scalar() == SCHEMA_VERSION
+        assert conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
+        conn.exec_driver_sql("UPDATE jobs SET status = 'superseded' WHERE id = 3")  # the new state is allowed
+    assert [j.id for j in JobQueue(connect(db)).jobs()] == [3, 2, 1]  # opening it again changes nothing
 
 
 def test_storage_errors_are_told_apart_from_bad_jobs(queue: JobQueue, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Memory guard, throttle backoff and the workers table.
+"""Memory guard and throttle backoff.
 
 Memory pressure and heat cannot be produced on demand here, so these tests inject the probes
 (memory, thermal) and a fake clock whose `wait` advances time instead of sleeping.
@@ -10,15 +10,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from daemon.db import JobStatus, WorkerRow, WorkerState, connect, utcnow, writing
-from daemon.guards import BACKOFF_MAX_SECONDS, Guard, Memory, Status, model_fits, read_memory, rss_mb
-from daemon.queue import JobQueue
-from daemon.registry import Registry
+from daemon.db import WorkerState
+from daemon.guards import (BACKOFF_MAX_SECONDS, MB, Guard, Memory, Status, _read_memory_macos, model_fits, read_memory,
+                           rss_mb)
 from tests.guard_fakes import FakeTime, memory_sequence
 
 PLENTY = Memory(available_mb=8000, psi_some_avg10=0.0)
@@ -96,6 +95,65 @@ def test_sustained_slowdown_against_our_own_baseline_is_throttling() -> None:
     assert reports[-2].state == WorkerState.BACKOFF and "slower" in reports[-2].reason
 
 
+def test_skipped_windows_leave_the_usual_pace_alone() -> None:
+    t = FakeTime()
+    guard = make_guard(t)
+    for _ in range(5):
+        guard.check(0.10)
+    for _ in range(40):  # 20 minutes of silence the model never ran on
+        guard.check(None)
+    for _ in range(10):  # the usual pace is still the usual pace...
+        guard.check(0.10)
+    assert t.waits == []
+    for _ in range(3):  # ...and 1.6 times it is still slow
+        guard.check(0.16)
+    assert t.waits == [5.0]
+
+
+def test_a_few_abnormally_fast_windows_cannot_make_the_guard_back_off_for_good() -> None:
+    t = FakeTime()
+    guard = make_guard(t)
+    for _ in range(15):
+        guard.check(0.10)
+    for _ in range(5):  # a minority of odd windows does not move the usual pace at all
+        guard.check(0.001)
+    for _ in range(10):
+        guard.check(0.10)
+    assert t.waits == []
+
+    fresh_t = FakeTime()
+    fresh = make_guard(fresh_t)
+    for _ in range(5):  # a fresh worker whose first windows were abnormally fast
+        fresh.check(0.001)
+    waits_after = []
+    for _ in range(60):
+        fresh.check(0.10)
+        waits_after.append(len(fresh_t.waits))
+    assert 1 <= waits_after[-1] <= 2  # a bounded number of backoffs...
+    assert waits_after[10] == waits_after[-1]  # ...all in the first few windows, then none
+
+
+def test_a_throttle_backs_off_and_the_pace_recovers_when_it_ends() -> None:
+    t = FakeTime()
+    reports: list[Status] = []
+    guard = make_guard(t, reports=reports)
+    for _ in range(15):
+        guard.check(0.10)
+    for _ in range(6):  # throttled to a third of the speed
+        guard.check(0.30)
+    assert t.waits == [5.0, 10.0]  # exponential
+    assert reports[-2].state == WorkerState.BACKOFF and "3.0× slower" in reports[-2].reason
+    for _ in range(30):  # it lasts: after a bounded number of backoffs it is this worker's pace now
+        guard.check(0.30)
+    assert t.waits == [5.0, 10.0]
+    for _ in range(20):  # fast again: no backoff, and the usual pace comes back down
+        guard.check(0.10)
+    assert t.waits == [5.0, 10.0]
+    for _ in range(3):  # so the next throttle is caught again, from the first backoff (eased back down)
+        guard.check(0.30)
+    assert t.waits == [5.0, 10.0, 5.0]
+
+
 def test_model_fit_estimate() -> None:
     tiny_bytes = 75 * 2**20
     assert model_fits(tiny_bytes, Memory(available_mb=4000), reserve_mb=1024)
@@ -108,38 +166,39 @@ def test_real_probes_read_this_machine() -> None:
     assert 10 < rss_mb() < 10_000
 
 
-def test_stale_worker_row_from_a_dead_pid_is_recognised(tmp_path: Path) -> None:
-    engine = connect(tmp_path / "jobs.db")
-    queue = JobQueue(engine, tmp_path / "out")
-    registry = Registry(engine)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (tmp_path / "a.wav").write_bytes(b"a")
-    (tmp_path / "b.wav").write_bytes(b"b")
-    orphan = queue.enqueue(tmp_path / "a.wav").job
-    held = queue.enqueue(tmp_path / "b.wav").job
-    queue.claim(), queue.claim()
-    with writing(engine) as session:
-        session.add(WorkerRow(pid=dead.pid, host=registry.host, state=WorkerState.BUSY, current_job_id=orphan.id,
-                              heartbeat_at=utcnow() - timedelta(minutes=1)))
-        # A live worker (our parent stands in for it) still holds the other job.
-        session.add(WorkerRow(pid=os.getppid(), host=registry.host, state=WorkerState.BUSY,
-                              current_job_id=held.id))
-    (gone,) = registry.prune()
-    assert gone.pid == dead.pid
-    (recovered,) = queue.recover(held=registry.busy_job_ids())
-    assert recovered.id == orphan.id and recovered.status == JobStatus.QUEUED
-    assert [w.pid for w in registry.workers()] == [os.getppid()]
+def _spawning_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    def spawned(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a memory check started a process")
+
+    monkeypatch.setattr(subprocess, "Popen", spawned)
+    for name in ("fork", "posix_spawn", "posix_spawnp", "system"):
+        monkeypatch.setattr(os, name, spawned)
 
 
-def test_silent_heartbeat_counts_as_dead_even_if_the_pid_lives(tmp_path: Path) -> None:
-    engine = connect(tmp_path / "jobs.db")
-    registry = Registry(engine, clock=lambda: utcnow() + timedelta(hours=1))
-    with writing(engine) as session:
-        session.add(WorkerRow(pid=os.getppid(), host=registry.host))
-    assert len(registry.prune()) == 1
+def test_macos_memory_comes_from_the_kernel_values_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS cannot be run here: its kernel values come from an injected reader, in the sizes
+    sysctlbyname gives them (int: 4 bytes, hw.memsize: 8). Nothing may start a process."""
+    values = {"kern.memorystatus_vm_pressure_level": (2, 4), "kern.memorystatus_level": (37, 4),
+              "hw.memsize": (16 << 30, 8)}
+
+    def sysctl(name: str) -> bytes:
+        value, size = values[name]
+        return value.to_bytes(size, sys.byteorder)
+
+    _spawning_fails(monkeypatch)
+    memory = _read_memory_macos(sysctl)
+    assert memory.macos_level == 2
+    assert memory.available_mb == pytest.approx(16384 * 0.37)
+    assert read_memory().available_mb > 0 and rss_mb() > 0  # this machine's own probes start nothing either
 
 
-@pytest.mark.parametrize("state", list(WorkerState))
-def test_worker_states_are_the_documented_ones(state: WorkerState) -> None:
-    assert state.value in {"idle", "busy", "paused", "backoff"}
+def test_rss_is_the_current_size_not_the_peak() -> None:
+    before = rss_mb()
+    block = np.ones(256 * MB // 8)  # written, so resident
+    grown = rss_mb()
+    del block
+    after = rss_mb()
+    assert grown - before > 200 and grown - after > 200
+    statm = Path("/proc/self/statm")
+    if statm.exists():  # Linux: the kernel's own figure
+        assert rss_mb() == pytest.approx(int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MB, abs=5)

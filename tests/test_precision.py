@@ -13,6 +13,7 @@ from daemon.decoder import Decoder
 from daemon.engine import DecodeSettings, Engine
 from daemon.guards import Guard, Memory
 from daemon.transcript import Segment
+from tests import formats
 from tests.speech import compose, meeting, sentences, wer, write_silence
 
 pytestmark = pytest.mark.slow
@@ -40,11 +41,44 @@ def test_bf16_transcribes_as_well_as_fp32(fp32_model: torch.nn.Module, tmp_path:
     assert bf16_wer <= fp32_wer + 0.05  # the benchmark holds it to 0.5 points on a long recording
 
 
-def test_auto_picks_a_measured_format_on_this_cpu() -> None:
-    chosen = precision.choose("auto", "cpu")
-    assert chosen in ("bf16", "fp16", "fp32")
-    assert precision.choose("fp32", "cpu") == "fp32"
+INF = float("inf")  # a half format so slow on a small product that it is not measured further
+KEEPS_UP_MS = 9.0 * precision.KEEPS_UP  # as slow as a half format may be against 9 ms of fp32
+
+
+@pytest.mark.parametrize(("ms", "expected"), [
+    ({"fp32": 9.0, "bf16": 2.5, "fp16": INF}, "bf16"),  # AVX-512 BF16 or AMX: bf16 in hardware
+    ({"fp32": 9.0, "bf16": 340.0, "fp16": 336.0}, "fp32"),  # AVX2 only (this CI machine): halves emulated
+    ({"fp32": 9.0, "bf16": 4.0, "fp16": 3.0}, "fp16"),  # the faster half wins
+    ({"fp32": 9.0, "bf16": KEEPS_UP_MS * 0.99, "fp16": INF}, "bf16"),  # a little slower: half the memory wins
+    ({"fp32": 9.0, "bf16": KEEPS_UP_MS * 1.01, "fp16": INF}, "fp32"),  # just beyond the tolerance
+    ({"fp32": 9.0, "bf16": INF, "fp16": INF}, "fp32"),
+])
+def test_auto_picks_the_fastest_format_within_the_tolerance(monkeypatch: pytest.MonkeyPatch,
+                                                            ms: dict[str, float], expected: str) -> None:
+    """Timings are injected: other CPUs cannot be produced on this one."""
+    monkeypatch.setattr(precision, "measure_cpu", lambda: {name: t / 1e3 for name, t in ms.items()})
+    assert precision.choose("auto", "cpu") == expected
+    assert precision.choose("fp32", "cpu") == "fp32"  # an explicit choice is kept
     assert precision.choose("auto", "mps") == "fp16"
+
+
+def test_auto_picks_the_fastest_format_on_this_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `auto` picks agrees with the timings it took and with the test's own timings."""
+    measured: list[dict[str, float]] = []
+    measure = precision.measure_cpu
+
+    def recorded() -> dict[str, float]:
+        measured.append(measure())
+        return measured[-1]
+
+    monkeypatch.setattr(precision, "measure_cpu", recorded)
+    chosen = precision.choose("auto", "cpu")
+    (probe,) = measured
+    ours = formats.matmul_seconds()
+    print(f"auto → {chosen}; probe ms {({n: round(t * 1e3, 2) for n, t in probe.items()})}, "
+          f"benchmark ms {({n: round(t * 1e3, 2) for n, t in ours.items()})}")
+    assert chosen in formats.right_choices(probe, noise=1.0), probe
+    assert chosen in formats.right_choices(ours), ours
 
 
 def test_silence_costs_nothing_and_says_nothing(fp32_model: torch.nn.Module, tmp_path: Path,

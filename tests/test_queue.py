@@ -1,18 +1,22 @@
-"""The SQLite queue: pragmas, states, idempotent enqueue, atomic claims, crash recovery."""
+"""The SQLite queue: pragmas, states, idempotent enqueue, leased claims, recovery, output names."""
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sqlite3
+import unicodedata
 from datetime import timezone
 from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from daemon.db import PRAGMAS, JobStatus, connect
-from daemon.queue import JobQueue
-from tests.conftest import inbox_file
+from daemon.db import PRAGMAS, JobStatus, connect, utcnow
+from daemon.inputs import fingerprint
+from daemon.queue import LEASE, JobQueue, LeaseLost
+from daemon.transcript import Checkpoint, Segment, Window
+from tests.conftest import HOLDER, claim, inbox_file
 
 
 def test_every_connection_has_the_pragmas(tmp_path: Path) -> None:
@@ -30,13 +34,6 @@ def test_every_connection_has_the_pragmas(tmp_path: Path) -> None:
 def test_database_file_is_owner_only(tmp_path: Path) -> None:
     connect(tmp_path / "jobs.db")
     assert (tmp_path / "jobs.db").stat().st_mode & 0o077 == 0
-
-
-def test_status_column_rejects_unknown_states(queue: JobQueue, tmp_path: Path) -> None:
-    queue.enqueue(inbox_file(tmp_path, "a.wav"))
-    with pytest.raises(IntegrityError):
-        with queue.engine.begin() as conn:
-            conn.exec_driver_sql("UPDATE jobs SET status = 'paused'")
 
 
 def test_rows_are_readable_from_the_sqlite3_shell(queue: JobQueue, tmp_path: Path) -> None:
@@ -60,12 +57,11 @@ def test_enqueue_is_idempotent_for_the_same_file(queue: JobQueue, tmp_path: Path
 def test_new_content_at_the_same_path_is_transcribed_again(queue: JobQueue, tmp_path: Path) -> None:
     path = inbox_file(tmp_path, "a.wav", b"first take")
     job = queue.enqueue(path).job
-    assert queue.claim().id == job.id
-    queue.finish(job.id, JobStatus.DONE)
+    assert claim(queue).id == job.id
+    queue.finish(job.id, HOLDER, JobStatus.DONE)
     path.write_bytes(b"second take, longer")
     again = queue.enqueue(path)
     assert again.created and again.job.id != job.id
-    assert again.job.srt_path == job.srt_path  # replaces its own transcript
 
 
 def test_replaced_before_claim_updates_the_queued_row(queue: JobQueue, tmp_path: Path) -> None:
@@ -77,37 +73,71 @@ def test_replaced_before_claim_updates_the_queued_row(queue: JobQueue, tmp_path:
     assert len(queue.jobs()) == 1
 
 
-def test_colliding_names_are_disambiguated(queue: JobQueue, tmp_path: Path) -> None:
-    a = queue.enqueue(inbox_file(tmp_path, "meeting.m4a", b"one")).job
-    b = queue.enqueue(inbox_file(tmp_path, "meeting.mp3", b"two")).job
-    c = queue.enqueue(inbox_file(tmp_path, "other.wav", b"three")).job
-    assert Path(a.srt_path).name == "meeting.srt"
-    assert Path(b.srt_path).name == "meeting (2).srt"
-    assert Path(c.srt_path).name == "other.srt"
-    assert Path(a.srt_path).parent == tmp_path / "outbox"
+def test_copied_in_again_after_it_was_done_is_a_new_job_but_a_rescan_is_not(queue: JobQueue, tmp_path: Path) -> None:
+    path = inbox_file(tmp_path, "a.wav", b"take")
+    job = queue.enqueue(path).job
+    claim(queue)
+    queue.finish(job.id, HOLDER, JobStatus.DONE)
+    assert not queue.enqueue(path).created  # a rescan: nobody touched it
+    path.unlink()
+    inbox_file(tmp_path, "a.wav", b"take")  # the same recording copied in again
+    os.utime(path, ns=(job.mtime_ns + 10**9, job.mtime_ns + 10**9))
+    again = queue.enqueue(path)
+    assert again.created and again.job.sha256 == job.sha256
 
 
-def test_claim_is_fifo_and_sets_running(queue: JobQueue, tmp_path: Path) -> None:
+def test_two_spellings_of_one_file_are_one_job(queue: JobQueue, tmp_path: Path) -> None:
+    path = inbox_file(tmp_path, "t.wav")
+    (tmp_path / "inbox" / "sub").mkdir()
+    first = queue.enqueue(tmp_path / "inbox" / "sub" / ".." / "t.wav")
+    second = queue.enqueue(path)
+    assert first.created and not second.created and first.job.id == second.job.id
+    assert first.job.path == str(path)
+
+
+def test_enqueue_follows_a_link_only_when_asked(queue: JobQueue, tmp_path: Path) -> None:
+    target = inbox_file(tmp_path, "real.wav")
+    link = tmp_path / "elsewhere" / "link.wav"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    assert queue.enqueue(link, follow_link=True).job.path == str(target)  # `whisper-daemon enqueue link.wav`
+    assert queue.reject(link, "a link").job.path == str(link)  # found in the inbox: refused as itself
+
+
+def test_claim_is_fifo_and_sets_running_under_a_lease(queue: JobQueue, tmp_path: Path) -> None:
     ids = [queue.enqueue(inbox_file(tmp_path, f"{i}.wav", bytes([i]))).job.id for i in range(3)]
-    job = queue.claim()
+    job = claim(queue)
     assert job is not None and job.id == ids[0]
     assert job.status == JobStatus.RUNNING and job.attempts == 1 and job.started_at is not None
+    assert job.holder == HOLDER and job.lease_until == job.started_at + LEASE
 
 
 def test_same_content_waits_while_its_twin_runs(queue: JobQueue, tmp_path: Path) -> None:
     first = queue.enqueue(inbox_file(tmp_path, "a.wav", b"same")).job
     queue.enqueue(inbox_file(tmp_path, "b.wav", b"same"))
-    assert queue.claim().id == first.id
-    assert queue.claim() is None  # b must not be transcribed in parallel with a
-    queue.finish(first.id, JobStatus.DONE)
-    twin_job = queue.claim()
-    assert twin_job is not None and queue.finished_twin(twin_job).id == first.id
+    assert claim(queue).id == first.id
+    assert claim(queue) is None  # b must not be transcribed in parallel with a
+    queue.finish(first.id, HOLDER, JobStatus.DONE, model="tiny.en")
+    twin_job = claim(queue)
+    assert twin_job is not None and queue.finished_twin(twin_job, "tiny.en").id == first.id
+    assert queue.finished_twin(twin_job, "base") is None  # another model's words are not reused
 
 
-def _claim_all(db: str, outbox: str, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    queue = JobQueue(connect(Path(db)), Path(outbox))
+def test_unknown_content_never_waits_and_is_never_a_twin(queue: JobQueue, tmp_path: Path) -> None:
+    """Refused files are stored without a hash (""): retried together, each is read on its own."""
+    for name in ("a.wav", "b.wav"):
+        queue.reject(inbox_file(tmp_path, name), "cannot read the file")
+    assert len(queue.retry(failed=True)) == 2
+    a, b = claim(queue), claim(queue)
+    assert a is not None and b is not None  # b did not wait behind a's (empty) hash
+    queue.finish(a.id, HOLDER, JobStatus.DONE, model="tiny.en")
+    assert queue.finished_twin(b, "tiny.en") is None
+
+
+def _claim_all(db: str, holder: str, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    queue = JobQueue(connect(Path(db)))
     claimed = []
-    while (job := queue.claim()) is not None:
+    while (job := queue.claim(holder)) is not None:
         claimed.append(job.id)
     out.put(claimed)
 
@@ -117,8 +147,7 @@ def test_concurrent_claims_never_hand_out_a_job_twice(queue: JobQueue, tmp_path:
         queue.enqueue(inbox_file(tmp_path, f"{i}.wav", i.to_bytes(2, "big")))
     out: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()  # type: ignore[type-arg]
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_claim_all, args=(str(tmp_path / "jobs.db"), str(tmp_path / "outbox"), out))
-             for _ in range(4)]
+    procs = [ctx.Process(target=_claim_all, args=(str(tmp_path / "jobs.db"), f"w{i}", out)) for i in range(4)]
     for p in procs:
         p.start()
     results = [out.get(timeout=120) for _ in procs]
@@ -127,35 +156,136 @@ def test_concurrent_claims_never_hand_out_a_job_twice(queue: JobQueue, tmp_path:
     claimed = [job_id for r in results for job_id in r]
     assert sorted(claimed) == sorted(j.id for j in queue.jobs(limit=100))
     assert len(claimed) == len(set(claimed)) == 60
+    assert {j.holder for j in queue.jobs(limit=100)} <= {f"w{i}" for i in range(4)}
 
 
 def test_recover_requeues_then_fails_after_max_attempts(queue: JobQueue, tmp_path: Path) -> None:
     job = queue.enqueue(inbox_file(tmp_path, "crashy.wav")).job
     for attempt in (1, 2):
-        claimed = queue.claim()
+        claimed = claim(queue)
         assert claimed.id == job.id and claimed.attempts == attempt
-        # A crash leaves the row running; the next worker's start-up recovers it.
-        (recovered,) = queue.recover(max_attempts=3)
+        # A crash leaves the row running; the same worker, restarted in its slot, takes it back.
+        (recovered,) = queue.recover(HOLDER, max_attempts=3)
         assert recovered.status == JobStatus.QUEUED and recovered.attempts == attempt
-    queue.claim()
-    (gave_up,) = queue.recover(max_attempts=3)
+        assert recovered.holder is None and recovered.lease_until is None
+    claim(queue)
+    (gave_up,) = queue.recover(HOLDER, max_attempts=3)
     assert gave_up.status == JobStatus.FAILED
     assert "3 times" in gave_up.error
-    assert queue.claim() is None
+    assert claim(queue) is None
+
+
+def test_only_an_expired_lease_lets_another_worker_requeue_a_job(tmp_path: Path) -> None:
+    """Time is injected: a lease runs out after minutes, which a test cannot wait for."""
+    now = [utcnow()]
+    queue = JobQueue(connect(tmp_path / "jobs.db"), clock=lambda: now[0])
+    job = queue.enqueue(inbox_file(tmp_path, "a.wav")).job
+    claim(queue)
+    assert queue.recover("another worker") == []  # the holder is alive as far as anyone can tell
+    now[0] += LEASE / 2
+    assert queue.renew(job.id, HOLDER)  # a window, or a heartbeat while paused
+    now[0] += LEASE * 0.9
+    assert queue.recover("another worker") == []
+    now[0] += LEASE * 0.2
+    (recovered,) = queue.recover("another worker")
+    assert recovered.status == JobStatus.QUEUED
+    taken = queue.claim("another worker")
+    assert taken is not None and taken.id == job.id
+    # The first worker wakes up (a laptop lid opened): it cannot write for the job any more.
+    window = Window((Segment(0.0, 1.0, "stale words"),), Checkpoint(30.0), 30.0, 30.0)
+    with pytest.raises(LeaseLost):
+        queue.save_window(job.id, HOLDER, window, 60.0, 0.1, "tiny.en", "fp32")
+    with pytest.raises(LeaseLost):
+        queue.finish(job.id, HOLDER, JobStatus.DONE)
+    assert not queue.renew(job.id, HOLDER)
+    assert queue.segments(job.id) == []
 
 
 def test_release_does_not_count_the_interrupted_attempt(queue: JobQueue, tmp_path: Path) -> None:
     job = queue.enqueue(inbox_file(tmp_path, "a.wav")).job
-    queue.claim()
-    queue.release(job.id)
+    claim(queue)
+    queue.release(job.id, HOLDER)
     (row,) = queue.jobs()
-    assert row.status == JobStatus.QUEUED and row.attempts == 0
+    assert row.status == JobStatus.QUEUED and row.attempts == 0 and row.holder is None
 
 
 def test_retry_failed(queue: JobQueue, tmp_path: Path) -> None:
     job = queue.enqueue(inbox_file(tmp_path, "a.wav")).job
-    queue.claim()
-    queue.fail(job.id, "bad")
+    claim(queue)
+    queue.fail(job.id, HOLDER, "bad")
     (retried,) = queue.retry(failed=True)
     assert retried.status == JobStatus.QUEUED and retried.error is None and retried.attempts == 0
     assert queue.retry([12345]) == []
+
+
+def test_verify_restarts_changed_content_and_supersedes_older_versions(queue: JobQueue, tmp_path: Path) -> None:
+    path = inbox_file(tmp_path, "a.wav", b"version one")
+    job = queue.enqueue(path).job
+    claim(queue)
+    seen = fingerprint(path)
+    _, restarted = queue.verify(job.id, HOLDER, seen, "tiny.en", "fp32")
+    assert restarted is None
+    queue.save_window(job.id, HOLDER, Window((Segment(0.0, 2.0, "one"),), Checkpoint(30.0), 30.0, 30.0), 60.0, 0.1,
+                      "tiny.en", "fp32")
+    queue.release(job.id, HOLDER)
+    path.write_bytes(b"version two, queued while nobody watched")
+    claim(queue)
+    checked, restarted = queue.verify(job.id, HOLDER, fingerprint(path), "tiny.en", "fp32")
+    assert restarted == "the file changed since it was queued"
+    assert checked.processed_seconds == 0 and queue.segments(job.id) == []
+    assert checked.sha256 == fingerprint(path).sha256
+
+    queue.save_window(job.id, HOLDER, Window((Segment(0.0, 2.0, "two"),), Checkpoint(30.0), 30.0, 30.0), 60.0, 0.1,
+                      "tiny.en", "fp32")
+    queue.release(job.id, HOLDER)
+    claim(queue)
+    _, restarted = queue.verify(job.id, HOLDER, fingerprint(path), "tiny.en", "bf16")
+    assert restarted is not None and "tiny.en in fp32" in restarted and queue.segments(job.id) == []
+    queue.release(job.id, HOLDER)
+
+    path.write_bytes(b"version three")  # while job 1 is queued again, the watcher queues the new version
+    newer = queue.enqueue(path)
+    assert newer.created and newer.job.id == job.id  # the queued row is updated in place
+    claim(queue)
+    path.write_bytes(b"version four, while job 1 runs")
+    newest = queue.enqueue(path).job
+    assert newest.id != job.id
+    old, _ = queue.verify(job.id, HOLDER, fingerprint(path), "tiny.en", "fp32")
+    assert old.status == JobStatus.SUPERSEDED and f"job {newest.id}" in old.error
+
+
+def test_output_names_never_collide_and_never_replace_a_file_we_did_not_write(queue: JobQueue, tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    (outbox / "notes.srt").write_text("the user's own file")
+
+    def write(name: str, data: bytes, text: str) -> Path:
+        job = queue.enqueue(inbox_file(tmp_path, name, data)).job
+        claim(queue)
+        srt = queue.reserve_output(job.id, HOLDER, outbox, text)
+        srt.write_text(text)
+        queue.finish(job.id, HOLDER, JobStatus.DONE)
+        return srt
+
+    assert write("Meeting.m4a", b"1", "a").name == "Meeting.srt"
+    assert write("meeting.mp3", b"2", "b").name == "meeting (2).srt"  # one file on a case-blind disk
+    nfc, nfd = unicodedata.normalize("NFC", "réunion"), unicodedata.normalize("NFD", "réunion")
+    assert write(nfc + ".wav", b"3", "c").name == nfc + ".srt"
+    assert write(nfd + ".flac", b"4", "d").name == nfd + " (2).srt"
+    assert write("notes.wav", b"5", "e").name == "notes (2).srt"
+    assert (outbox / "notes.srt").read_text() == "the user's own file"
+    # New content at the same path replaces its own transcript, even its "(2)" one.
+    assert write("meeting.mp3", b"2, again", "f").name == "meeting (2).srt"
+    # ...unless the user edited it meanwhile: then it is theirs.
+    (outbox / "meeting (2).srt").write_text("corrected by hand")
+    assert write("meeting.mp3", b"2, third take", "g").name == "meeting (3).srt"
+
+
+def test_status_column_accepts_every_state_and_rejects_others(queue: JobQueue, tmp_path: Path) -> None:
+    queue.enqueue(inbox_file(tmp_path, "a.wav"))
+    for state in JobStatus:
+        with queue.engine.begin() as conn:
+            conn.exec_driver_sql(f"UPDATE jobs SET status = '{state.value}'")
+    with pytest.raises(IntegrityError):
+        with queue.engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE jobs SET status = 'paused'")

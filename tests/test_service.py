@@ -6,15 +6,19 @@ import argparse
 import plistlib
 import shlex
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from daemon.config import Config
+from daemon import config
+from daemon.config import Config, load
 from daemon.service import (
     ACTIONS, EXIT_UNSUPPORTED, Plan, Remove, ServiceError, Step, add_service_parser, cmd_service, execute, plan,
 )
-from daemon.supervisor import EXIT_CONFIG
+from daemon.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL, RESTART_MIN_SECONDS, Supervisor, _Child
 
 UID = 501
 PYTHON = "/opt/whisper daemon/.venv/bin/python"  # a space, to prove nothing goes through a shell
@@ -193,6 +197,31 @@ def test_systemd_install_mentions_linger(cfg: Config, home: Path) -> None:
     assert any("loginctl enable-linger $USER" in note for note in systemd("install", cfg, home).notes)
 
 
+def _unit_env(text: str) -> dict[str, str]:
+    """The Environment= lines of a unit, unquoted the way systemd reads them."""
+    pairs = [shlex.split(line.removeprefix("Environment="))[0].replace("%%", "%")
+             for line in text.splitlines() if line.startswith("Environment=")]
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def test_services_get_exactly_the_settings_of_install(tmp_path: Path, home: Path) -> None:
+    """What `service install --config chosen.toml` wrote builds the same config in the services,
+    even where the default config.toml disagrees, and names the file it came from."""
+    default = config.default_config_file()
+    default.parent.mkdir(parents=True)
+    default.write_text('language = "de"\nmodel = "small"\nbeam_size = 5\n')
+    chosen = tmp_path / "chosen.toml"
+    chosen.write_text('model = "tiny.en"\nbeam_size = "none"\n')
+    cfg = load({"config": str(chosen), "inbox": str(tmp_path / "in"), "outbox": str(tmp_path / "out")}, env={})
+    units = [_unit_env(text) for text in systemd("install", cfg, home).files.values()]
+    agents = [plistlib.loads(text.encode())["EnvironmentVariables"]
+              for text in launchd("install", cfg, home).files.values()]
+    for env in units + agents:
+        assert env["WHISPER_DAEMON_CONFIG"] == str(chosen)
+        service = load({}, env=env)
+        assert service == cfg and (service.language, service.beam_size, service.config) == (None, None, chosen)
+
+
 def test_exit_code_policy(cfg: Config, home: Path) -> None:
     """Exit 0 is a clean stop (left alone); non-zero is a crash (restarted); 78 is a config error."""
     for text in launchd("install", cfg, home).files.values():
@@ -201,6 +230,23 @@ def test_exit_code_policy(cfg: Config, home: Path) -> None:
         lines = text.splitlines()
         assert "Restart=on-failure" in lines and "RestartPreventExitStatus=78" in lines
     assert EXIT_CONFIG == 78
+
+
+def test_run_restarts_a_child_that_exits_75_and_stops_on_78() -> None:
+    """`run` is a service manager too: 75 (start me again later) is restarted with the backoff,
+    78 (bad configuration) stops it. The children here are real processes exiting with those codes."""
+    supervisor = Supervisor(Config(), threading.Event())
+    child = _Child("work")
+    for attempt in range(2):
+        child.proc = subprocess.Popen([sys.executable, "-c", f"raise SystemExit({EXIT_TEMPFAIL})"])
+        child.started = time.monotonic()  # as Supervisor._start records it: a short life keeps the backoff
+        child.proc.wait(timeout=60)
+        before = time.monotonic()
+        assert supervisor._check(child) is None and child.proc is None
+        assert child.restart_at >= before + RESTART_MIN_SECONDS * 2 ** attempt  # backing off
+    child.proc = subprocess.Popen([sys.executable, "-c", f"raise SystemExit({EXIT_CONFIG})"])
+    child.proc.wait(timeout=60)
+    assert supervisor._check(child) == EXIT_CONFIG
 
 
 # ---------------------------------------------------------------- the command line

@@ -8,8 +8,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from loguru import logger
 
-from daemon.watcher import Watcher, is_candidate
+from daemon.inputs import is_candidate
+from daemon.watcher import Watcher
 from tests.speech import write_slowly
 
 
@@ -18,6 +20,8 @@ from tests.speech import write_slowly
     [
         ("meeting.m4a", True), ("a.MP3", True), ("x.wav", True), ("x.flac", True), ("x.ogg", True),
         ("x.opus", True), ("x.aac", True), ("clip.mp4", True), ("clip.MOV", True), ("x.webm", True),
+        ("memo.aiff", True), ("memo.AIF", True), ("memo.caf", True), ("call.amr", True), ("phone.3gp", True),
+        ("old.wma", True), ("film.mkv", True), ("film.m4v", True),
         (".DS_Store", False), ("._meeting.m4a", False), (".hidden.mp3", False),
         ("song.mp3.part", False), ("song.mp3.crdownload", False), ("song.mp3.download", False),
         ("song.mp3.tmp", False), ("notes.txt", False), ("noext", False), ("meeting.srt", False),
@@ -82,6 +86,22 @@ def test_startup_scan_finds_files_that_arrived_while_down(tmp_path: Path) -> Non
     watcher.scan()
     clock.now += 1.0
     assert sorted(watcher.poll()) == [tmp_path / "a.m4a", tmp_path / "sub" / "b.mp3"]
+
+
+def test_a_format_we_do_not_take_is_logged_once_with_the_reason(tmp_path: Path) -> None:
+    said: list[str] = []
+    sink = logger.add(lambda message: said.append(str(message)), level="INFO", format="{message}")
+    try:
+        watcher = Watcher(tmp_path, [].append, quiet_seconds=0, clock=FakeClock())
+        (tmp_path / "talk.m4b").write_bytes(b"x")
+        (tmp_path / ".DS_Store").write_bytes(b"x")
+        for _ in range(3):  # events, then rescans
+            watcher.notice(tmp_path / "talk.m4b")
+            watcher.scan()
+    finally:
+        logger.remove(sink)
+    (line,) = said
+    assert "talk.m4b" in line and ".m4b is not a recording format" in line and ".m4a" in line
 
 
 @pytest.fixture

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import srt
 
 from daemon import config
-from daemon.db import JobStatus
-from daemon.supervisor import EXIT_CONFIG
+from daemon.db import JobStatus, utcnow
+from daemon.queue import LEASE
+from daemon.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL
 from daemon.worker import Worker
-from tests.conftest import CliRunner
+from tests.conftest import REPO, CliRunner
 from tests.daemon_proc import checkpointed, rows, srt_text, start, stop, wait_until
 from tests.speech import compose, meeting, sentences, wer
 
@@ -43,6 +47,32 @@ def test_run_once_processes_jobs_in_order_and_survives_a_bad_file(
     assert wer(good.text, srt_text(Path(c.srt_path))) <= 0.15
 
 
+def test_an_idle_worker_takes_over_a_job_whose_lease_ran_out(
+    tmp_path: Path, daemon_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker on another machine took a job and vanished (its host name and pid mean nothing
+    here). Time is injected into the queue, and the minute between recoveries is not waited for:
+    a lease runs out after ten minutes."""
+    talk = compose(sentences()[20:23])
+    talk.write(tmp_path / "inbox" / "orphan.wav")
+    worker = Worker(config.load({}, env=daemon_env))
+    now = [utcnow()]
+    worker.queue.clock = lambda: now[0]
+    job = worker.queue.enqueue(tmp_path / "inbox" / "orphan.wav").job
+    assert worker.queue.claim("7-a-mac-that-went-away").id == job.id
+    worker.initialize()
+    try:
+        monkeypatch.setattr("daemon.worker.RECOVER_SECONDS", 0.0)
+        assert not worker.run_once()  # the lease still holds: nobody else may touch the job
+        now[0] += LEASE + timedelta(seconds=1)
+        assert worker.run_once()
+    finally:
+        worker.shutdown()
+    (done,) = worker.queue.jobs()
+    assert done.status == JobStatus.DONE and done.attempts == 2
+    assert wer(talk.text, srt_text(Path(done.srt_path))) <= 0.15
+
+
 def test_exit_when_empty_drains_and_exits_zero(tmp_path: Path, cli: CliRunner) -> None:
     compose(sentences()[15:17]).write(tmp_path / "inbox" / "x.flac")
     cli("enqueue", str(tmp_path / "inbox" / "x.flac"))
@@ -56,6 +86,50 @@ def test_unknown_model_is_a_config_error_not_a_crash_loop(cli: CliRunner) -> Non
     result = cli("work", "--model", "no-such-model", check=False, timeout=120)
     assert result.returncode == EXIT_CONFIG
     assert "no-such-model" in result.stdout + result.stderr
+
+
+def test_a_language_whisper_does_not_know_is_a_config_error(cli: CliRunner) -> None:
+    result = cli("work", "--exit-when-empty", "--language", "klingon", check=False, timeout=120)
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert "'klingon'" in result.stderr and "english" in result.stderr and " de," in result.stderr
+
+
+def test_an_english_only_model_with_another_language_is_a_config_error(cli: CliRunner) -> None:
+    result = cli("work", "--exit-when-empty", "--model", "tiny.en", "--language", "German", check=False,
+                 timeout=120)
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert "tiny.en is English-only" in result.stderr and "--model tiny" in result.stderr
+
+
+def test_a_language_name_is_taken_as_its_code(daemon_env: dict[str, str]) -> None:
+    worker = Worker(config.load({"language": "English"}, env=daemon_env))
+    worker.initialize()
+    try:
+        assert worker.engine is not None and worker.engine.settings.language == "en"
+    finally:
+        worker.shutdown()
+
+
+# The network probe is injected: a machine without network at boot cannot be produced for real here
+# (and on a developer's machine the model would be downloaded).
+OFFLINE_WORKER = """
+import sys
+from daemon import weights
+weights._network_reachable = lambda url, timeout: False
+from daemon.cli import main
+sys.exit(main(["work"]))
+"""
+
+
+def test_no_network_yet_for_a_model_to_download_exits_tempfail(tmp_path: Path, daemon_env: dict[str, str]) -> None:
+    """First boot, network not up: `tiny` is in no cache and no installed package, and the network
+    probe (injected) says the download server cannot be reached. The worker exits 75 so that the
+    service manager starts it again later, and says so."""
+    env = {**daemon_env, "WHISPER_DAEMON_MODEL": "tiny", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-c", OFFLINE_WORKER], env=env, cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == EXIT_TEMPFAIL, result.stderr
+    assert "could not be downloaded" in result.stderr and "again later" in result.stderr
 
 
 def _long_job(tmp_path: Path, cli: CliRunner) -> Path:
