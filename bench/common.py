@@ -223,17 +223,26 @@ def enqueue(audio: Path, env: Mapping[str, str]) -> None:
 
 def daemon_transcribe(audio: Path, model: str, tmp: Path, language: str | None = None) -> DaemonRun:
     """Enqueue `audio` in a fresh queue under `tmp`, then drain it with one measured worker process."""
-    env = daemon_env(tmp, model, language)
-    enqueue(audio, env)  # not part of the measurement: only the worker is
+    return daemon_transcribe_all([audio], model, tmp, language)[0]
+
+
+def daemon_transcribe_all(audios: Sequence[Path], model: str, tmp: Path, language: str | None = None,
+                          settings: Mapping[str, str] | None = None) -> list[DaemonRun]:
+    """Enqueue `audios` in a fresh queue under `tmp` and drain it with one measured worker process
+    (the model loaded once); one DaemonRun per file, in order, sharing that measurement.
+    `settings`: more WHISPER_DAEMON_* variables (e.g. {"WHISPER_DAEMON_BEAM_SIZE": "5"})."""
+    env = {**daemon_env(tmp, model, language), **(settings or {})}
+    for audio in audios:
+        enqueue(audio, env)  # not part of the measurement: only the worker is
     m = measure([PYTHON, "-m", "daemon", "work", "--exit-when-empty"], env=env, cwd=REPO)
-    status = subprocess.run([PYTHON, "-m", "daemon", "status", "--json"], env=env, cwd=REPO, check=True,
-                            capture_output=True, text=True)
-    jobs = json.loads(status.stdout)["jobs"]
-    if m.returncode != 0 or len(jobs) != 1 or jobs[0]["status"] != "done":
+    status = subprocess.run([PYTHON, "-m", "daemon", "status", "--json", "--limit", str(len(audios))], env=env,
+                            cwd=REPO, check=True, capture_output=True, text=True)
+    jobs = {Path(job["path"]).resolve(): job for job in json.loads(status.stdout)["jobs"]}
+    if m.returncode != 0 or len(jobs) != len(audios) or any(job["status"] != "done" for job in jobs.values()):
         log = tmp / "log" / "worker.log"
         tail = log.read_text(encoding="utf-8", errors="replace")[-3000:] if log.is_file() else m.stderr[-3000:]
-        raise RuntimeError(f"worker exited {m.returncode}; jobs: {jobs}\n{tail}")
-    return DaemonRun(m, Path(jobs[0]["srt_path"]), jobs[0])
+        raise RuntimeError(f"worker exited {m.returncode}; jobs: {list(jobs.values())}\n{tail}")
+    return [DaemonRun(m, Path(jobs[a.resolve()]["srt_path"]), jobs[a.resolve()]) for a in audios]
 
 
 # --------------------------------------------------------------------------- openai-whisper
@@ -265,12 +274,23 @@ def checked(m: Measurement, output: Path, what: str) -> tuple[Measurement, Path]
 
 def whisper_cli(audio: Path, checkpoint: Path, outdir: Path) -> tuple[Measurement, Path]:
     """openai-whisper's own CLI at its defaults (beam 5, best_of 5, temperature fallback), CPU fp32, English."""
-    cmd = [str(WHISPER_CLI), str(audio), "--model", str(checkpoint), "--model_dir", str(checkpoint.parent),
-           "--output_dir", str(outdir), "--output_format", "srt", "--fp16", "False", "--language", "en",
-           "--verbose", "False"]
+    m, (srt_path,) = whisper_cli_all([audio], checkpoint, outdir, language="en")
+    return m, srt_path
+
+
+def whisper_cli_all(audios: Sequence[Path], checkpoint: Path, outdir: Path,
+                    language: str | None) -> tuple[Measurement, list[Path]]:
+    """The CLI as in whisper_cli(), on several files in one process (the model loaded once);
+    language None: detected per file, as the CLI does by default. The SRT paths follow `audios`."""
+    cmd = [str(WHISPER_CLI), *map(str, audios), "--model", str(checkpoint), "--model_dir", str(checkpoint.parent),
+           "--output_dir", str(outdir), "--output_format", "srt", "--fp16", "False", "--verbose", "False"]
+    if language:
+        cmd += ["--language", language]
+    m = measure(cmd, cwd=REPO)
     # whisper's writer: output_dir / <input name without extension>.srt; it prints "Skipping …" and
     # exits 0 when a file fails.
-    return checked(measure(cmd, cwd=REPO), outdir / f"{audio.stem}.srt", "whisper CLI")
+    srt_paths = [checked(m, outdir / f"{audio.stem}.srt", "whisper CLI")[1] for audio in audios]
+    return m, srt_paths
 
 
 # --------------------------------------------------------------------------- scoring and reporting

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 import types
 import typing
@@ -16,6 +17,10 @@ import platformdirs
 APP = "whisper-daemon"
 ENV_PREFIX = "WHISPER_DAEMON_"
 DATA_DIR = Path(platformdirs.user_data_dir(APP))
+LOCALE_VARIABLES = ("LC_ALL", "LC_MESSAGES", "LANG")  # POSIX order: the first one set names the user's language
+TRADITIONAL_LOCALES = {"tw", "hk", "mo", "hant"}  # Taiwan, Hong Kong, Macau, or the script tag itself
+TASKS = ("transcribe", "translate")
+CHINESE_SCRIPTS = ("simplified", "traditional", "as-is")  # as-is: the model's own text, untouched
 UNSET = ""  # in the environment: an optional setting (or the config file) explicitly left unset
 _UNSET_WORDS = {UNSET, "none"}
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
@@ -32,6 +37,9 @@ class Config:
     db: Path = DATA_DIR / "jobs.db"
     model: str = "base"  # multilingual; English-only users can pick tiny.en or base.en
     language: str | None = None  # None: detect per recording
+    task: str = "transcribe"  # or "translate": English text from speech in any language (multilingual models)
+    prompt: str | None = None  # names, jargon and spellings the model should know; given to it on every window
+    chinese_script: str = "simplified"  # simplified | traditional | as-is; load() picks the default from the locale
     beam_size: int | None = 2  # 2 beams: tiny.en WER 3.3% → 2.4% for ~25% more time; None or 1: greedy
     chunk_seconds: float = 30.0  # audio per window and per checkpoint (Whisper's window is 30 s)
     precision: str = "auto"  # auto | fp32 | fp16 | bf16: the resident weights' number format
@@ -107,9 +115,20 @@ def load(cli: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = N
     else:
         path = default_config_file() if default_config_file().is_file() else None
     layered = {**(_read_toml(path, names - {"config"}) if path else {}), **given}
+    layered.setdefault("chinese_script", default_chinese_script(env))
     cfg = Config(config=path, **{k: _coerce(k, hints[k], v) for k, v in layered.items() if k != "config"})
     validate(cfg)
     return cfg
+
+
+def default_chinese_script(env: Mapping[str, str]) -> str:
+    """Traditional for a Chinese locale of Taiwan, Hong Kong or Macau (zh_TW.UTF-8, zh_HK, zh-Hant),
+    simplified for any other."""
+    locale = next((env[name] for name in LOCALE_VARIABLES if env.get(name)), "")
+    language, *rest = re.split(r"[_.@-]", locale.lower())
+    if language == "zh" and "hans" not in rest and TRADITIONAL_LOCALES & set(rest):
+        return "traditional"
+    return "simplified"
 
 
 def validate(cfg: Config) -> None:
@@ -125,5 +144,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"precision is {cfg.precision!r}: choose auto, fp32, fp16 or bf16")
     if cfg.batch_size < 1:
         raise ConfigError("batch_size must be at least 1")
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task is {cfg.task!r}: choose transcribe, or translate (into English)")
+    if cfg.chinese_script not in CHINESE_SCRIPTS:
+        raise ConfigError(f"chinese_script is {cfg.chinese_script!r}: choose {', '.join(CHINESE_SCRIPTS)}")
     if not 1 <= cfg.chunk_seconds <= 30:
         raise ConfigError(f"chunk_seconds is {cfg.chunk_seconds}: it must be between 1 and 30 (Whisper's window)")

@@ -23,8 +23,9 @@ from whisper.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram, 
 from whisper.decoding import DecodingResult
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
-from daemon import chunking
+from daemon import chinese, chunking
 from daemon.audio import SAMPLE_RATE, stream_audio
+from daemon.config import ConfigError
 from daemon.decoder import Decoder
 from daemon.transcript import Checkpoint, Segment, Window
 
@@ -44,6 +45,9 @@ class DecodeSettings:
     condition_on_previous_text: bool = True
     chunk_seconds: float = CHUNK_SECONDS
     batch_size: int = 1  # > 1: independent chunks cut at quiet points, decoded together
+    task: str = "transcribe"  # or "translate": English text whatever the language (multilingual models)
+    prompt: str = ""  # names, jargon, spellings: given to the model on every window
+    chinese_script: str = "simplified"  # simplified | traditional | as-is, for Chinese transcripts
 
 
 def _worth_keeping(segment: Segment) -> bool:
@@ -87,7 +91,8 @@ class Engine:
         self.input_stride = N_FRAMES // model.dims.n_audio_ctx  # mel frames per output token
         self.time_precision = self.input_stride * HOP_LENGTH / SAMPLE_RATE  # 0.02 s per token
         self.max_prompt = model.dims.n_text_ctx // 2 - 1  # what whisper keeps of a prompt
-        self._decoders: dict[str | None, Decoder] = {}
+        self._decoders: dict[tuple[str | None, str], Decoder] = {}
+        self.check(settings)
 
     def windows(self, path: Path, start: Checkpoint = Checkpoint()) -> Iterator[Window]:
         """Decode `path` from `start`, one window (or one batch of chunks) at a time.
@@ -95,6 +100,7 @@ class Engine:
         Each window is a safe stopping point: resuming from its checkpoint gives the same output
         as never having stopped (sampling at temperature > 0 is seeded by the audio position).
         """
+        self.check(self.settings)  # they may have been replaced for this job
         if self.settings.batch_size > 1:
             return self._batches(path, start)
         return self._sequential(path, start)
@@ -105,6 +111,7 @@ class Engine:
         prompt = list(start.prompt)
         language = start.language or self.settings.language
         decoder: Decoder | None = None
+        fixed: list[int] = []
         feed = _Feed(path, self.window_samples, offset)
         buffer = np.empty(0, np.float32)
         while True:
@@ -123,8 +130,9 @@ class Engine:
             if decoder is None:
                 language = language or self._detect_language(mel)
                 decoder = self._decoder(language)
+                fixed = self._fixed_prompt(decoder.tokenizer)
             torch.manual_seed(offset)
-            result = self._decode_with_fallback(decoder, self._encode(mel[None]), prompt)
+            result = self._decode_with_fallback(decoder, self._encode(mel[None]), self._prompt(fixed, prompt))
             segments, advance = self._segments(result, decoder.tokenizer, offset / SAMPLE_RATE, content_frames)
             kept = tuple(s for s in segments if _worth_keeping(s))
             if self.settings.condition_on_previous_text and result.temperature <= PROMPT_RESET_TEMPERATURE:
@@ -136,6 +144,18 @@ class Engine:
             offset += consumed
             yield Window(kept, Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), feed.seconds,
                          model_seconds=content_frames * HOP_LENGTH / SAMPLE_RATE)
+
+    def check(self, settings: DecodeSettings) -> None:
+        """Settings this model cannot follow fail here, before any audio is read, saying what to change.
+        (Values that are wrong for any model are config.validate's business.)"""
+        if settings.task == "translate" and not self.model.is_multilingual:
+            raise ConfigError('task = "translate" needs a multilingual model, and this one is English-only (a .en '
+                              'model): choose one without .en (e.g. base), or set task = "transcribe"')
+        tokenizer = get_tokenizer(self.model.is_multilingual, num_languages=self.model.num_languages)
+        length = len(tokenizer.encode(" " + settings.prompt.strip()))
+        if length > self.max_prompt // 2:
+            raise ConfigError(f"the prompt is {length} tokens long; at most {self.max_prompt // 2} fit, leaving room "
+                              "for the text carried from window to window. Keep it to names and terms.")
 
     def _batches(self, path: Path, start: Checkpoint) -> Iterator[Window]:
         """Read ahead a few windows, cut them at quiet points and decode the chunks as one batch.
@@ -149,6 +169,7 @@ class Engine:
         offset = round(start.offset_seconds * SAMPLE_RATE)
         language = start.language or self.settings.language
         decoder: Decoder | None = None
+        fixed: list[int] = []
         feed = _Feed(path, self.window_samples, offset)
         buffer = np.empty(0, np.float32)
         while True:
@@ -166,7 +187,9 @@ class Engine:
                 if decoder is None:
                     language = language or self._detect_language(mels[0])
                     decoder = self._decoder(language)
-                results = self._decode_batch(decoder, mels, [offset + a for a, _ in voiced], prompt)
+                    fixed = self._fixed_prompt(decoder.tokenizer)
+                results = self._decode_batch(decoder, mels, [offset + a for a, _ in voiced],
+                                             self._prompt(fixed, prompt))
                 rest: list[tuple[int, int]] = []
                 for (a, b), result in zip(voiced, results):
                     found, advance = self._segments(result, decoder.tokenizer, (offset + a) / SAMPLE_RATE,
@@ -207,11 +230,33 @@ class Engine:
         return pad_or_trim(mel[:, :content_frames], N_FRAMES).to(self.model.device)
 
     def _decoder(self, language: str | None) -> Decoder:
-        if language not in self._decoders:  # building one costs ~0.3 s (tokenizer tables)
+        key = (language, self.settings.task)
+        if key not in self._decoders:  # building one costs ~0.3 s (tokenizer tables)
             tokenizer = get_tokenizer(self.model.is_multilingual, num_languages=self.model.num_languages,
-                                      language=language, task="transcribe")
-            self._decoders[language] = Decoder(self.model, tokenizer)
-        return self._decoders[language]
+                                      language=language, task=self.settings.task)
+            self._decoders[key] = Decoder(self.model, tokenizer)
+        return self._decoders[key]
+
+    def _script(self, tokenizer: Tokenizer) -> str:
+        """The script to write: the chosen one for Chinese transcripts, the model's own for anything else."""
+        if tokenizer.language == chinese.CHINESE and tokenizer.task == "transcribe":
+            return self.settings.chinese_script
+        return "as-is"
+
+    def _fixed_prompt(self, tokenizer: Tokenizer) -> list[int]:
+        """The part of every window's prompt that never changes: the language's style sample (Mandarin:
+        punctuated, in the chosen script), then the user's prompt. Encoded as whisper encodes its
+        initial_prompt."""
+        script = self._script(tokenizer)
+        text = " ".join(p for p in (chinese.language_prompt(script),
+                                    chinese.convert(self.settings.prompt.strip(), script)) if p)
+        return tokenizer.encode(" " + text) if text else []
+
+    def _prompt(self, fixed: list[int], carried: list[int]) -> list[int]:
+        """A window's prompt: the fixed part whole, then as much of the carried text as fits after it
+        (whisper's carry_initial_prompt). The checkpoint holds only the carried text."""
+        room = self.max_prompt - len(fixed)
+        return fixed + carried[max(0, len(carried) - room):]
 
     def _detect_language(self, mel: torch.Tensor) -> str:
         if not self.model.is_multilingual:
@@ -259,9 +304,17 @@ class Engine:
         single_ending = is_ts[-2:] == [False, True]
         content_end = window_start + content_frames * HOP_LENGTH / SAMPLE_RATE
 
+        script = self._script(tokenizer)
+
         def segment(piece: list[int], start_pos: int, end_pos: int) -> Segment:
             # The model can stamp past the end of a short last window; no cue outlives the audio.
-            text = tokenizer.decode([t for t in piece if t < tokenizer.eot])
+            raw = tokenizer.decode([t for t in piece if t < tokenizer.eot])
+            text = chinese.convert(raw, script)
+            if text != raw:
+                # Carry the converted text: a prompt in the chosen script keeps the model writing it.
+                head = piece[:1] if piece[0] >= begin else []
+                tail = piece[-1:] if len(piece) > 1 and piece[-1] >= begin else []
+                piece = [*head, *tokenizer.encode(text), *tail]
             return Segment(min(window_start + start_pos * self.time_precision, content_end),
                            min(window_start + end_pos * self.time_precision, content_end),
                            text.strip(), tuple(piece))

@@ -77,7 +77,9 @@ class Worker:
         model = precision.convert(model, self.precision)
         self.model_name = resolved.name
         self.engine = Engine(model, DecodeSettings(language=language, beam_size=self.cfg.beam_size,
-                                                   chunk_seconds=self.cfg.chunk_seconds))
+                                                   chunk_seconds=self.cfg.chunk_seconds, task=self.cfg.task,
+                                                   prompt=self.cfg.prompt or "",
+                                                   chinese_script=self.cfg.chinese_script))
         for row in self.registry.register(resolved.name, self.precision):
             logger.info("forgetting worker {} (pid {} on {}), gone since {}", row.id, row.pid, row.host,
                         row.heartbeat_at.isoformat(timespec="seconds"))

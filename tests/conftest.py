@@ -49,6 +49,16 @@ def fp32_model(model_cache: Path) -> Whisper:
     return model
 
 
+@pytest.fixture(scope="session")
+def base_model(model_cache: Path) -> Whisper:
+    """The default model, base (multilingual), in fp32, loaded once: for the tests of what only a
+    multilingual model does (languages, Chinese script, translation)."""
+    from daemon.weights import load_model
+
+    model, _ = load_model("base", model_cache / "models")
+    return model
+
+
 HOLDER = "test-worker"  # the worker name queue-level tests claim jobs as
 
 

@@ -104,11 +104,16 @@ def settled(db: Path, count: int) -> list[dict[str, Any]] | None:
     return None
 
 
-def srt_text(path: Path) -> str:
-    """The spoken text of an SRT file, read with an independent parser."""
+def srt_cues(path: Path) -> list[str]:
+    """The text of each cue of an SRT file, read with an independent parser."""
     import srt
 
-    return " ".join(cue.content for cue in srt.parse(path.read_text(encoding="utf-8")))
+    return [cue.content for cue in srt.parse(path.read_text(encoding="utf-8"))]
+
+
+def srt_text(path: Path) -> str:
+    """The spoken text of an SRT file."""
+    return " ".join(srt_cues(path))
 
 
 class Lines:

@@ -16,6 +16,7 @@ import math
 import os
 import random
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
@@ -406,25 +407,48 @@ def _normalizer() -> Callable[[str], str]:
     return EnglishTextNormalizer()
 
 
-def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate after whisper's English normalisation (can exceed 1.0)."""
-    normalize = _normalizer()
-    ref = normalize(reference).split()
-    hyp = normalize(hypothesis).split()
-    if not ref:
-        return 0.0 if not hyp else float(len(hyp))  # every hypothesis word is an insertion
-    # Word-level Levenshtein distance, one row at a time.
-    previous = list(range(len(hyp) + 1))
-    for i, ref_word in enumerate(ref, start=1):
-        current = [i] + [0] * len(hyp)
-        for j, hyp_word in enumerate(hyp, start=1):
+def edit_distance(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
+    """Levenshtein distance between two sequences (of words or characters), one row at a time."""
+    previous = list(range(len(hypothesis) + 1))
+    for i, ref_item in enumerate(reference, start=1):
+        current = [i] + [0] * len(hypothesis)
+        for j, hyp_item in enumerate(hypothesis, start=1):
             current[j] = min(
                 previous[j] + 1,  # deletion
                 current[j - 1] + 1,  # insertion
-                previous[j - 1] + (ref_word != hyp_word),  # substitution or match
+                previous[j - 1] + (ref_item != hyp_item),  # substitution or match
             )
         previous = current
-    return previous[-1] / len(ref)
+    return previous[-1]
+
+
+def _error_rate(ref: Sequence[str], hyp: Sequence[str]) -> float:
+    if not ref:
+        return 0.0 if not hyp else float(len(hyp))  # every hypothesis item is an insertion
+    return edit_distance(ref, hyp) / len(ref)
+
+
+def words(text: str) -> list[str]:
+    """What an English word error rate compares: the words after whisper's English normaliser."""
+    return _normalizer()(text).split()
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate after whisper's English normalisation (can exceed 1.0)."""
+    return _error_rate(words(reference), words(hypothesis))
+
+
+def mandarin_characters(text: str) -> str:
+    """What a Mandarin character error rate compares: no punctuation, no spaces, simplified script."""
+    from daemon.chinese import convert  # OpenCC: only for the Mandarin scorers
+
+    return "".join(c for c in convert(text, "simplified")
+                   if not unicodedata.category(c).startswith(("P", "Z", "S", "C")))
+
+
+def cer(reference: str, hypothesis: str) -> float:
+    """Character error rate of Mandarin text, both sides as `mandarin_characters` (can exceed 1.0)."""
+    return _error_rate(mandarin_characters(reference), mandarin_characters(hypothesis))
 
 
 # --------------------------------------------------------------------------- slow writes

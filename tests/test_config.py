@@ -188,3 +188,54 @@ def test_run_hands_its_config_file_to_the_watcher_and_the_worker(tmp_path: Path,
     assert code == 0, output
     assert job["status"] == "done", job
     assert (worker["model"], job["model"], job["language"]) == (TEST_MODEL, TEST_MODEL, "en"), output
+
+
+@pytest.mark.parametrize(
+    ("locale", "script"),
+    [
+        ({"LANG": "zh_TW.UTF-8"}, "traditional"),
+        ({"LANG": "zh_HK.UTF-8"}, "traditional"),
+        ({"LANG": "zh_CN.UTF-8"}, "simplified"),
+        ({"LANG": "zh_SG"}, "simplified"),
+        ({"LANG": "en_US.UTF-8"}, "simplified"),
+        ({}, "simplified"),
+        ({"LANG": "zh_CN.UTF-8", "LC_ALL": "zh_TW.UTF-8"}, "traditional"),  # LC_ALL overrides LANG
+        ({"LANG": "zh_TW.UTF-8", "LC_MESSAGES": "en_GB.UTF-8"}, "simplified"),  # the messages' language decides
+        ({"LANG": "en_US.UTF-8", "LC_ALL": ""}, "simplified"),  # set but empty counts as unset
+    ],
+)
+def test_chinese_script_defaults_to_the_locales(locale: dict[str, str], script: str) -> None:
+    """The default comes from the locale of the process that starts the daemon (an injected environment)."""
+    assert load({}, env=locale).chinese_script == script
+
+
+def test_chinese_script_given_beats_the_locale(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('chinese_script = "as-is"\n')
+    assert load({"config": str(toml)}, env={"LANG": "zh_TW.UTF-8"}).chinese_script == "as-is"
+    assert load({}, env={"LANG": "zh_TW.UTF-8", "WHISPER_DAEMON_CHINESE_SCRIPT": "simplified"}).chinese_script \
+        == "simplified"
+    # Child processes get the script the parent chose, whatever their own locale.
+    cfg = load({}, env={"LANG": "zh_HK.UTF-8"})
+    assert load({}, env={**cfg.to_env(), "LANG": "C"}) == cfg
+
+
+def test_prompt_and_task_settings(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('prompt = "Anneliese Kwiatkowski, Zorbulator"\ntask = "translate"\n')
+    cfg = load({"config": str(toml)}, env={})
+    assert cfg.prompt == "Anneliese Kwiatkowski, Zorbulator" and cfg.task == "translate"
+    assert load({}, env=cfg.to_env()) == cfg
+    assert load({}, env={}).task == "transcribe" and load({}, env={}).prompt is None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WHISPER_DAEMON_TASK": "translit"}, "task is 'translit'"),
+        ({"WHISPER_DAEMON_CHINESE_SCRIPT": "hanzi"}, "chinese_script is 'hanzi'"),
+    ],
+)
+def test_bad_task_or_script_is_named(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load({}, env=env)
