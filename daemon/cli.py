@@ -19,6 +19,7 @@ from loguru import logger
 from daemon import config, logs
 from daemon.config import Config, ConfigError
 from daemon.db import Job, JobStatus, SchemaMismatch, WorkerRow, connect, connect_readonly
+from daemon.folders import SettingsError, settings_for
 from daemon.registry import gone, workers
 from daemon.service import ACTIONS, add_service_parser, cmd_service
 from daemon.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL, PARENT_PID_ENV
@@ -155,7 +156,7 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
     queue = JobQueue(connect(cfg.db))
 
     def enqueue(path: Path) -> None:
-        result = queue.enqueue(path)
+        result = queue.enqueue(path, settings=settings_for(path, cfg.inbox))
         if result.created:
             logger.info("queued job {}: {}", result.job.id, path.name)
 
@@ -195,9 +196,14 @@ def cmd_enqueue(cfg: Config, args: argparse.Namespace) -> int:
     code = 0
     for path in args.files:
         try:
-            result = queue.enqueue(path, follow_link=True)  # a link the user names is followed
+            # A link the user names is followed; the folders of the file as named give its settings.
+            result = queue.enqueue(path, follow_link=True, settings=settings_for(path, cfg.inbox))
         except OSError as e:
             print(f"{path}: cannot read it ({e.strerror})", file=sys.stderr)
+            code = 1
+            continue
+        except SettingsError as e:
+            print(f"{path}: not queued: {e}", file=sys.stderr)
             code = 1
             continue
         state = "queued as" if result.created else "already known as"
@@ -306,7 +312,7 @@ def progress_line(job: Job) -> str:
 def _table(jobs: list[Job]) -> str:
     if not jobs:
         return "no jobs yet: drop a recording into the inbox"
-    rows = [("ID", "STATUS", "DURATION", "RTF", "TRIES", "FILE", "PROGRESS / OUTPUT / ERROR")]
+    rows = [("ID", "STATUS", "DURATION", "RTF", "TRIES", "LANG", "FILE", "PROGRESS / OUTPUT / ERROR")]
     for job in jobs:
         if job.status == JobStatus.RUNNING or (job.status == JobStatus.QUEUED and job.processed_seconds):
             detail = progress_line(job)
@@ -315,9 +321,18 @@ def _table(jobs: list[Job]) -> str:
         else:
             detail = job.error or ""
         rows.append((str(job.id), job.status.value, _duration(job.audio_seconds),
-                     "-" if job.rtf is None else f"{job.rtf:.2f}", str(job.attempts), printable(Path(job.path).name),
+                     "-" if job.rtf is None else f"{job.rtf:.2f}", str(job.attempts), _language(job),
+                     printable(Path(job.path).name),
                      printable(detail)))
     return _columns(rows)
+
+
+def _language(job: Job) -> str:
+    """The language transcribed (detected, or set), or the one asked for until it is known;
+    "ja→en" for a translation."""
+    settings = json.loads(job.settings or "{}")
+    language = printable(job.language or settings.get("language") or "-")
+    return f"{language}→en" if settings.get("task") == "translate" else language
 
 
 def _columns(rows: list[tuple[str, ...]]) -> str:

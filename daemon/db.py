@@ -116,7 +116,10 @@ class Job(SQLModel, table=True):
     processed_seconds: float = 0.0  # audio finished and checkpointed; a restart resumes here
     progress: float = 0.0  # processed_seconds / audio_seconds, 0.0 to 1.0
     rtf: float | None = None
-    language: str | None = None
+    language: str | None = None  # the language transcribed: forced by the settings, or detected
+    # JSON: what the job's folder settings (folders.py) asked for when it was queued, completed with
+    # the worker's own settings when it starts. NULL: not looked up yet (a refused file, a retried job).
+    settings: str | None = None
     prompt: str = "[]"  # JSON token list carried into the next window, part of the checkpoint
     model: str | None = None  # the model and number format of the checkpoint, then of the transcript
     precision: str | None = None  # fp32, fp16 or bf16

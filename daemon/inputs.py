@@ -12,6 +12,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.folders import SETTINGS_FILE
+
 AUDIO_EXTENSIONS = frozenset({
     ".m4a", ".mp3", ".wav", ".flac", ".ogg", ".opus", ".aac",  # voice memos and meeting recordings
     ".aiff", ".aif", ".caf",  # Apple's uncompressed and Core Audio formats
@@ -30,8 +32,9 @@ def as_text(path: Path) -> str:
 
 
 def skipped_silently(path: Path) -> bool:
-    """Hidden files (.DS_Store, ._*) and downloads in progress: not inputs, not worth a word."""
-    return path.name.startswith(".") or path.name.lower().endswith(PARTIAL_SUFFIXES)
+    """Hidden files (.DS_Store, ._*), downloads in progress and folder settings: not inputs, not
+    worth a word."""
+    return path.name.startswith(".") or path.name.lower().endswith(PARTIAL_SUFFIXES) or path.name == SETTINGS_FILE
 
 
 def is_candidate(path: Path) -> bool:

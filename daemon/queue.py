@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,6 +20,7 @@ from sqlalchemy import Engine, delete, func, or_, update
 from sqlmodel import Session, col, select
 
 from daemon.db import Job, JobStatus, SegmentRow, reading, utcnow, writing
+from daemon.folders import dumps
 from daemon.inputs import Fingerprint, as_text, canonical, fingerprint
 from daemon.outputs import existing, names, output_key
 from daemon.transcript import Checkpoint, Segment, Window
@@ -47,14 +48,16 @@ class JobQueue:
 
     # ------------------------------------------------------------------ adding jobs
 
-    def enqueue(self, path: Path, *, follow_link: bool = False) -> Enqueued:
+    def enqueue(self, path: Path, *, follow_link: bool = False, settings: Mapping[str, str] | None = None) -> Enqueued:
         """Queue `path` unless this exact file (same path, same content) is already known.
 
         Same content under another name is queued too; the worker turns it into a `duplicate`
         rendered from the first transcript's segments instead of running the model again.
         `follow_link`: the user named this file themselves (`enqueue`), so a link is followed;
-        links found in the inbox are refused instead.
+        links found in the inbox are refused instead. `settings`: its folders' (folders.py), stored
+        with the job.
         """
+        stored = dumps(settings or {})
         path = canonical(path, follow_link=follow_link)
         stat = path.stat()
         with reading(self.engine) as session:
@@ -69,13 +72,14 @@ class JobQueue:
                 if changed:  # replaced before the worker got to it: transcribe the new content from the start
                     _reset_progress(session, latest)
                 _set_fingerprint(session, latest, seen)
+                latest.settings = stored
                 return Enqueued(latest, changed)
             if latest is not None and latest.status == JobStatus.RUNNING and latest.sha256 == seen.sha256:
                 return Enqueued(latest, False)
             # New, new content (a running job for the old content is superseded when this one is
             # claimed), or the same content copied in again after it was finished (its transcript may
             # have been deleted): a new job. Known content is rendered from stored segments, cheaply.
-            job = Job(path=str(path), sha256=seen.sha256, size=seen.size, mtime_ns=seen.mtime_ns,
+            job = Job(path=str(path), sha256=seen.sha256, size=seen.size, mtime_ns=seen.mtime_ns, settings=stored,
                       created_at=self.clock())
             session.add(job)
             session.flush()
@@ -108,6 +112,7 @@ class JobQueue:
             jobs = session.exec(query).all()
             for job in jobs:
                 job.status, job.attempts, job.error, job.duplicate_of = JobStatus.QUEUED, 0, None, None
+                job.settings = None  # looked up again when it starts: the user may have fixed the folder's file
                 job.started_at = job.finished_at = None
                 _reset_progress(session, job)
             return list(jobs)
@@ -140,13 +145,16 @@ class JobQueue:
             job_id = session.execute(stmt).scalar_one_or_none()
             return None if job_id is None else session.get(Job, job_id)
 
-    def verify(self, job_id: int, holder: str, seen: Fingerprint, model: str, precision: str) -> tuple[Job, str | None]:
-        """Check a just-claimed job against its file as it is now (`seen`) and this worker's model.
+    def verify(self, job_id: int, holder: str, seen: Fingerprint, model: str, precision: str,
+               settings: Mapping[str, str | None]) -> tuple[Job, str | None]:
+        """Check a just-claimed job against its file as it is now (`seen`), this worker's model and
+        the job's complete `settings`, which are stored with it.
 
         If a newer job for the same path exists, that one has the file as it is now: this one ends
         `superseded` (check the returned job's status). Otherwise older unfinished jobs for the path
         are superseded by this one, and the checkpoint is discarded if the content changed since it
-        was queued, or if it was made with another model or precision; the reason is returned."""
+        was queued, or if it was made with another model, precision or settings; the reason is returned."""
+        stored = dumps(settings)
         with writing(self.engine) as session:
             job = _held(session, job_id, holder)
             newer = session.exec(select(Job.id).where(Job.path == job.path, col(Job.id) > job_id)
@@ -164,23 +172,26 @@ class JobQueue:
                 reason = "the file changed since it was queued"
             elif (job.model, job.precision) != (model, precision):
                 reason = f"its checkpoint was made with {job.model} in {job.precision}, this worker runs {model} in {precision}"
+            elif job.settings != stored:
+                reason = "its checkpoint was made with other settings"
             if reason is None or not (job.processed_seconds or _has_segments(session, job_id)):
                 reason = None  # nothing to discard
             else:
                 _reset_progress(session, job)
             _set_fingerprint(session, job, seen)
+            job.settings = stored
             return job, reason
 
     def finished_twin(self, job: Job, model: str) -> Job | None:
-        """An earlier job with the same content, transcribed by `model`, whose stored segments can
-        be rendered for this one. Unknown content ("") has no twin."""
+        """An earlier job with the same content, transcribed by `model` with the same settings, whose
+        stored segments can be rendered for this one. Unknown content ("") has no twin."""
         if not job.sha256:
             return None
         with reading(self.engine) as session:
             return session.exec(
                 select(Job)
                 .where(Job.sha256 == job.sha256, Job.status == JobStatus.DONE, Job.model == model,
-                       Job.id != job.id)
+                       Job.settings == job.settings, Job.id != job.id)
                 .order_by(col(Job.id).desc())
                 .limit(1)
             ).first()

@@ -16,6 +16,7 @@ from loguru import logger
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from daemon.folders import SettingsError
 from daemon.inputs import as_text, is_candidate, refusal, skipped_silently, unsupported_reason
 
 POLL_SECONDS = 0.25
@@ -136,6 +137,8 @@ class Watcher:
                     return
                 except PermissionError as e:  # unreadable: tell the user, not only the log
                     reason = f"cannot read the file: {e.strerror}"
+                except SettingsError as e:  # its folder's settings file is wrong
+                    reason = str(e)
             if self.reject is None:
                 logger.warning("not queued: {}: {}", as_text(path), reason)
             else:

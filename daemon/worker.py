@@ -6,6 +6,7 @@ Between windows it commits a checkpoint, then lets the guard pause or back off.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from daemon.audio import AudioError, probe_seconds
 from daemon.config import Config, ConfigError
 from daemon.db import Job, JobStatus, WorkerState, checkpoint, connect, slots_dir, storage_error
 from daemon.engine import DecodeSettings, Engine
+from daemon.folders import SETTINGS_FILE, SettingsError, settings_for
 from daemon.guards import (
     BACKOFF_MAX_SECONDS, BACKOFF_START_SECONDS, MB, Guard, Memory, Status, model_fits, release_memory, rss_mb,
 )
@@ -63,16 +65,13 @@ class Worker:
 
     def initialize(self) -> None:
         self._recover()
-        language = _language_code(self.cfg.language)
+        _language_code(self.cfg.language)  # a wrong name fails before the model is loaded
         resolved = resolve_model(self.cfg.model, self.cfg.cache_dir / "models")
         if not self._wait_until_model_fits(resolved):
             return  # asked to stop while waiting: run() returns at once
         threads = precision.use_physical_cores()
         model, device = precision.to_device(load_resolved(resolved), precision.pick_device())
-        if language not in (None, "en") and not model.is_multilingual:
-            multilingual = resolved.name.removesuffix(".en") if resolved.name.endswith(".en") else "base"
-            raise ConfigError(f"language {self.cfg.language!r}: model {resolved.name} is English-only. Choose a "
-                              f"multilingual model (e.g. --model {multilingual}), or leave the language unset.")
+        language = _language_code(self.cfg.language, model.is_multilingual, resolved.name)
         self.precision = precision.choose(self.cfg.precision, device)
         model = precision.convert(model, self.precision)
         self.model_name = resolved.name
@@ -236,11 +235,15 @@ class Worker:
                 seen = fingerprint(path)
             except OSError as e:
                 reason = f"cannot read the file: {e.strerror}"
+            try:
+                settings = self._settings_of(job)
+            except (SettingsError, ConfigError) as e:
+                reason, seen = str(e), None
         if seen is None:
             self.queue.fail(job.id, self.name, f"{path.name}: {reason}")
             logger.warning("job {} failed: {}: {}", job.id, path.name, reason)
             return
-        job, restarted = self.queue.verify(job.id, self.name, seen, self.model_name, self.precision)
+        job, restarted = self.queue.verify(job.id, self.name, seen, self.model_name, self.precision, settings)
         if job.status == JobStatus.SUPERSEDED:
             logger.info("job {}: {}: {}", job.id, path.name, job.error)
             return
@@ -248,7 +251,7 @@ class Worker:
             logger.info("job {}: {}; starting over", job.id, restarted)
         twin = self.queue.finished_twin(job, self.model_name)
         if twin is None:
-            self._transcribe(job, seen)
+            self._transcribe(job, seen, settings)
             return
         assert twin.id is not None
         srt = self._write(job, self.queue.segments(twin.id))
@@ -256,7 +259,24 @@ class Worker:
                           rtf=0.0, progress=1.0, language=twin.language, model=twin.model, precision=twin.precision)
         logger.info("job {}: same content as job {}; rendered its transcript to {}", job.id, twin.id, srt)
 
-    def _transcribe(self, job: Job, seen: Fingerprint) -> None:
+    def _settings_of(self, job: Job) -> dict[str, str | None]:
+        """The job's complete settings: what its folders asked for when it was queued (looked up now
+        if they never were), this worker's settings for the rest; checked against this model."""
+        assert self.engine is not None
+        asked = settings_for(Path(job.path), self.cfg.inbox) if job.settings is None else json.loads(job.settings)
+        where = f" (check {SETTINGS_FILE} in its folder)" if asked else ""
+        defaults = {"language": self.cfg.language, "task": self.cfg.task, "prompt": self.cfg.prompt or "",
+                    "chinese_script": self.cfg.chinese_script}
+        settings = defaults | asked
+        try:
+            settings["language"] = _language_code(settings["language"], self.engine.model.is_multilingual,
+                                                  self.model_name)
+            self.engine.check(replace(self.engine.settings, **settings))
+        except ConfigError as e:
+            raise ConfigError(f"{e}{where}") from e
+        return settings
+
+    def _transcribe(self, job: Job, seen: Fingerprint, settings: dict[str, str | None]) -> None:
         """Window by window, committing each window's segments with its checkpoint."""
         assert self.engine is not None and job.id is not None
         path = Path(job.path)
@@ -266,7 +286,8 @@ class Worker:
         else:
             logger.info("job {}: transcribing {}", job.id, path.name)
         expected = probe_seconds(path)
-        self.engine.settings = replace(self.engine.settings, batch_size=self.guard.batch_size(self.cfg.batch_size))
+        self.engine.settings = replace(self.engine.settings, batch_size=self.guard.batch_size(self.cfg.batch_size),
+                                       **settings)
         began = window_began = self.clock()
         processed = decoded = start.offset_seconds  # resumed at the very end: no window, nothing new decoded
         try:
@@ -319,12 +340,17 @@ def _changed(path: Path, seen: Fingerprint) -> bool:
     return (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns)
 
 
-def _language_code(language: str | None) -> str | None:
-    """The `language` setting as Whisper's code: a code ("de") or a name ("German", "castilian")."""
+def _language_code(language: str | None, multilingual: bool = True, model: str = "") -> str | None:
+    """The `language` setting as Whisper's code: a code ("de") or a name ("German", "castilian"),
+    one that `model` can transcribe."""
     if language is None:
         return None
     key = language.strip().lower()
     code = key if key in LANGUAGES else TO_LANGUAGE_CODE.get(key)
+    if code not in (None, "en") and not multilingual:
+        raise ConfigError(f"language {language!r}: model {model} is English-only. Choose a multilingual model "
+                          f"(e.g. --model {model.removesuffix('.en') if model.endswith('.en') else 'base'}), or "
+                          "leave the language unset.")
     if code is not None:
         return code
     raise ConfigError(f"language {language!r} is not one Whisper knows. Give a code or an English name, e.g. "

@@ -223,14 +223,14 @@ def test_verify_restarts_changed_content_and_supersedes_older_versions(queue: Jo
     job = queue.enqueue(path).job
     claim(queue)
     seen = fingerprint(path)
-    _, restarted = queue.verify(job.id, HOLDER, seen, "tiny.en", "fp32")
+    _, restarted = queue.verify(job.id, HOLDER, seen, "tiny.en", "fp32", {})
     assert restarted is None
     queue.save_window(job.id, HOLDER, Window((Segment(0.0, 2.0, "one"),), Checkpoint(30.0), 30.0, 30.0), 60.0, 0.1,
                       "tiny.en", "fp32")
     queue.release(job.id, HOLDER)
     path.write_bytes(b"version two, queued while nobody watched")
     claim(queue)
-    checked, restarted = queue.verify(job.id, HOLDER, fingerprint(path), "tiny.en", "fp32")
+    checked, restarted = queue.verify(job.id, HOLDER, fingerprint(path), "tiny.en", "fp32", {})
     assert restarted == "the file changed since it was queued"
     assert checked.processed_seconds == 0 and queue.segments(job.id) == []
     assert checked.sha256 == fingerprint(path).sha256
@@ -239,8 +239,14 @@ def test_verify_restarts_changed_content_and_supersedes_older_versions(queue: Jo
                       "tiny.en", "fp32")
     queue.release(job.id, HOLDER)
     claim(queue)
-    _, restarted = queue.verify(job.id, HOLDER, fingerprint(path), "tiny.en", "bf16")
+    _, restarted = queue.verify(job.id, HOLDER, fingerprint(path), "tiny.en", "bf16", {})
     assert restarted is not None and "tiny.en in fp32" in restarted and queue.segments(job.id) == []
+    queue.save_window(job.id, HOLDER, Window((Segment(0.0, 2.0, "two"),), Checkpoint(30.0), 30.0, 30.0), 60.0, 0.1,
+                      "tiny.en", "bf16")
+    queue.release(job.id, HOLDER)
+    claim(queue)
+    _, restarted = queue.verify(job.id, HOLDER, fingerprint(path), "tiny.en", "bf16", {"language": "zh"})
+    assert restarted == "its checkpoint was made with other settings" and queue.segments(job.id) == []
     queue.release(job.id, HOLDER)
 
     path.write_bytes(b"version three")  # while job 1 is queued again, the watcher queues the new version
@@ -250,7 +256,7 @@ def test_verify_restarts_changed_content_and_supersedes_older_versions(queue: Jo
     path.write_bytes(b"version four, while job 1 runs")
     newest = queue.enqueue(path).job
     assert newest.id != job.id
-    old, _ = queue.verify(job.id, HOLDER, fingerprint(path), "tiny.en", "fp32")
+    old, _ = queue.verify(job.id, HOLDER, fingerprint(path), "tiny.en", "fp32", {})
     assert old.status == JobStatus.SUPERSEDED and f"job {newest.id}" in old.error
 
 
