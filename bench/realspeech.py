@@ -38,7 +38,9 @@ from common import pct
 from tests.daemon_proc import srt_cues
 from tests.speech import edit_distance, mandarin_characters, words
 
-CORPUS = common.REPO.parent.parent / "shared" / "realspeech"  # /work/shared from a worktree or /work/main
+# ../shared/realspeech beside the project (/work/main), or two levels up from a worktree (/work/wt/x)
+CORPUS = next((p for p in (common.REPO.parent / "shared" / "realspeech", common.REPO.parent.parent / "shared" / "realspeech")
+               if p.is_dir()), common.REPO.parent / "shared" / "realspeech")
 LANGUAGES = ("en", "zh")  # the folders of the corpus scored here
 PUNCTUATED_TARGET = 0.5  # most Mandarin cues
 

@@ -13,7 +13,7 @@ segments, and the caller decides what to do between windows.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,8 @@ from whisper.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram, 
 from whisper.decoding import DecodingResult
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
-from daemon import chinese, chunking
+from daemon import chinese, chunking, vad
+from daemon.repeats import drop_repeats
 from daemon.audio import SAMPLE_RATE, stream_audio
 from daemon.config import ConfigError
 from daemon.decoder import Decoder
@@ -34,6 +35,7 @@ TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 COMPRESSION_RATIO_THRESHOLD = 2.4  # above: repetitive loop, retry hotter
 LOGPROB_THRESHOLD = -1.0  # below: unsure, retry hotter
 NO_SPEECH_THRESHOLD = 0.6  # above (and unsure): silence, emit nothing
+SNAP_SHARE = 0.25  # see _snap
 PROMPT_RESET_TEMPERATURE = 0.5  # text decoded this hot is not trusted as context
 
 
@@ -48,6 +50,8 @@ class DecodeSettings:
     task: str = "transcribe"  # or "translate": English text whatever the language (multilingual models)
     prompt: str = ""  # names, jargon, spellings: given to the model on every window
     chinese_script: str = "simplified"  # simplified | traditional | as-is, for Chinese transcripts
+    vad: bool = True  # give the model only the audio around speech (Silero VAD)
+    vad_threshold: float = 0.5  # speech probability above which a frame is speech
 
 
 def _worth_keeping(segment: Segment) -> bool:
@@ -55,31 +59,74 @@ def _worth_keeping(segment: Segment) -> bool:
     return segment.end > segment.start and any(c.isalnum() for c in segment.text)
 
 
-class _Feed:
-    """The audio of a file from a resume offset on, read piece by piece."""
+def _snap(segments: list[Segment], keep: np.ndarray | None, start: int, offset: int) -> list[Segment]:
+    """Segments stamped across a muted pause moved to the speech they hold: over silence Whisper
+    tends to start a line where the last one ended. A stretch of speech holding less than a
+    SNAP_SHARE of a segment's speech (the tail of the sentence before) is not its speech.
+    `keep`: the buffer's speech frames; the segments were decoded from frame `start` of the buffer,
+    which begins at sample `offset`."""
+    if keep is None:
+        return segments
+    frames_per_second = SAMPLE_RATE / HOP_LENGTH
+    at = offset // HOP_LENGTH  # the buffer's first frame, counted from the start of the recording
+    runs = vad.runs(keep)
+    snapped = []
+    for seg in segments:
+        first, last = round(seg.start * frames_per_second) - at, round(seg.end * frames_per_second) - at
+        held = [(max(a, first, start), min(b, last)) for a, b in runs if min(b, last) > max(a, first, start)]
+        total = sum(b - a for a, b in held)
+        held = [(a, b) for a, b in held if b - a >= SNAP_SHARE * total]
+        if held:
+            seg = replace(seg, start=(at + held[0][0]) / frames_per_second, end=(at + held[-1][1]) / frames_per_second)
+        snapped.append(seg)
+    return snapped
 
-    def __init__(self, path: Path, piece_samples: int, skip_samples: int) -> None:
+
+class _Feed:
+    """The audio of a file from a resume offset on, read piece by piece into a buffer that the
+    engine consumes from the front. With a speech detector, each piece's speech probabilities are
+    computed as it is read (pieces sit at fixed positions of the file, so a resumed run gets the
+    same ones), and kept beside the audio, one per 10 ms frame."""
+
+    def __init__(self, path: Path, piece_samples: int, skip_samples: int,
+                 detector: vad.SpeechDetector | None) -> None:
         self.pieces = stream_audio(path, piece_samples)
         self.skip = skip_samples
+        self.detector = detector
         self.decoded = 0  # samples decoded from the start of the file, skipped ones included
         self.exhausted = False
+        self.audio = np.empty(0, np.float32)
+        self.probs = np.empty(0, np.float32)  # speech probability per 10 ms frame of `audio`
+        self._before = np.empty(0, np.float32)  # the end of the last piece: warms the detector up
 
     @property
     def seconds(self) -> float:
         return self.decoded / SAMPLE_RATE
 
-    def fill(self, buffer: np.ndarray, target: int) -> np.ndarray:
-        """`buffer` topped up to `target` samples, or with all that is left."""
-        while not self.exhausted and len(buffer) < target:
+    def fill(self, target: int) -> None:
+        """Top the buffer up to `target` samples, or with all that is left."""
+        while not self.exhausted and len(self.audio) < target:
             piece = next(self.pieces, None)
             if piece is None:
                 self.exhausted = True
                 break
             self.decoded += len(piece)
-            # Resuming: skip what earlier runs finished (decoding is far cheaper than re-transcribing).
-            kept = piece[max(0, len(piece) - (self.decoded - self.skip)):] if self.decoded > self.skip else piece[:0]
-            buffer = np.concatenate([buffer, kept])
-        return buffer
+            if self.decoded <= self.skip:  # resuming: earlier runs finished this piece
+                self._before = piece[-vad.WARMUP_SAMPLES:]
+                continue
+            kept = max(0, len(piece) - (self.decoded - self.skip))  # a whole number of 10 ms frames
+            self.audio = np.concatenate([self.audio, piece[kept:]])
+            if self.detector is not None:
+                # Silence needs no detector: 3 hours of it stay nearly free.
+                probs = (np.zeros(len(piece) // HOP_LENGTH, np.float32) if chunking.is_silent(piece)
+                         else self.detector.probabilities(piece, self._before))
+                self.probs = np.concatenate([self.probs, probs[kept // HOP_LENGTH:]])
+            self._before = piece[-vad.WARMUP_SAMPLES:]
+
+    def drop(self, samples: int) -> None:
+        """Consume `samples` (a whole number of 10 ms frames) from the front of the buffer."""
+        self.audio = self.audio[samples:]
+        self.probs = self.probs[samples // HOP_LENGTH:]
 
 
 class Engine:
@@ -92,6 +139,7 @@ class Engine:
         self.time_precision = self.input_stride * HOP_LENGTH / SAMPLE_RATE  # 0.02 s per token
         self.max_prompt = model.dims.n_text_ctx // 2 - 1  # what whisper keeps of a prompt
         self._decoders: dict[tuple[str | None, str], Decoder] = {}
+        self._detector: vad.SpeechDetector | None = None
         self.check(settings)
 
     def windows(self, path: Path, start: Checkpoint = Checkpoint()) -> Iterator[Window]:
@@ -112,21 +160,24 @@ class Engine:
         language = start.language or self.settings.language
         decoder: Decoder | None = None
         fixed: list[int] = []
-        feed = _Feed(path, self.window_samples, offset)
-        buffer = np.empty(0, np.float32)
+        feed = self._feed(path, offset)
         while True:
-            buffer = feed.fill(buffer, self.window_samples)
-            content_frames = min(self.window_frames, len(buffer) // HOP_LENGTH)
+            feed.fill(self.window_samples + vad.LOOKAHEAD_SAMPLES)
+            content_frames = min(self.window_frames, len(feed.audio) // HOP_LENGTH)
             if content_frames == 0:
                 return
-            if chunking.is_silent(buffer[: content_frames * HOP_LENGTH]):
-                # Silence costs nothing: no model time, and nothing for it to hallucinate.
-                buffer = buffer[content_frames * HOP_LENGTH:]
-                offset += content_frames * HOP_LENGTH
+            keep = self._speech(feed)
+            first, last = self._voiced(feed, keep, 0, content_frames)
+            if first > 0:
+                # Silence and non-speech before the speech cost nothing: no model time, and
+                # nothing for the model to hallucinate over. The window starts where speech does.
+                feed.drop(first * HOP_LENGTH)
+                offset += first * HOP_LENGTH
                 yield Window((), Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), feed.seconds,
                              model_seconds=0.0)
                 continue
-            mel = self._mel(buffer[: self.window_samples], content_frames)
+            content_frames = last  # and ends where it does
+            mel = self._mel(self._muted(feed, keep, 0, content_frames), content_frames)
             if decoder is None:
                 language = language or self._detect_language(mel)
                 decoder = self._decoder(language)
@@ -134,13 +185,16 @@ class Engine:
             torch.manual_seed(offset)
             result = self._decode_with_fallback(decoder, self._encode(mel[None]), self._prompt(fixed, prompt))
             segments, advance = self._segments(result, decoder.tokenizer, offset / SAMPLE_RATE, content_frames)
-            kept = tuple(s for s in segments if _worth_keeping(s))
-            if self.settings.condition_on_previous_text and result.temperature <= PROMPT_RESET_TEMPERATURE:
+            kept, looped = drop_repeats(self._lines(prompt, decoder.tokenizer),
+                                        [s for s in _snap(segments, keep, 0, offset) if _worth_keeping(s)])
+            if looped:
+                prompt = []  # the carried text feeds the loop
+            elif self.settings.condition_on_previous_text and result.temperature <= PROMPT_RESET_TEMPERATURE:
                 prompt = (prompt + [t for s in kept for t in s.tokens])[-self.max_prompt:]
             else:
                 prompt = []
             consumed = max(advance, 1) * HOP_LENGTH
-            buffer = buffer[consumed:]
+            feed.drop(consumed)
             offset += consumed
             yield Window(kept, Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), feed.seconds,
                          model_seconds=content_frames * HOP_LENGTH / SAMPLE_RATE)
@@ -170,45 +224,77 @@ class Engine:
         language = start.language or self.settings.language
         decoder: Decoder | None = None
         fixed: list[int] = []
-        feed = _Feed(path, self.window_samples, offset)
-        buffer = np.empty(0, np.float32)
+        feed = self._feed(path, offset)
         while True:
-            buffer = feed.fill(buffer, (batch + 1) * self.window_samples)  # one window of look-ahead for the cut
-            spans = [(a, b) for a, b in chunking.plan(buffer, self.window_samples, feed.exhausted, batch)
-                     if (b - a) // HOP_LENGTH > 0]
+            feed.fill((batch + 1) * self.window_samples)  # one window of look-ahead for the cut
+            spans = [(a // HOP_LENGTH, b // HOP_LENGTH)  # in 10 ms frames from here on
+                     for a, b in chunking.plan(feed.audio, self.window_samples, feed.exhausted, batch)]
+            spans = [(a, b) for a, b in spans if b > a]
             if not spans:
                 return
-            voiced = [(a, b) for a, b in spans if not chunking.is_silent(buffer[a:b])]
+            keep = self._speech(feed)
+            voiced = [v for a, b in spans if (v := self._voiced(feed, keep, a, b))[0] < v[1]]
             segments: list[Segment] = []
-            model_samples = 0
+            model_frames = 0
             while voiced:
-                model_samples += sum(b - a for a, b in voiced)
-                mels = [self._mel(buffer[a:b], (b - a) // HOP_LENGTH) for a, b in voiced]
+                model_frames += sum(b - a for a, b in voiced)
+                mels = [self._mel(self._muted(feed, keep, a, b), b - a) for a, b in voiced]
                 if decoder is None:
                     language = language or self._detect_language(mels[0])
                     decoder = self._decoder(language)
                     fixed = self._fixed_prompt(decoder.tokenizer)
-                results = self._decode_batch(decoder, mels, [offset + a for a, _ in voiced],
+                results = self._decode_batch(decoder, mels, [offset + a * HOP_LENGTH for a, _ in voiced],
                                              self._prompt(fixed, prompt))
                 rest: list[tuple[int, int]] = []
                 for (a, b), result in zip(voiced, results):
-                    found, advance = self._segments(result, decoder.tokenizer, (offset + a) / SAMPLE_RATE,
-                                                    (b - a) // HOP_LENGTH)
-                    segments.extend(s for s in found if _worth_keeping(s))
+                    found, advance = self._segments(result, decoder.tokenizer,
+                                                    (offset + a * HOP_LENGTH) / SAMPLE_RATE, b - a)
+                    segments.extend(s for s in _snap(found, keep, a, offset) if _worth_keeping(s))
                     # Whisper stopped early or left a sentence unfinished: decode the rest again,
                     # from its last timestamp, as whisper's own seek loop would.
-                    a += max(advance, 1) * HOP_LENGTH
-                    if (b - a) // HOP_LENGTH > 0 and not chunking.is_silent(buffer[a:b]):
-                        rest.append((a, b))
+                    first, last = self._voiced(feed, keep, a + max(advance, 1), b)
+                    if first < last:
+                        rest.append((first, last))
                 voiced = rest
             segments.sort(key=lambda seg: seg.start)
-            if segments and self.settings.condition_on_previous_text:
+            found, looped = drop_repeats(self._lines(prompt, decoder.tokenizer) if decoder else [], segments)
+            segments = list(found)
+            if looped:
+                prompt = []  # the carried text feeds the loop
+            elif segments and self.settings.condition_on_previous_text:
                 prompt = [t for seg in segments for t in seg.tokens][-self.max_prompt:]
-            consumed = spans[-1][1]
-            buffer = buffer[consumed:]
+            consumed = spans[-1][1] * HOP_LENGTH
+            feed.drop(consumed)
             offset += consumed
             yield Window(tuple(segments), Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), feed.seconds,
-                         model_seconds=model_samples / SAMPLE_RATE)
+                         model_seconds=model_frames * HOP_LENGTH / SAMPLE_RATE)
+
+    def _feed(self, path: Path, offset: int) -> _Feed:
+        if self.settings.vad and self._detector is None:
+            self._detector = vad.SpeechDetector()
+        return _Feed(path, self.window_samples, offset, self._detector if self.settings.vad else None)
+
+    def _speech(self, feed: _Feed) -> np.ndarray | None:
+        """Which 10 ms frames of the buffer are speech or near it; None without VAD. Judged over the
+        whole buffer from its start, which is where the last window ended: a resumed run starts at
+        one of those places and judges the same frames the same way."""
+        return vad.speech(feed.probs, self.settings.vad_threshold) if self.settings.vad else None
+
+    @staticmethod
+    def _voiced(feed: _Feed, keep: np.ndarray | None, start: int, end: int) -> tuple[int, int]:
+        """The frames of [start, end) worth decoding, from the first one of speech to the last;
+        (end, end) when there are none. Without VAD: all of them unless they are silent."""
+        if keep is None:
+            return (end, end) if chunking.is_silent(feed.audio[start * HOP_LENGTH:end * HOP_LENGTH]) else (start, end)
+        speech = np.flatnonzero(keep[start:end])
+        return (start + int(speech[0]), start + int(speech[-1]) + 1) if len(speech) else (end, end)
+
+    @staticmethod
+    def _muted(feed: _Feed, keep: np.ndarray | None, start: int, end: int) -> np.ndarray:
+        """The audio of frames [start, end), long pauses between speech silenced: the model
+        hears no noise or music to write words for, and the timestamps stay where they were."""
+        audio = feed.audio[start * HOP_LENGTH:end * HOP_LENGTH]
+        return audio if keep is None else audio * np.repeat(keep[start:end], HOP_LENGTH)
 
     def _decode_batch(self, decoder: Decoder, mels: list[torch.Tensor], positions: list[int],
                       prompt: list[int]) -> list[DecodingResult]:
@@ -257,6 +343,18 @@ class Engine:
         (whisper's carry_initial_prompt). The checkpoint holds only the carried text."""
         room = self.max_prompt - len(fixed)
         return fixed + carried[max(0, len(carried) - room):]
+
+    @staticmethod
+    def _lines(carried: list[int], tokenizer: Tokenizer) -> list[str]:
+        """The lines of the carried text, oldest first: the text between its timestamp tokens."""
+        lines: list[list[int]] = [[]]
+        for token in carried:
+            if token >= tokenizer.timestamp_begin:
+                if lines[-1]:
+                    lines.append([])
+            else:
+                lines[-1].append(token)
+        return [tokenizer.decode(line) for line in lines if line]
 
     def _detect_language(self, mel: torch.Tensor) -> str:
         if not self.model.is_multilingual:

@@ -38,6 +38,7 @@ IDLE_MIN_SECONDS = 0.2
 IDLE_MAX_SECONDS = 2.0  # worst-case pickup delay for a new job while idle
 HEARTBEAT_SECONDS = 10.0  # while idle; busy workers beat once per window
 RECOVER_SECONDS = 60.0  # how often an idle worker looks for jobs whose worker died (lease expired)
+PACE_MIN_SHARE = 0.8  # windows with less audio than this share of a window don't teach the throttle guard
 STORAGE_BACKOFF_START_SECONDS = 2.0  # disk full or I/O error: first wait before trying the job again
 STORAGE_BACKOFF_MAX_SECONDS = 300.0
 
@@ -78,7 +79,8 @@ class Worker:
         self.engine = Engine(model, DecodeSettings(language=language, beam_size=self.cfg.beam_size,
                                                    chunk_seconds=self.cfg.chunk_seconds, task=self.cfg.task,
                                                    prompt=self.cfg.prompt or "",
-                                                   chinese_script=self.cfg.chinese_script))
+                                                   chinese_script=self.cfg.chinese_script, vad=self.cfg.vad,
+                                                   vad_threshold=self.cfg.vad_threshold))
         for row in self.registry.register(resolved.name, self.precision):
             logger.info("forgetting worker {} (pid {} on {}), gone since {}", row.id, row.pid, row.host,
                         row.heartbeat_at.isoformat(timespec="seconds"))
@@ -293,8 +295,10 @@ class Worker:
         try:
             for window in self.engine.windows(path, start):
                 now = self.clock()
-                # The CPU's pace shows only where the model ran; a skipped window's milliseconds say nothing.
-                pace = (now - window_began) / window.model_seconds if window.model_seconds else None
+                # The CPU's pace shows only in windows the model ran on in full: a skipped window's
+                # milliseconds say nothing, and a short one (a lone sentence) still pays a whole encoder pass.
+                full = window.model_seconds >= PACE_MIN_SHARE * self.cfg.chunk_seconds
+                pace = (now - window_began) / window.model_seconds if full else None
                 processed, decoded = window.checkpoint.offset_seconds, window.decoded_seconds
                 rtf = (now - began) / max(processed - start.offset_seconds, 1e-6)
                 self.queue.save_window(job.id, self.name, window, expected, rtf, self.model_name, self.precision)

@@ -98,7 +98,7 @@ def test_silence_then_speech_on_an_idle_machine_never_backs_off(tmp_path: Path, 
 
     def heartbeat_and_look(*args: object) -> None:
         heartbeat(*args)  # type: ignore[arg-type]
-        shown.append(_workers_table(worker.registry.workers()))
+        shown.append(_shown(worker))
 
     worker.registry.heartbeat = heartbeat_and_look  # type: ignore[method-assign]
     try:
@@ -106,7 +106,7 @@ def test_silence_then_speech_on_an_idle_machine_never_backs_off(tmp_path: Path, 
     finally:
         worker.shutdown()
     assert t.waits == []
-    states = {line.split()[1] for table in shown for line in table.splitlines()[1:]}
+    states = {line.split()[2] for table in shown for line in table.splitlines()[1:]}
     assert states == {"busy", "idle"}, states
     done = {j.id: j for j in worker.queue.jobs()}[job.id]
     assert done.status == JobStatus.DONE and done.audio_seconds == pytest.approx(len(audio) / SAMPLE_RATE, abs=1)
@@ -135,6 +135,11 @@ def test_a_model_that_can_never_fit_is_a_config_error(cli: CliRunner) -> None:
     assert "can never fit" in result.stderr and "--model tiny" in result.stderr
 
 
+def _shown(worker: Worker) -> str:
+    """The workers table as `status` prints it now."""
+    return _workers_table(workers(worker.queue.engine), utcnow())
+
+
 def _waiting_worker(daemon_env: dict[str, str], t: FakeTime, *readings: Memory) -> tuple[Worker, list[str]]:
     """A worker whose memory probe (injected: a shortage cannot be produced for real) gives
     `readings`, and whose waits look at its row in the workers table, as `status` shows it."""
@@ -143,7 +148,7 @@ def _waiting_worker(daemon_env: dict[str, str], t: FakeTime, *readings: Memory) 
     seen: list[str] = []
 
     def wait_and_look(seconds: float) -> bool:
-        seen.append(_workers_table(worker.registry.workers()))
+        seen.append(_shown(worker))
         if t.wait(seconds):
             worker.stop.set()  # what SIGTERM does
             return True
@@ -164,7 +169,7 @@ def test_a_model_that_does_not_fit_yet_waits_paused_then_loads(daemon_env: dict[
     try:
         assert t.waits == [5.0, 10.0, 20.0]
         assert all("paused" in table and "only 300 MB" in table and TEST_MODEL in table for table in seen), seen
-        (row,) = worker.registry.workers()
+        (row,) = workers(worker.queue.engine)
         assert worker.engine is not None and row.state == WorkerState.IDLE and row.precision == worker.precision
     finally:
         worker.shutdown()
@@ -179,4 +184,4 @@ def test_a_stop_while_waiting_for_memory_ends_the_wait(daemon_env: dict[str, str
     assert t.waits == [5.0, 10.0] and worker.engine is None
     worker.run()  # returns at once: nothing to do for a worker asked to stop
     worker.shutdown()
-    assert worker.registry.workers() == []
+    assert workers(worker.queue.engine) == []

@@ -107,7 +107,7 @@ def test_hostile_and_odd_inputs_fail_clearly_or_succeed(tmp_path: Path, daemon_e
     failed("locked.wav", "cannot read the file: Permission denied")  # by the watcher, which hashes it first
     failed("locked later.wav", "cannot read the file: Permission denied")  # by the worker
     for name in ("outside link.mp3", "loop a.mp3", "loop b.mp3"):
-        failed(name, "symbolic link; links in the inbox are not followed")
+        failed(name, "symbolic link; links are not followed")
     failed("caf\\xe9 latin-1.mp3", "not valid UTF-8")
     failed("screen recording.mp4", "no audio track")
     failed("cut no index.m4a", "without its index (moov box)")
