@@ -78,7 +78,8 @@ def speech_then_room_tone(tail_seconds: float = 60.0) -> SpeechThenTail:
     return SpeechThenTail(Recording(audio, speech.text, speech.spans), speech.spans[-1][1])
 
 
-def speech_over_music(below_db: float = MUSIC_BELOW_SPEECH_DB, lead_seconds: float = 1.0) -> tuple[Recording, Recording]:
+def speech_over_music(below_db: float = MUSIC_BELOW_SPEECH_DB,
+                      lead_seconds: float = 1.0) -> tuple[Recording, Recording]:
     """(the English passage alone, the same passage over the music clip `below_db` dB quieter
     than the speech), the music starting `lead_seconds` before the speech and running as long after."""
     speech = english_passage()
