@@ -175,9 +175,10 @@ def main() -> None:
             targets["(b) meeting WER with VAD <= without"] = r["on"]["wer"] <= r["off"]["wer"]
         if "silence" in args.parts:
             r = results["silence"] = part_silence(args.model, args.hours, args.room_dbfs, Path(tmp) / "silence")
-            targets[f"(c) {args.hours:g} h of silence in < {SILENCE_TARGET_SECONDS:g} s, no words, VAD on"] = all(
-                s["wall_seconds"] < SILENCE_TARGET_SECONDS and s["words"] == 0
-                for name, s in r.items() if name.endswith("VAD on"))
+            for name, s in r.items():
+                if name.endswith("VAD on"):
+                    targets[f"(c) {args.hours:g} h of {name} in < {SILENCE_TARGET_SECONDS:g} s, no words"] = (
+                        s["wall_seconds"] < SILENCE_TARGET_SECONDS and s["words"] == 0)
     print()
     for name, met in targets.items():
         print(f"  {'met' if met else 'MISSED'}: {name}")
