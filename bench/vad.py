@@ -74,7 +74,8 @@ def part_nonspeech(model: str, engines: list[str], tmp: Path) -> dict[str, Any]:
             per_clip[clip.stem] = {"words": count, "cues": texts}
         results[engine] = {"clips": per_clip, "total_words": sum(c["words"] for c in per_clip.values()),
                            "wall_seconds": m.wall_seconds, "cpu_seconds": m.cpu_seconds}
-        print(f"  nonspeech {engine}: {results[engine]['total_words']} words, {m.wall_seconds:.0f} s")
+        print(f"  nonspeech {engine}: {results[engine]['total_words']} words, {m.wall_seconds:.0f} s ("
+              + ", ".join(f"{clip} {found['words']}" for clip, found in per_clip.items()) + ")", flush=True)
     rows = [[clip.stem if clip != tail_path else f"{clip.stem} (after {after[clip]:.1f} s)",
              *(results[e]["clips"][clip.stem]["words"] for e in engines)] for clip in clips]
     rows.append(["total words", *(results[e]["total_words"] for e in engines)])
@@ -101,7 +102,7 @@ def part_meeting(model: str, minutes: float, repeat: int, tmp: Path) -> dict[str
             runs[side].append(run.measurement)
             wers[side] = common.wer(reference, common.srt_text(run.srt_path))  # deterministic: the same every run
             print(f"  meeting run {i + 1}/{repeat} VAD {side}: {run.measurement.wall_seconds:.1f} s, "
-                  f"WER {pct(wers[side])}")
+                  f"WER {pct(wers[side])}", flush=True)
     result: dict[str, Any] = {"audio": str(audio), "audio_seconds": common.audio_seconds(audio)}
     for side, ms in runs.items():
         result[side] = {"wall_seconds": statistics.median(m.wall_seconds for m in ms),
@@ -141,7 +142,7 @@ def part_silence(model: str, hours: float, room_dbfs: list[float], tmp: Path) ->
                                           "words": words, "cues": cues[:10]}
         rows.append([f"{kind}, VAD {side}", f"{m.wall_seconds:.1f}", f"{m.cpu_seconds:.1f}",
                      f"{m.wall_seconds / (hours * 3600):.4f}", words])
-        print(f"  silence {kind} VAD {side}: {m.wall_seconds:.1f} s, {words} words")
+        print(f"  silence {kind} VAD {side}: {m.wall_seconds:.1f} s, {words} words", flush=True)
     print(f"\n(c) {hours:g} h of silence, model {model} (whole worker process, model load included)\n")
     print(common.table(["recording", "wall s", "cpu s", "wall/audio", "words"], rows))
     return results
@@ -164,15 +165,22 @@ def main() -> None:
     common.converted_checkpoint(args.model)  # converts once, before anything is timed
     results: dict[str, Any] = {}
     targets: dict[str, bool] = {}
+
+    def save() -> Path:  # after each part: an hour-long run stopped midway keeps what it measured
+        return common.write_result("vad", {"params": vars(args), "machine": machine, "targets": targets,
+                                           "results": results})
+
     with tempfile.TemporaryDirectory(prefix="bench-vad-") as tmp:
         if "nonspeech" in args.parts:
             results["nonspeech"] = part_nonspeech(args.model, args.engines, Path(tmp) / "nonspeech")
             if "on" in results["nonspeech"]:
                 targets["(a) 0 words on non-speech with VAD"] = results["nonspeech"]["on"]["total_words"] == 0
+            save()
         if "meeting" in args.parts:
             r = results["meeting"] = part_meeting(args.model, args.minutes, args.repeat, Path(tmp) / "meeting")
             targets["(b) VAD costs no more than it saves (on/off wall <= 1)"] = r["wall_ratio"] <= 1.0
             targets["(b) meeting WER with VAD <= without"] = r["on"]["wer"] <= r["off"]["wer"]
+            save()
         if "silence" in args.parts:
             r = results["silence"] = part_silence(args.model, args.hours, args.room_dbfs, Path(tmp) / "silence")
             for name, s in r.items():
@@ -182,10 +190,7 @@ def main() -> None:
     print()
     for name, met in targets.items():
         print(f"  {'met' if met else 'MISSED'}: {name}")
-    path = common.write_result("vad", {"params": vars(args), "machine": machine, "targets": targets,
-                                       "results": results})
-    print(f"wrote {path.relative_to(common.REPO)}")
-
+    print(f"wrote {save().relative_to(common.REPO)}")
 
 if __name__ == "__main__":
     main()
