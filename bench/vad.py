@@ -192,5 +192,6 @@ def main() -> None:
         print(f"  {'met' if met else 'MISSED'}: {name}")
     print(f"wrote {save().relative_to(common.REPO)}")
 
+
 if __name__ == "__main__":
     main()
