@@ -67,7 +67,9 @@ class SpeechDetector:
 def speech(probs: np.ndarray, threshold: float) -> np.ndarray:
     """Which 10 ms frames to keep, from their speech probabilities: Silero's hysteresis, bursts
     shorter than MIN_SPEECH_SECONDS dropped, PAD_SECONDS around speech, pauses under MIN_GAP_SECONDS
-    bridged. Judged from the frames given only, so the same frames always give the same answer."""
+    bridged, between speech and at either end. Only long stretches without speech are left out, so
+    speech with short pauses reaches the model exactly as it would without VAD. Judged from the
+    frames given only, so the same frames always give the same answer."""
     frames_per_second = SAMPLE_RATE / HOP_LENGTH
     raw = np.zeros(len(probs), bool)
     on = False
@@ -80,9 +82,14 @@ def speech(probs: np.ndarray, threshold: float) -> np.ndarray:
         if end - start >= MIN_SPEECH_SECONDS * frames_per_second:
             keep[max(0, start - pad):end + pad] = True
     kept = runs(keep)
+    gap = MIN_GAP_SECONDS * frames_per_second
     for (_, end), (start, _) in zip(kept, kept[1:]):
-        if start - end < MIN_GAP_SECONDS * frames_per_second:
+        if start - end < gap:
             keep[end:start] = True
+    if kept and kept[0][0] < gap:  # and at the ends: speech keeps the short lead-in and tail it came with
+        keep[:kept[0][0]] = True
+    if kept and len(keep) - kept[-1][1] < gap:
+        keep[kept[-1][1]:] = True
     return keep
 
 

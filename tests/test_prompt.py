@@ -54,11 +54,14 @@ def found(windows: list[Window], terms: list[str], at: float) -> bool:
 PROMPT = "Siobhan Kwiatkowski, Quillfeather, Vantrelli"
 
 
-def test_the_prompt_teaches_names_in_every_window(fp32_model: Whisper, recording: tuple[Path, list]) -> None:
+def test_the_prompt_teaches_names_in_every_window(base_model: Whisper, recording: tuple[Path, list]) -> None:
+    """With the default model, base. (tiny.en, told a prompt, tends to stop writing timestamps: the
+    names come out right but in 30 s lines.)"""
     path, names = recording
     assert [at // 30 for at, _ in names] == [0, 1, 2]  # one name per window
-    without = list(Engine(fp32_model, DecodeSettings()).windows(path))
-    told = list(Engine(fp32_model, DecodeSettings(prompt=PROMPT)).windows(path))
+    without = list(Engine(base_model, DecodeSettings()).windows(path))
+    told = list(Engine(base_model, DecodeSettings(prompt=PROMPT)).windows(path))
+    assert all(s.end - s.start < 10 for w in told for s in w.segments)  # timed lines, not whole windows
     assert not any(found(without, terms, at) for at, terms in names)  # the model cannot know them
     assert all(found(told, terms, at) for at, terms in names), [s.text for w in told for s in w.segments]
 

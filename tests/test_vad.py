@@ -38,15 +38,17 @@ def test_speech_is_padded_and_blips_are_not_speech() -> None:
 
 def test_short_pauses_are_bridged_and_long_ones_are_not() -> None:
     short, long = vad.MIN_GAP_SECONDS - 2 * vad.PAD_SECONDS - 0.5, vad.MIN_GAP_SECONDS + 2 * vad.PAD_SECONDS + 0.5
-    assert _spans(vad.speech(_probs((2, 0.0), (1, 0.9), (short, 0.0), (1, 0.9), (2, 0.0)), 0.5)) == [
-        (round(2 - vad.PAD_SECONDS, 2), round(4 + short + vad.PAD_SECONDS, 2))]
-    assert len(_spans(vad.speech(_probs((2, 0.0), (1, 0.9), (long, 0.0), (1, 0.9), (2, 0.0)), 0.5))) == 2
+    assert _spans(vad.speech(_probs((3, 0.0), (1, 0.9), (short, 0.0), (1, 0.9), (3, 0.0)), 0.5)) == [
+        (round(3 - vad.PAD_SECONDS, 2), round(5 + short + vad.PAD_SECONDS, 2))]
+    assert len(_spans(vad.speech(_probs((3, 0.0), (1, 0.9), (long, 0.0), (1, 0.9), (3, 0.0)), 0.5))) == 2
+    # A short lead-in and tail stay with the speech: a clip with only short pauses is heard whole.
+    assert _spans(vad.speech(_probs((short, 0.0), (1, 0.9), (short, 0.0)), 0.5)) == [(0, round(1 + 2 * short, 2))]
 
 
 def test_speech_holds_through_a_dip_just_under_the_threshold() -> None:
     """Silero's hysteresis: once speaking, a frame counts until the probability falls HYSTERESIS below."""
-    dip = _probs((1, 0.0), (1, 0.9), (3, 0.5 - vad.HYSTERESIS / 2), (1, 0.9), (1, 0.0))
-    assert _spans(vad.speech(dip, 0.5)) == [(1 - vad.PAD_SECONDS, 6 + vad.PAD_SECONDS)]
+    dip = _probs((3, 0.0), (1, 0.9), (3, 0.5 - vad.HYSTERESIS / 2), (1, 0.9), (3, 0.0))
+    assert _spans(vad.speech(dip, 0.5)) == [(3 - vad.PAD_SECONDS, 8 + vad.PAD_SECONDS)]
     assert _spans(vad.speech(dip, 0.5 + vad.HYSTERESIS)) != _spans(vad.speech(dip, 0.5))  # the threshold matters
 
 
