@@ -2,7 +2,9 @@
 
 This follows openai-whisper's `transcribe()` window by window (same decoding, temperature
 fallback, prompt carrying and timestamp-based seeking), but never holds the whole recording or
-its whole log-mel spectrogram: the buffer holds at most one window plus one decoded piece.
+its whole log-mel spectrogram: the buffer holds at most one window, a few seconds of look-ahead
+and one decoded piece. With VAD (vad.py) the model hears only speech: a window starts where speech
+starts and ends where it ends, and long pauses inside it are muted.
 A sentence that runs over a window's end is dropped from that window and decoded whole at the
 start of the next one, so nothing is cut or repeated at chunk boundaries.
 
@@ -24,10 +26,10 @@ from whisper.decoding import DecodingResult
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from daemon import chinese, chunking, vad
-from daemon.repeats import drop_repeats
 from daemon.audio import SAMPLE_RATE, stream_audio
 from daemon.config import ConfigError
 from daemon.decoder import Decoder
+from daemon.repeats import drop_repeats
 from daemon.transcript import Checkpoint, Segment, Window
 
 CHUNK_SECONDS = 30  # Whisper's own window; shorter chunks checkpoint more often but cost speed
