@@ -18,7 +18,9 @@ Three parts, each in whole processes (interpreter start and model load included)
     the baseline (VAD off on room tone would run the model on every window for hours). Target: each
     well under a minute (< 60 s) for 3 hours.
 
-Writes bench/out/vad.json.
+Writes bench/out/vad.json (after each part). Part (a) is slow without VAD: on noise both baselines
+fall back through every temperature, best_of 5 each. On 2 busy cores (AMD EPYC, load ~4), `off`
+took 37 minutes for the 8 clips and the CLI 13.6 minutes for one 30 s clip; `on` takes 30 s.
 
     .venv/bin/python bench/vad.py [--parts nonspeech meeting silence] [--model base] [--engines on off cli]
                                   [--minutes 5] [--repeat 3] [--hours 3] [--room-dbfs -55]
