@@ -115,7 +115,7 @@ def test_hostile_and_odd_inputs_fail_clearly_or_succeed(tmp_path: Path, daemon_e
     for name, recording in {**speech, "last.wav": _speech(24)}.items():
         job = by_name[name]
         srt_path = Path(job["srt_path"])
-        assert job["status"] == "done" and srt_path.parent == outbox, job
+        assert job["status"] == "done" and srt_path.parent == outbox / Path(name).parent, job  # sub-folders mirrored
         assert wer(recording.text, srt_text(srt_path)) <= MAX_WER, name
     assert Path(by_name["line one\nline two.wav"]["srt_path"]).name == "line one\nline two.srt"
     assert Path(by_name[LONG + ".mp3"]["srt_path"]).name == LONG + ".srt"
@@ -128,8 +128,8 @@ def test_hostile_and_odd_inputs_fail_clearly_or_succeed(tmp_path: Path, daemon_e
     assert wer(first_two, " ".join(said[: len(first_two.split())])) <= MAX_WER
 
     # Confinement: the SRTs and nothing else in the outbox; nothing new anywhere else.
-    assert sorted(p.name for p in outbox.iterdir()) == sorted(
-        Path(j["srt_path"]).name for j in jobs if j["status"] == "done")
+    assert sorted(p.relative_to(outbox) for p in outbox.rglob("*") if not p.is_dir()) == sorted(
+        Path(j["srt_path"]).relative_to(outbox) for j in jobs if j["status"] == "done")
     assert {p.name for p in tmp_path.iterdir()} <= {"elsewhere", "home", "inbox", "logs", "outbox", "state",
                                                     "watch.out", "work.out"}
     assert [p.name for p in (tmp_path / "elsewhere").iterdir()] == ["secret.mp3"]
