@@ -133,6 +133,14 @@ def default_chinese_script(env: Mapping[str, str]) -> str:
     return "simplified"
 
 
+def check_task_and_script(task: str, chinese_script: str) -> None:
+    """The two choices a folder's settings file may also make (folders.py)."""
+    if task not in TASKS:
+        raise ConfigError(f"task is {task!r}: choose transcribe, or translate (into English)")
+    if chinese_script not in CHINESE_SCRIPTS:
+        raise ConfigError(f"chinese_script is {chinese_script!r}: choose {', '.join(CHINESE_SCRIPTS)}")
+
+
 def validate(cfg: Config) -> None:
     inbox, outbox = cfg.inbox.resolve(), cfg.outbox.resolve()
     if outbox == inbox or outbox.is_relative_to(inbox):
@@ -146,10 +154,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"precision is {cfg.precision!r}: choose auto, fp32, fp16 or bf16")
     if cfg.batch_size < 1:
         raise ConfigError("batch_size must be at least 1")
-    if cfg.task not in TASKS:
-        raise ConfigError(f"task is {cfg.task!r}: choose transcribe, or translate (into English)")
-    if cfg.chinese_script not in CHINESE_SCRIPTS:
-        raise ConfigError(f"chinese_script is {cfg.chinese_script!r}: choose {', '.join(CHINESE_SCRIPTS)}")
+    check_task_and_script(cfg.task, cfg.chinese_script)
     if not 0 < cfg.vad_threshold < 1:
         raise ConfigError(f"vad_threshold is {cfg.vad_threshold}: it is a probability, between 0 and 1 "
                           "(0.5 by default; lower keeps more quiet speech, higher drops more noise)")

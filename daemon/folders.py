@@ -18,7 +18,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
-from daemon.config import CHINESE_SCRIPTS, TASKS
+from daemon.config import CHINESE_SCRIPTS, TASKS, ConfigError, check_task_and_script
 
 SETTINGS_FILE = "whisper-daemon.toml"
 # What a folder may set: how its recordings are transcribed, not where or by which model.
@@ -64,11 +64,10 @@ def check(data: Mapping[str, object], where: str) -> dict[str, str]:
     for key, value in data.items():
         if not isinstance(value, str):
             raise SettingsError(f"{where}: {key} must be text in quotes, e.g. {key} = \"...\"")
-    if data.get("task", "transcribe") not in TASKS:
-        raise SettingsError(f"{where}: task is {data['task']!r}: choose transcribe, or translate (into English)")
-    if data.get("chinese_script", "simplified") not in CHINESE_SCRIPTS:
-        raise SettingsError(f"{where}: chinese_script is {data['chinese_script']!r}: choose "
-                            f"{', '.join(CHINESE_SCRIPTS)}")
+    try:
+        check_task_and_script(str(data.get("task", TASKS[0])), str(data.get("chinese_script", CHINESE_SCRIPTS[0])))
+    except ConfigError as e:
+        raise SettingsError(f"{where}: {e}") from e
     return {key: str(value) for key, value in data.items()}
 
 
