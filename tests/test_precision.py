@@ -102,7 +102,8 @@ def test_silence_costs_nothing_and_says_nothing(fp32_model: torch.nn.Module, tmp
     recording = compose([120.0, speech, 120.0])
     segments = [s for w in engine.windows(recording.write(tmp_path / "one line.wav")) for s in w.segments]
     assert wer(speech.text, " ".join(s.text for s in segments)) <= MAX_WER
-    assert all(115 < s.start and s.end < 125 for s in segments)
+    # Timed where the line is spoken (120 s in), give or take the padding around speech
+    assert all(119 < s.start and s.end < 120 + speech.seconds + 1 for s in segments)
 
 
 def test_batched_decoding_is_accurate_and_resumable(fp32_model: torch.nn.Module, tmp_path: Path) -> None:

@@ -46,8 +46,9 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tupl
 
 
 def found(windows: list[Window], terms: list[str], at: float) -> bool:
-    """All `terms`, spelled right, in the cues around `at` seconds."""
-    text = " ".join(s.text for w in windows for s in w.segments if at - 1 <= s.start <= at + 8)
+    """All `terms`, spelled right, in the cues that overlap the sentence spoken from `at` seconds (a
+    cue may begin a few seconds earlier, with the end of the sentence before)."""
+    text = " ".join(s.text for w in windows for s in w.segments if s.end > at and s.start <= at + 8)
     return all(term in text for term in terms)
 
 
