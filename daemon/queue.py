@@ -87,16 +87,20 @@ class JobQueue:
 
     def reject(self, path: Path, reason: str) -> Enqueued:
         """Record a file that will not be transcribed (unreadable, a link, …) as a `failed` job, so
-        `status` says why. Rescans of the same unchanged file add nothing. Its content is unknown
-        (sha256 ""): the worker reads and checks it again if the job is retried."""
+        `status` says why. Its content is unknown (sha256 ""): the worker reads and checks it again if
+        the job is retried.
+
+        A file whose size and mtime are those of its latest job adds nothing: that job already says
+        what became of this content (one job per file). It covers rescans of a refused file, and a
+        queued file made unreadable (chmod changes neither): the worker fails that job when it
+        comes to it, for the same reason."""
         path = canonical(path)
         stat = path.lstat()
         text = Path(as_text(path))
         error = f"{text.name}: {reason}"
         with writing(self.engine) as session:
             latest = _latest_for_path(session, text)
-            if latest is not None and (latest.size, latest.mtime_ns, latest.error) == (
-                    stat.st_size, stat.st_mtime_ns, error):
+            if latest is not None and (latest.size, latest.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
                 return Enqueued(latest, False)
             now = self.clock()
             job = Job(path=str(text), sha256="", size=stat.st_size, mtime_ns=stat.st_mtime_ns, status=JobStatus.FAILED,

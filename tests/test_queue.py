@@ -86,6 +86,23 @@ def test_copied_in_again_after_it_was_done_is_a_new_job_but_a_rescan_is_not(queu
     assert again.created and again.job.sha256 == job.sha256
 
 
+def test_a_refusal_of_a_file_its_job_already_accounts_for_adds_no_row(queue: JobQueue, tmp_path: Path) -> None:
+    """A rescan finds a queued file made unreadable (chmod keeps size and mtime): the job it has is
+    failed by the worker when its turn comes, so one file stays one job. (Root reads any file, so
+    the watcher's refusal is made the way the watcher makes it.)"""
+    path = inbox_file(tmp_path, "a.wav")
+    job = queue.enqueue(path).job
+    assert queue.reject(path, "cannot read the file: Permission denied").job.id == job.id  # still queued
+    claim(queue)
+    queue.fail(job.id, HOLDER, "a.wav: cannot read the file: Permission denied")
+    assert queue.reject(path, "cannot read the file: Permission denied").job.id == job.id
+    assert queue.reject(path, "it is a symbolic link").job.id == job.id  # same size and mtime: same file
+    path.unlink()
+    path.symlink_to(tmp_path / "elsewhere.wav")  # really replaced: a new job says why it is refused now
+    assert queue.reject(path, "it is a symbolic link").created
+    assert len(queue.jobs()) == 2
+
+
 def test_two_spellings_of_one_file_are_one_job(queue: JobQueue, tmp_path: Path) -> None:
     path = inbox_file(tmp_path, "t.wav")
     (tmp_path / "inbox" / "sub").mkdir()
