@@ -1,7 +1,8 @@
 """Real speech: English WER and Mandarin CER of our worker and of the openai-whisper CLI, same weights, one run.
 
 The clips are real recordings with exact references (../shared/realspeech: read audiobooks, a
-1961 broadcast, read Mandarin; its README gives their sources and licences). Both engines run
+1961 broadcast, read Mandarin; and bench/realspeech: more read Mandarin, AISHELL-1 and THCHS-30;
+their READMEs give the sources and licences). Both engines run
 at their defaults with the language detected per file, on every clip, in one process each (the
 model loaded once):
 
@@ -39,8 +40,9 @@ from tests.daemon_proc import srt_cues
 from tests.speech import edit_distance, mandarin_characters, words
 
 # ../shared/realspeech beside the project (/work/main), or two levels up from a worktree (/work/wt/x)
-CORPUS = next((p for p in (common.REPO.parent / "shared" / "realspeech", common.REPO.parent.parent / "shared" / "realspeech")
+SHARED = next((p for p in (common.REPO.parent / "shared" / "realspeech", common.REPO.parent.parent / "shared" / "realspeech")
                if p.is_dir()), common.REPO.parent / "shared" / "realspeech")
+MORE = common.BENCH / "realspeech"  # 26 more Mandarin clips, committed (bench/realspeech/README.md)
 LANGUAGES = ("en", "zh")  # the folders of the corpus scored here
 PUNCTUATED_TARGET = 0.5  # most Mandarin cues
 
@@ -106,15 +108,16 @@ def score(language: str, clips: list[Path], srt_paths: list[Path]) -> Score:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="base")
-    parser.add_argument("--corpus", type=Path, default=CORPUS)
+    parser.add_argument("--corpus", type=Path, nargs="+", default=[SHARED, MORE],
+                        help="folders holding en/ and zh/ clips, each with a .txt reference")
     parser.add_argument("--engines", nargs="+", default=["ours", "cli"], choices=["ours", "cli"])
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                         help="a setting of ours, e.g. beam_size=5 or chinese_script=as-is")
     args = parser.parse_args()
     settings = {f"WHISPER_DAEMON_{k.upper()}": v for k, v in (item.split("=", 1) for item in args.set)}
 
-    clips = {lang: sorted(p for p in (args.corpus / lang).iterdir() if p.suffix in (".wav", ".flac"))
-             for lang in LANGUAGES}
+    clips = {lang: sorted(p for corpus in args.corpus if (corpus / lang).is_dir() for p in (corpus / lang).iterdir()
+                          if p.suffix in (".wav", ".flac")) for lang in LANGUAGES}
     every = [c for lang in LANGUAGES for c in clips[lang]]
     machine = common.machine()
     checkpoint = common.converted_checkpoint(args.model)
