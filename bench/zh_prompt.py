@@ -1,0 +1,71 @@
+"""Mandarin: what the style prompt and the beam width cost in CER, and what the prompt buys in punctuation.
+
+Our engine, in one process (model loaded once, fp32 as `precision = auto` picks on a CPU without
+fast bf16), on the Mandarin clips of bench/realspeech.py (../shared/realspeech/zh and
+bench/realspeech/zh), language detected, VAD off (it does not change these short clips' text), each
+combination of:
+
+- beam: 2 (our default) or 5 (the openai-whisper CLI's);
+- prompt: `chinese` (our default, daemon/chinese.PUNCTUATION_PROMPT), `short` ("以下是普通话的句子。")
+  or `none` (no style prompt; OpenCC still converts the script).
+
+Scored as bench/realspeech.py scores Mandarin (CER after removing punctuation and spaces, both sides
+simplified) plus the share of cues holding a punctuation mark. Writes bench/out/zh_prompt.json.
+
+    .venv/bin/python bench/zh_prompt.py [--model base] [--beams 2 5] [--prompts chinese short none]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import unicodedata
+
+import common
+from realspeech import MORE, SHARED
+
+from daemon import chinese
+from daemon.engine import DecodeSettings, Engine
+from daemon.weights import load_model
+from tests.speech import edit_distance, mandarin_characters
+
+PROMPTS = {"chinese": chinese.PUNCTUATION_PROMPT, "short": "以下是普通话的句子。", "none": ""}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="base")
+    parser.add_argument("--beams", nargs="+", type=int, default=[2, 5])
+    parser.add_argument("--prompts", nargs="+", default=list(PROMPTS), choices=list(PROMPTS))
+    args = parser.parse_args()
+    clips = sorted(p for corpus in (SHARED, MORE) for p in (corpus / "zh").iterdir() if p.suffix in (".wav", ".flac"))
+    model, _ = load_model(args.model, common.MODEL_CACHE)
+    rows, results = [], []
+    for prompt in args.prompts:
+        # The engine asks daemon.chinese for its style prompt; the other prompts stand in for it here.
+        chinese.language_prompt = lambda script, text=PROMPTS[prompt]: chinese.convert(text, script)
+        for beam in args.beams:
+            engine = Engine(model, DecodeSettings(beam_size=beam, vad=False))
+            errors = reference = cues = punctuated = 0
+            began = time.monotonic()
+            for clip in clips:
+                texts = [s.text for w in engine.windows(clip) for s in w.segments]
+                ref = mandarin_characters(clip.with_suffix(".txt").read_text(encoding="utf-8").strip())
+                errors += edit_distance(ref, mandarin_characters(" ".join(texts)))
+                reference += len(ref)
+                cues += len(texts)
+                punctuated += sum(any(unicodedata.category(c).startswith("P") for c in t) for t in texts)
+            seconds = time.monotonic() - began
+            results.append({"prompt": prompt, "beam": beam, "errors": errors, "reference": reference,
+                            "cues": cues, "punctuated": punctuated, "seconds": round(seconds, 1)})
+            rows.append([prompt, beam, f"{common.pct(errors / reference)} ({errors}/{reference})",
+                         f"{punctuated}/{cues}", f"{seconds:.0f}"])
+            print(common.table(["prompt", "beam", "CER", "punctuated cues", "seconds"], rows[-1:]), flush=True)
+    print(f"model {args.model}; {len(clips)} Mandarin clips")
+    print(common.table(["prompt", "beam", "CER", "punctuated cues", "seconds"], rows))
+    path = common.write_result("zh_prompt", {"model": args.model, "machine": common.machine(), "results": results})
+    print(f"wrote {path.relative_to(common.REPO)}")
+
+
+if __name__ == "__main__":
+    main()
