@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -213,6 +214,7 @@ class DaemonRun:
     measurement: Measurement  # of the `work --exit-when-empty` process only
     srt_path: Path
     job: dict[str, Any]  # the job as `status --json` shows it (status, audio_seconds, rtf, error…)
+    precision: str  # the weights' format the worker ran with (`auto` measures it at start-up)
 
 
 def enqueue(audio: Path, env: Mapping[str, str]) -> None:
@@ -237,12 +239,14 @@ def daemon_transcribe_all(audios: Sequence[Path], model: str, tmp: Path, languag
     m = measure([PYTHON, "-m", "daemon", "work", "--exit-when-empty"], env=env, cwd=REPO)
     status = subprocess.run([PYTHON, "-m", "daemon", "status", "--json", "--limit", str(len(audios))], env=env,
                             cwd=REPO, check=True, capture_output=True, text=True)
-    jobs = {Path(job["path"]).resolve(): job for job in json.loads(status.stdout)["jobs"]}
+    shown = json.loads(status.stdout)
+    jobs = {Path(job["path"]).resolve(): job for job in shown["jobs"]}
+    precision = ",".join(sorted({worker["precision"] for worker in shown["workers"]}))
     if m.returncode != 0 or len(jobs) != len(audios) or any(job["status"] != "done" for job in jobs.values()):
         log = tmp / "log" / "worker.log"
         tail = log.read_text(encoding="utf-8", errors="replace")[-3000:] if log.is_file() else m.stderr[-3000:]
         raise RuntimeError(f"worker exited {m.returncode}; jobs: {list(jobs.values())}\n{tail}")
-    return [DaemonRun(m, Path(jobs[a.resolve()]["srt_path"]), jobs[a.resolve()]) for a in audios]
+    return [DaemonRun(m, Path(jobs[a.resolve()]["srt_path"]), jobs[a.resolve()], precision) for a in audios]
 
 
 # --------------------------------------------------------------------------- openai-whisper
@@ -313,6 +317,17 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
 
 
+def cpu_model() -> str:
+    """lscpu's model name: speed figures hold for one CPU family, so every result names its CPU."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        if match := re.search(r"^Model name:\s*(.+)$", out, re.MULTILINE):
+            return match.group(1).strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict[str, Any]:
     """Context for a result file: figures from different machines or loads are not comparable."""
     import torch
@@ -325,7 +340,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         commit, dirty = "", False
     return {
-        "platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
+        "cpu_model": cpu_model(), "platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
         "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],

@@ -29,11 +29,9 @@ import argparse
 import importlib.metadata
 import importlib.util
 import os
-import re
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -395,19 +393,6 @@ def chart(results: list[dict[str, Any]], paths: list[Path], title: str) -> None:
     plt.close(fig)
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        match = re.search(r"^Model name:\s*(.+)$", out, re.MULTILINE)
-        if match:
-            return match.group(1).strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def versions() -> dict[str, str]:
     out = {}
     for dist in ("openai-whisper", "torch", "faster-whisper", "ctranslate2", "pywhispercpp"):
@@ -522,7 +507,7 @@ def main() -> None:
 
     machine = common.machine()
     meta = {
-        "command": command_line(), "cpu_model": cpu_model(), "cores": os.cpu_count(),
+        "command": command_line(), "cpu_model": common.cpu_model(), "cores": os.cpu_count(),
         "memory_gb": machine["memory_gb"], "load_average_at_start": machine["load_average_at_start"],
         "git_commit": machine["git_commit"], "daemon_dirty": machine["daemon_dirty"],
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "repeat": args.repeat,

@@ -122,10 +122,12 @@ def main() -> None:
     machine = common.machine()
     checkpoint = common.converted_checkpoint(args.model)
     results: dict[str, dict[str, Score]] = {}
+    precision = ""
     with tempfile.TemporaryDirectory(prefix="bench-realspeech-") as tmp:
         if "ours" in args.engines:
             runs = common.daemon_transcribe_all(every, args.model, Path(tmp) / "ours", settings=settings)
             srt = {run_clip: run.srt_path for run_clip, run in zip(every, runs)}
+            precision = runs[0].precision  # bf16 and fp32 write different text: say which one ran
             results["ours"] = {lang: score(lang, clips[lang], [srt[c] for c in clips[lang]]) for lang in LANGUAGES}
         if "cli" in args.engines:
             outdir = Path(tmp) / "cli"
@@ -136,7 +138,7 @@ def main() -> None:
     rows = [[engine, f"{len(clips['en'])} clips, {by['en'].reference} words", pct(by["en"].rate),
              pct(by["zh"].rate), pct(by["zh"].traditional / max(by["zh"].han, 1)),
              pct(by["zh"].punctuated / max(by["zh"].cues, 1))] for engine, by in results.items()]
-    print(f"model {args.model}; ours with {args.set or 'default settings'}; "
+    print(f"model {args.model}; ours with {args.set or 'default settings'} (precision {precision or '-'}); "
           f"Mandarin: {len(clips['zh'])} clips, {next(iter(results.values()))['zh'].reference} characters")
     print(common.table(["engine", "English", "WER", "Mandarin CER", "traditional", "punctuated cues"], rows))
     targets: dict[str, bool] = {}
@@ -150,7 +152,7 @@ def main() -> None:
     for name, met in targets.items():
         print(f"  {'met' if met else 'MISSED'}: {name}")
     path = common.write_result("realspeech", {
-        "model": args.model, "settings": args.set, "machine": machine, "targets": targets,
+        "model": args.model, "settings": args.set, "precision": precision, "machine": machine, "targets": targets,
         "results": {engine: {lang: s.summary() for lang, s in by.items()} for engine, by in results.items()}})
     print(f"wrote {path.relative_to(common.REPO)}")
 

@@ -21,6 +21,7 @@ whatever precision they are resident.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
@@ -103,7 +104,11 @@ class _Layer:
         q = _heads(_project(h, attn.query), self.n_head)
         k = _heads(cache_k[:, :end], self.n_head)
         v = _heads(cache_v[:, :end], self.n_head)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=x.shape[1] > 1)
+        if x.shape[1] == 1 or start == 0:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=x.shape[1] > 1)
+        else:  # several positions after cached ones: each sees the cache and the positions up to itself
+            mask = torch.ones(x.shape[1], end, dtype=torch.bool, device=x.device).tril(start)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x + _project(_merge(out, x.dtype), attn.out)
         x = x + self._cross(_norm(x, self.cross_ln), group)
         return x + _project(F.gelu(_project(_norm(x, b.mlp_ln), self.fc1)), self.fc2)
@@ -196,6 +201,78 @@ class Decoder:
                 temperature=temperature, compression_ratio=compression_ratio(text)))
         return results
 
+    @torch.inference_mode()
+    def punctuate(self, audio: Tensor, prompt: Sequence[int], tokens: Sequence[int],
+                  marks: Sequence[Sequence[int]]) -> list[int]:
+        """`tokens`, one window's decoded text (timestamps included), with punctuation marks put
+        where the model, given `prompt` (a punctuated style sample), finds them likely. Only marks
+        are added, so the words stay those of the decoding that produced `tokens`. `marks`: each
+        mark's tokens (a full-width comma is three byte tokens).
+
+        A mark is tried after a whole letter or digit when the likeliest first token of a mark is
+        likelier there than the token that follows (than any timestamp, where a timestamp
+        follows); the rest of its tokens are the model's choice among the marks. It stays when the
+        text with it is likelier than without: P(mark) P(next | mark) > P(next), so that a mark
+        never splits a word or a phrase. The text after the last mark kept runs through the model
+        as one sequence: a pass per mark, not one per token.
+        """
+        t = self.tokenizer
+        following: dict[tuple[int, ...], list[int]] = {}
+        for mark in marks:
+            for i in range(len(mark)):
+                following.setdefault(tuple(mark[:i]), []).append(mark[i])
+        firsts = sorted(set(following[()]))
+        longest = max(len(mark) for mark in marks)
+        initial = self.initial_tokens(prompt)
+        sequence = [*initial, *tokens]
+        device = audio.device
+        blocks = self.model.decoder.blocks
+        cache = _TextCache(len(blocks), 1, self.n_ctx, audio.shape[-1], device)
+        layers = [_Layer(block, i, audio, cache) for i, block in enumerate(blocks)]
+
+        def run(start: int, pieces: Sequence[int]) -> Tensor:
+            """Hidden states of `pieces` put at positions start…; the positions before are cached."""
+            return self._hidden(torch.tensor([list(pieces)], device=device), layers, start, 1)[0]
+
+        def logprob(logprobs: Tensor, token: int) -> float:
+            """Of `token` next; of any timestamp, for a timestamp (whisper's own rule for choosing one)."""
+            return float(logprobs[t.timestamp_begin:].logsumexp(-1) if token >= t.timestamp_begin else logprobs[token])
+
+        valid = 0  # positions of `sequence` whose keys and values are cached
+        while len(sequence) + longest <= self.n_ctx:
+            start = valid
+            hidden = run(start, sequence[start:])
+            valid = len(sequence)
+            # position q predicts q + 1; a mark may go between them when q ends a letter or digit
+            candidates = [q for q in range(max(start, len(initial)), len(sequence) - 1)
+                          if sequence[q] < t.eot and _ends_word(t.decode(sequence[max(0, q - 3):q + 1]))]
+            if not candidates:
+                break
+            logprobs = F.log_softmax(self._logits(hidden[[q - start for q in candidates]]), -1)
+            for row, q in enumerate(candidates):
+                at, without = q + 1, logprob(logprobs[row], sequence[q + 1])
+                first = firsts[int(logprobs[row, firsts].argmax())]
+                if float(logprobs[row, first]) <= without:
+                    continue
+                if valid < at:  # an earlier try overwrote the cache from there
+                    run(valid, sequence[valid:at])
+                mark, score = [first], float(logprobs[row, first])
+                while True:
+                    after = F.log_softmax(self._logits(run(at + len(mark) - 1, mark[-1:])), -1)[0]
+                    options = following.get(tuple(mark))
+                    if options is None:
+                        break
+                    mark.append(options[int(after[options].argmax())])
+                    score += float(after[mark[-1]])
+                valid = at + len(mark)
+                if score + logprob(after, sequence[at]) > without:
+                    sequence[at:at] = mark
+                    break
+                valid = at  # the mark's keys and values took the text's places
+            else:
+                break
+        return sequence[len(initial):]
+
     def _hidden(self, tokens: Tensor, layers: list[_Layer], start: int, group: int) -> Tensor:
         d = self.model.decoder
         x = d.token_embedding(tokens) + d.positional_embedding[start:start + tokens.shape[1]]
@@ -237,6 +314,11 @@ class Decoder:
         timestamp = logprobs[:, ts:].logsumexp(-1)
         text = logprobs[:, :ts].max(-1).values
         logits[timestamp > text, :ts] = -np.inf
+
+
+def _ends_word(text: str) -> bool:
+    """Whether `text` ends with a whole letter or digit (not a mark, a space or part of a character)."""
+    return bool(text) and unicodedata.category(text[-1])[0] in "LN"
 
 
 class _Sample:

@@ -39,12 +39,13 @@ LOGPROB_THRESHOLD = -1.0  # below: unsure, retry hotter
 NO_SPEECH_THRESHOLD = 0.6  # above (and unsure): silence, emit nothing
 SNAP_SHARE = 0.25  # see _snap
 PROMPT_RESET_TEMPERATURE = 0.5  # text decoded this hot is not trusted as context
+PROMPT_LINE_SECONDS = 2.0  # the span the user's prompt is framed with (1–10 s gave the same text)
 
 
 @dataclass(frozen=True)
 class DecodeSettings:
     language: str | None = None  # None: detect from the first window
-    beam_size: int | None = 2  # None or 1: greedy
+    beam_size: int | None = 5  # None or 1: greedy
     best_of: int = 5  # samples per try when falling back to temperature > 0
     condition_on_previous_text: bool = True
     chunk_seconds: float = CHUNK_SECONDS
@@ -185,8 +186,9 @@ class Engine:
                 decoder = self._decoder(language)
                 fixed = self._fixed_prompt(decoder.tokenizer)
             torch.manual_seed(offset)
-            result = self._decode_with_fallback(decoder, self._encode(mel[None]), self._prompt(fixed, prompt))
-            segments, advance = self._segments(result, decoder.tokenizer, offset / SAMPLE_RATE, content_frames)
+            features = self._encode(mel[None])
+            result = self._decode_with_fallback(decoder, features, self._prompt(fixed, prompt))
+            segments, advance = self._cut(decoder, features, result, offset / SAMPLE_RATE, content_frames)
             kept, looped = drop_repeats(self._lines(prompt, decoder.tokenizer),
                                         [s for s in _snap(segments, keep, 0, offset) if _worth_keeping(s)])
             if looped:
@@ -245,12 +247,12 @@ class Engine:
                     language = language or self._detect_language(mels[0])
                     decoder = self._decoder(language)
                     fixed = self._fixed_prompt(decoder.tokenizer)
-                results = self._decode_batch(decoder, mels, [offset + a * HOP_LENGTH for a, _ in voiced],
-                                             self._prompt(fixed, prompt))
+                features, results = self._decode_batch(decoder, mels, [offset + a * HOP_LENGTH for a, _ in voiced],
+                                                       self._prompt(fixed, prompt))
                 rest: list[tuple[int, int]] = []
-                for (a, b), result in zip(voiced, results):
-                    found, advance = self._segments(result, decoder.tokenizer,
-                                                    (offset + a * HOP_LENGTH) / SAMPLE_RATE, b - a)
+                for i, ((a, b), result) in enumerate(zip(voiced, results)):
+                    found, advance = self._cut(decoder, features[i:i + 1], result,
+                                               (offset + a * HOP_LENGTH) / SAMPLE_RATE, b - a)
                     segments.extend(s for s in _snap(found, keep, a, offset) if _worth_keeping(s))
                     # Whisper stopped early or left a sentence unfinished: decode the rest again,
                     # from its last timestamp, as whisper's own seek loop would.
@@ -299,15 +301,16 @@ class Engine:
         return audio if keep is None else audio * np.repeat(keep[start:end], HOP_LENGTH)
 
     def _decode_batch(self, decoder: Decoder, mels: list[torch.Tensor], positions: list[int],
-                      prompt: list[int]) -> list[DecodingResult]:
-        """The whole batch at the first temperature; chunks that fail the quality checks retry alone, hotter."""
+                      prompt: list[int]) -> tuple[torch.Tensor, list[DecodingResult]]:
+        """The whole batch at the first temperature; chunks that fail the quality checks retry alone,
+        hotter. Returns the encoded chunks and their results."""
         features = self._encode(torch.stack(mels))
         results = decoder.run(features, prompt, TEMPERATURES[0], self.settings.beam_size)
         for i, result in enumerate(results):
             if self._needs_fallback(result):
                 torch.manual_seed(positions[i])
                 results[i] = self._decode_with_fallback(decoder, features[i:i + 1], prompt, TEMPERATURES[1:])
-        return results
+        return features, results
 
     def _encode(self, mels: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -332,13 +335,32 @@ class Engine:
         return "as-is"
 
     def _fixed_prompt(self, tokenizer: Tokenizer) -> list[int]:
-        """The part of every window's prompt that never changes: the language's style sample (Mandarin:
-        punctuated, in the chosen script), then the user's prompt. Encoded as whisper encodes its
-        initial_prompt."""
-        script = self._script(tokenizer)
-        text = " ".join(p for p in (chinese.language_prompt(script),
-                                    chinese.convert(self.settings.prompt.strip(), script)) if p)
-        return tokenizer.encode(" " + text) if text else []
+        """The part of every window's prompt that never changes: the user's prompt, in the chosen
+        script, framed as one timed line, as the text carried from window to window is. Given as
+        bare text (whisper's initial_prompt), it made 5-beam search drop the timestamps of the first
+        window: one 30 s cue (tests/test_prompt.py)."""
+        text = chinese.convert(self.settings.prompt.strip(), self._script(tokenizer))
+        if not text:
+            return []
+        end = tokenizer.timestamp_begin + round(PROMPT_LINE_SECONDS / self.time_precision)
+        return [tokenizer.timestamp_begin, *tokenizer.encode(" " + text), end]
+
+    def _cut(self, decoder: Decoder, features: torch.Tensor, result: DecodingResult, window_start: float,
+             content_frames: int) -> tuple[list[Segment], int]:
+        """A window's segments and how many mel frames to seek (see _segments). A language with a style
+        sample (Mandarin) gets its punctuation from a second pass over the same tokens, prompted with
+        the sample, that only adds marks: a style prompt in the decoding itself changes the words
+        (bench/zh_prompt.py). The segments' tokens, carried as the next prompt, stay the decoding's own."""
+        segments, advance = self._segments(result, decoder.tokenizer, window_start, content_frames)
+        style = chinese.language_prompt(self._script(decoder.tokenizer))
+        if style and segments:
+            marks = [decoder.tokenizer.encode(mark) for mark in chinese.MARKS]
+            marked = decoder.punctuate(features, decoder.tokenizer.encode(" " + style), result.tokens, marks)
+            shown, _ = self._segments(replace(result, tokens=marked), decoder.tokenizer, window_start,
+                                      content_frames)
+            segments = [replace(seg, text=chinese.full_width(punctuated.text))
+                        for seg, punctuated in zip(segments, shown, strict=True)]
+        return segments, advance
 
     def _prompt(self, fixed: list[int], carried: list[int]) -> list[int]:
         """A window's prompt: the fixed part whole, then as much of the carried text as fits after it

@@ -18,7 +18,7 @@ from whisper.model import Whisper
 from whisper.tokenizer import get_tokenizer
 
 from daemon import precision
-from daemon.decoder import Decoder
+from daemon.decoder import Decoder, _Layer, _TextCache
 from tests.speech import compose, sentences, wer
 
 pytestmark = pytest.mark.slow
@@ -102,3 +102,23 @@ def test_int8_embedding_stays_close_to_the_weights(fp32_model: Whisper) -> None:
     hidden = torch.randn(3, weight.shape[1]).to(torch.bfloat16)
     exact = hidden.float() @ weight.T
     assert (embedding.logits(hidden) - exact).abs().max() <= 0.1 * exact.abs().max()
+
+
+def test_positions_run_after_cached_ones_see_what_one_run_would(fp32_model: Whisper,
+                                                               speech: tuple[list[torch.Tensor], str]) -> None:
+    """Decoder.punctuate runs the text after each mark it adds as one sequence behind cached
+    positions: each position must attend to the cache and to the positions before it, no further."""
+    decoder = decoder_for(fp32_model)
+    features = encode(fp32_model, speech[0][:1])
+    sequence = torch.tensor([[*decoder.initial_tokens([]), *decoder.run(features, [], 0.0, None)[0].tokens]])
+    blocks = fp32_model.decoder.blocks
+
+    def hidden(cuts: list[int]) -> torch.Tensor:
+        with torch.inference_mode():
+            cache = _TextCache(len(blocks), 1, decoder.n_ctx, features.shape[-1], features.device)
+            layers = [_Layer(block, i, features, cache) for i, block in enumerate(blocks)]
+            return torch.cat([decoder._hidden(sequence[:, a:b], layers, a, 1) for a, b in zip(cuts, cuts[1:])], 1)
+
+    length = sequence.shape[1]
+    assert length > 40
+    torch.testing.assert_close(hidden([0, 5, 6, 30, length]), hidden([0, length]), atol=1e-4, rtol=1e-4)
