@@ -29,6 +29,7 @@ def run_model(model: str, audio: Path, reference: str, repeat: int) -> dict[str,
     common.warm_file_cache(audio)
     runs: dict[int, list[Measurement]] = {beam: [] for beam in BEAMS}
     texts: dict[int, str] = {}
+    precisions: set[str] = set()
     for i in range(repeat):
         for beam in BEAMS if i % 2 == 0 else BEAMS[::-1]:
             with tempfile.TemporaryDirectory(prefix="bench-beams-") as tmp:
@@ -36,8 +37,11 @@ def run_model(model: str, audio: Path, reference: str, repeat: int) -> dict[str,
                                                    settings={"WHISPER_DAEMON_BEAM_SIZE": str(beam)})[0]
                 runs[beam].append(run.measurement)
                 texts[beam] = common.srt_text(run.srt_path)
-            print(f"  {model} run {i + 1}/{repeat} beam {beam}: {run.measurement.wall_seconds:.1f} s", flush=True)
-    result: dict[str, Any] = {"model": model}
+                precisions.add(run.precision)
+            print(f"  {model} run {i + 1}/{repeat} beam {beam}: {run.measurement.wall_seconds:.1f} s, "
+                  f"{run.precision}", flush=True)
+    # `precision = auto` measures at start-up: a run that chose another format is not comparable
+    result: dict[str, Any] = {"model": model, "precision": ",".join(sorted(precisions))}
     for beam in BEAMS:
         ms = runs[beam]
         result[f"beam{beam}"] = {
@@ -64,12 +68,12 @@ def main() -> None:
     for r in results:
         for beam in BEAMS:
             s = r[f"beam{beam}"]
-            rows.append([r["model"], beam, f"{s['wall_seconds']:.1f}", f"{s['cpu_seconds']:.1f}",
+            rows.append([r["model"], r["precision"], beam, f"{s['wall_seconds']:.1f}", f"{s['cpu_seconds']:.1f}",
                          mb(s["peak_rss_mb"]), pct(s["wer"])])
-        rows.append([r["model"], "5 / 2", f"{r['wall_seconds_ratio']:.2f}x", f"{r['cpu_seconds_ratio']:.2f}x",
+        rows.append([r["model"], "", "5 / 2", f"{r['wall_seconds_ratio']:.2f}x", f"{r['cpu_seconds_ratio']:.2f}x",
                      f"{r['peak_rss_mb_ratio']:.2f}x", ""])
     print(f"\n{audio.name}, medians of {args.repeat} run(s) per beam width, {machine['cpu_model']}\n")
-    print(common.table(["model", "beams", "wall s", "cpu s", "peak RSS MB", "WER"], rows))
+    print(common.table(["model", "precision", "beams", "wall s", "cpu s", "peak RSS MB", "WER"], rows))
     path = common.write_result("beams", {"params": vars(args), "machine": machine, "results": results})
     print(f"\nwrote {path.relative_to(common.REPO)}")
 

@@ -239,11 +239,13 @@ def daemon_transcribe_all(audios: Sequence[Path], model: str, tmp: Path, languag
     m = measure([PYTHON, "-m", "daemon", "work", "--exit-when-empty"], env=env, cwd=REPO)
     status = subprocess.run([PYTHON, "-m", "daemon", "status", "--json", "--limit", str(len(audios))], env=env,
                             cwd=REPO, check=True, capture_output=True, text=True)
-    shown = json.loads(status.stdout)
-    jobs = {Path(job["path"]).resolve(): job for job in shown["jobs"]}
-    precision = ",".join(sorted({worker["precision"] for worker in shown["workers"]}))
+    jobs = {Path(job["path"]).resolve(): job for job in json.loads(status.stdout)["jobs"]}
+    log = tmp / "log" / "worker.log"
+    # the format `auto` chose is in the worker's start-up line (its row is gone once it exits)
+    precision = ",".join(sorted(set(re.findall(r"worker ready \(.*?\): .* on \S+, (\w+) weights",
+                                               log.read_text(encoding="utf-8", errors="replace")
+                                               if log.is_file() else ""))))
     if m.returncode != 0 or len(jobs) != len(audios) or any(job["status"] != "done" for job in jobs.values()):
-        log = tmp / "log" / "worker.log"
         tail = log.read_text(encoding="utf-8", errors="replace")[-3000:] if log.is_file() else m.stderr[-3000:]
         raise RuntimeError(f"worker exited {m.returncode}; jobs: {list(jobs.values())}\n{tail}")
     return [DaemonRun(m, Path(jobs[a.resolve()]["srt_path"]), jobs[a.resolve()], precision) for a in audios]
