@@ -1,7 +1,7 @@
 """Mandarin: how punctuation is had, what it costs in CER and time, and what the beam width costs.
 
-Our engine, in one process (model loaded once, fp32 as `precision = auto` picks on a CPU without
-fast bf16), on the Mandarin clips of bench/realspeech.py (../shared/realspeech/zh and
+Our engine, in one process (model loaded once, in fp32, where our decoding's text is the CLI's;
+bf16 changes a few characters either way), on the Mandarin clips of bench/realspeech.py (../shared/realspeech/zh and
 bench/realspeech/zh), language detected, VAD off (it does not change these short clips' text), each
 combination of:
 

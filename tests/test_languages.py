@@ -81,7 +81,7 @@ def without_marks(text: str) -> str:
 
 def test_punctuation_adds_marks_to_the_words_decoded_without_a_style_prompt(base_model: Whisper) -> None:
     """The style sample prompts the punctuation pass, not the decoding: given to the decoding, it
-    changes words on these clips (1-2线 → 一二线, 但因为 → 大因为), which is why it is not."""
+    changes a word on the third clip (但因为 → 大因为), which is why it is not."""
     marked = 0
     for clip in AISHELL:
         ours = cues(transcribe(base_model, clip))
