@@ -42,7 +42,7 @@ class Config:
     chinese_script: str = "simplified"  # simplified | traditional | as-is; load() picks the default from the locale
     vad: bool = True  # Silero VAD: the model hears only speech, so it invents nothing over noise and music
     vad_threshold: float = 0.5  # speech probability above which VAD counts a 32 ms frame as speech
-    beam_size: int | None = 5  # the openai-whisper CLI's: 2 lose words on real speech (bench/beams.py); 1: greedy
+    beam_size: int | None = 5  # the CLI's; 2: 0.7x the time, more errors (bench/beams.py, realspeech.py); 1: greedy
     chunk_seconds: float = 30.0  # audio per window and per checkpoint (Whisper's window is 30 s)
     precision: str = "auto"  # auto | fp32 | fp16 | bf16: the resident weights' number format
     batch_size: int = 1  # > 1 decodes chunks cut at quiet points together (slower on 2-core CPUs)
