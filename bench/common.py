@@ -342,7 +342,8 @@ def machine() -> dict[str, Any]:
     except OSError:
         commit, dirty = "", False
     return {
-        "cpu_model": cpu_model(), "platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
+        "cpu_model": cpu_model(), "platform": platform.platform(), "machine": platform.machine(),
+        "python": platform.python_version(),
         "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],

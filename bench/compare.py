@@ -507,7 +507,7 @@ def main() -> None:
 
     machine = common.machine()
     meta = {
-        "command": command_line(), "cpu_model": common.cpu_model(), "cores": os.cpu_count(),
+        "command": command_line(), "cpu_model": machine["cpu_model"], "cores": os.cpu_count(),
         "memory_gb": machine["memory_gb"], "load_average_at_start": machine["load_average_at_start"],
         "git_commit": machine["git_commit"], "daemon_dirty": machine["daemon_dirty"],
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "repeat": args.repeat,
@@ -539,7 +539,7 @@ def main() -> None:
         "params": {"minutes": args.minutes, "models": args.models, "engines": engines, "repeat": args.repeat,
                    "seed": args.seed, "language": LANGUAGE, "cpp_threads": CPP_THREADS,
                    "quiet_wait": args.quiet_wait, "retries": args.retries},
-        "machine": {**machine, "cpu_model": meta["cpu_model"]}, "versions": meta["versions"],
+        "machine": machine, "versions": meta["versions"],
         "command": meta["command"], "results": results,
     })
     written = [path, *pngs]
