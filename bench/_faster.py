@@ -12,8 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-from daemon.subtitles import render, write_atomic
-from daemon.transcript import Segment
+from daemon.formats.cues import Cue
+from daemon.formats.subtitles import srt
+from daemon.outputs import write_atomic
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -31,9 +32,10 @@ def main() -> None:
 
     model = WhisperModel(args.model_dir, device="cpu", compute_type=args.compute_type)
     segments, info = model.transcribe(args.audio, language=args.language)  # a generator: decoding runs here
-    cues = [Segment(s.start, s.end, s.text) for s in segments]
-    write_atomic(args.out, render(cues))
-    n = sum(1 for c in cues if c.text.strip())
+    # The engine's own segments as cues, unshaped: its output, and no time of ours in its run.
+    cues = [Cue(s.start, s.end, (s.text.strip(),), ()) for s in segments if s.text.strip()]
+    write_atomic(args.out, srt(cues))
+    n = len(cues)
     print(f"faster-whisper: {n} cues, language {info.language}, {info.duration:.1f} s of audio", file=sys.stderr)
 
 

@@ -12,8 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from daemon.subtitles import render, write_atomic
-from daemon.transcript import Segment
+from daemon.formats.cues import Cue
+from daemon.formats.subtitles import srt
+from daemon.outputs import write_atomic
 
 
 def main() -> None:
@@ -35,9 +36,10 @@ def main() -> None:
     model = Model(args.model, redirect_whispercpp_logs_to=None, **params)
     segments = model.transcribe(args.audio)
     # t0/t1 are in centiseconds (whisper.cpp's 10 ms units)
-    cues = [Segment(s.t0 / 100, s.t1 / 100, s.text) for s in segments]
-    write_atomic(args.out, render(cues))
-    n = sum(1 for c in cues if c.text.strip())
+    # The engine's own segments as cues, unshaped: its output, and no time of ours in its run.
+    cues = [Cue(s.t0 / 100, s.t1 / 100, (s.text.strip(),), ()) for s in segments if s.text.strip()]
+    write_atomic(args.out, srt(cues))
+    n = len(cues)
     print(f"whisper.cpp: {n} cues", file=sys.stderr)
 
 

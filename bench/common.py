@@ -28,8 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python bench/x.py` puts bench/ on sys.path, not the repo root
     sys.path.insert(0, str(REPO))
 
-from tests import speech  # noqa: E402  (needs the sys.path line above)
-from tests.daemon_proc import srt_text  # noqa: E402, F401  (for the benchmarks: one SRT reader for tests and benches)
+from tests import daemon_proc, speech  # noqa: E402  (needs the sys.path line above)
+
+srt_text = daemon_proc.srt_text  # for the benchmarks: one SRT reader for tests and benches
 
 BENCH = REPO / "bench"
 OUT = BENCH / "out"
@@ -248,7 +249,12 @@ def daemon_transcribe_all(audios: Sequence[Path], model: str, tmp: Path, languag
     if m.returncode != 0 or len(jobs) != len(audios) or any(job["status"] != "done" for job in jobs.values()):
         tail = log.read_text(encoding="utf-8", errors="replace")[-3000:] if log.is_file() else m.stderr[-3000:]
         raise RuntimeError(f"worker exited {m.returncode}; jobs: {list(jobs.values())}\n{tail}")
-    return [DaemonRun(m, Path(jobs[a.resolve()]["srt_path"]), jobs[a.resolve()], precision) for a in audios]
+    return [DaemonRun(m, _srt(jobs[a.resolve()]), jobs[a.resolve()], precision) for a in audios]
+
+
+def _srt(job: dict[str, Any]) -> Path:
+    """The SRT among a job's files, as `status --json` lists them."""
+    return next(Path(path) for path in job["outputs"] if path.endswith(".srt"))
 
 
 # --------------------------------------------------------------------------- openai-whisper

@@ -37,7 +37,7 @@ def main() -> None:
     per_file = Counter(Path(j["path"]).name for j in report.jobs)
     lost = (sorted(set(report.files) - set(per_file)) + [n for n, c in per_file.items() if c > 1]
             + [Path(j["path"]).name for j in report.jobs if j["status"] not in ("done", "duplicate")])
-    clean = sorted(report.outbox) == sorted(Path(j["srt_path"]).name for j in report.jobs)
+    clean = sorted(report.outbox) == sorted(report.written)
     verdict = "PASS" if not lost and clean and not report.unparsable and report.integrity == "ok" else "FAIL"
     print(f"lost or repeated: {lost or 'none'}; outbox holds exactly the SRTs: {clean}; {verdict}")
     path = common.write_result("faults_kill", {

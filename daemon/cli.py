@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
@@ -20,6 +20,7 @@ from daemon import config, logs
 from daemon.config import Config, ConfigError
 from daemon.db import Job, JobStatus, SchemaMismatch, WorkerRow, connect, connect_readonly
 from daemon.folders import SettingsError, settings_for
+from daemon.formats import FORMATS
 from daemon.registry import gone, workers
 from daemon.service import ACTIONS, add_service_parser, cmd_service
 from daemon.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL, PARENT_PID_ENV
@@ -30,17 +31,18 @@ EXIT_USAGE = 2
 # The settings flags, and which subcommands use each: a flag a subcommand would ignore is refused.
 SETTINGS_FLAGS: dict[str, dict[str, Any]] = {
     "inbox": dict(help="folder to watch for recordings"),
-    "outbox": dict(help="folder for .srt transcripts (not inside the inbox)"),
+    "outbox": dict(help="folder for the transcripts (not inside the inbox)"),
     "db": dict(help="SQLite queue database"),
     "model": dict(help="tiny, tiny.en, base, base.en, small, …; a .pt file; or a CTranslate2 folder"),
     "language": dict(help="spoken language, a code (en) or a name (english); default: detect"),
+    "formats": dict(help=f"files written per recording, comma-separated: {','.join(FORMATS)} (default srt)"),
     "quiet_seconds": dict(type=float, help="how long a new file must stay unchanged before it is queued (default 2)"),
     "config": dict(help=f"TOML settings file (default {config.default_config_file()} if present; \"\" for none)"),
 }
 SETTINGS_USED: dict[str, tuple[str, ...]] = {
     "run": tuple(SETTINGS_FLAGS),
     "watch": ("inbox", "outbox", "db", "quiet_seconds", "config"),
-    "work": ("inbox", "outbox", "db", "model", "language", "config"),
+    "work": ("inbox", "outbox", "db", "model", "language", "formats", "config"),
     "status": ("db", "config"),
     "enqueue": ("inbox", "db", "config"),
     "retry": ("db", "config"),
@@ -241,17 +243,19 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     except SchemaMismatch as e:
         print(f"whisper-daemon status: {e}", file=sys.stderr)
         return 1
-    jobs = JobQueue(engine).jobs(args.limit)
+    queue = JobQueue(engine)
+    jobs = queue.jobs(args.limit)
+    outputs = {job.id: queue.outputs(job.id) for job in jobs}
     rows = workers(engine)
     engine.dispose()
     now = datetime.now(timezone.utc)
     if args.json:
         print(json.dumps({"workers": [_plain(w.model_dump()) | {"state": _worker_state(w, now)} for w in rows],
-                          "jobs": [_job_dict(j) for j in jobs]}, indent=2, ensure_ascii=False))
+                          "jobs": [_job_dict(j, outputs[j.id]) for j in jobs]}, indent=2, ensure_ascii=False))
     else:
         print(_workers_table(rows, now))
         print()
-        print(_table(jobs))
+        print(_table(jobs, outputs))
     return 0
 
 
@@ -267,10 +271,10 @@ def _plain(data: dict[str, Any]) -> dict[str, Any]:
             for k, v in data.items()}
 
 
-def _job_dict(job: Job) -> dict[str, Any]:
+def _job_dict(job: Job, outputs: list[Path]) -> dict[str, Any]:
     data = _plain(job.model_dump())
     data.pop("prompt")  # decoder state, not for people
-    return data
+    return data | {"outputs": [str(path) for path in outputs]}
 
 
 def _worker_state(w: WorkerRow, now: datetime) -> str:
@@ -309,15 +313,16 @@ def progress_line(job: Job) -> str:
     return line
 
 
-def _table(jobs: list[Job]) -> str:
+def _table(jobs: list[Job], outputs: Mapping[int | None, list[Path]]) -> str:
+    """The jobs, one a line; `outputs`: the files of those that have any (JobQueue.outputs)."""
     if not jobs:
         return "no jobs yet: drop a recording into the inbox"
     rows = [("ID", "STATUS", "DURATION", "RTF", "TRIES", "LANG", "FILE", "PROGRESS / OUTPUT / ERROR")]
     for job in jobs:
         if job.status == JobStatus.RUNNING or (job.status == JobStatus.QUEUED and job.processed_seconds):
             detail = progress_line(job)
-        elif job.status in (JobStatus.DONE, JobStatus.DUPLICATE) and job.srt_path:
-            detail = Path(job.srt_path).name
+        elif job.status in (JobStatus.DONE, JobStatus.DUPLICATE) and outputs.get(job.id):
+            detail = ", ".join(path.name for path in outputs[job.id])
         else:
             detail = job.error or ""
         rows.append((str(job.id), job.status.value, _duration(job.audio_seconds),

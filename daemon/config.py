@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import platformdirs
+
+from daemon.formats import FORMATS
+from daemon.formats.cues import CueRules
 
 APP = "whisper-daemon"
 ENV_PREFIX = "WHISPER_DAEMON_"
@@ -24,6 +30,7 @@ CHINESE_SCRIPTS = ("simplified", "traditional", "as-is")  # as-is: the model's o
 UNSET = ""  # in the environment: an optional setting (or the config file) explicitly left unset
 _UNSET_WORDS = {UNSET, "none"}
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+CUES = CueRules()  # the cue_* settings' defaults
 
 
 class ConfigError(Exception):
@@ -40,6 +47,15 @@ class Config:
     task: str = "transcribe"  # or "translate": English text from speech in any language (multilingual models)
     prompt: str | None = None  # names, jargon and spellings the model should know; given to it on every window
     chinese_script: str = "simplified"  # simplified | traditional | as-is; load() picks the default from the locale
+    formats: tuple[str, ...] = ("srt",)  # the files written for each recording: srt, vtt, txt, json, tsv
+    # How subtitle cues (srt, vtt) are cut: see formats/cues.py's CueRules.
+    cue_line_chars: int = CUES.line_chars
+    cue_cjk_line_chars: int = CUES.cjk_line_chars
+    cue_lines: int = CUES.lines
+    cue_max_seconds: float = CUES.max_seconds
+    cue_min_seconds: float = CUES.min_seconds
+    cue_chars_per_second: float = CUES.chars_per_second
+    cue_gap_seconds: float = CUES.gap_seconds
     vad: bool = True  # Silero VAD: the model hears only speech, so it invents nothing over noise and music
     vad_threshold: float = 0.5  # speech probability above which VAD counts a 32 ms frame as speech
     beam_size: int | None = 5  # the CLI's; 2: 0.7x the time, more errors (bench/beams.py, realspeech.py); 1: greedy
@@ -51,6 +67,9 @@ class Config:
     max_attempts: int = 3
     min_available_mb: float = 1024.0  # pause (model kept) when free memory drops below this
     max_rss_mb: float = 4096.0  # after a job above this, exit so the service manager restarts fresh
+    notify: bool = False  # a desktop notification for each transcript ready (osascript, notify-send)
+    on_done: str | None = None  # a command (no shell) run with each transcript's file paths appended
+    webhook: str | None = None  # an http(s) URL that gets a JSON POST for each transcript ready
     log_dir: Path = Path(platformdirs.user_log_dir(APP))
     cache_dir: Path = Path(platformdirs.user_cache_dir(APP))
     config: Path | None = None  # the TOML file these settings were read from
@@ -58,8 +77,18 @@ class Config:
     def to_env(self) -> dict[str, str]:
         """Every setting as a WHISPER_DAEMON_* variable, unset ones and the config file included, so a
         child process or a service builds exactly this config whatever the default config.toml says."""
-        return {ENV_PREFIX + f.name.upper(): UNSET if (value := getattr(self, f.name)) is None else str(value)
-                for f in fields(self)}
+        return {ENV_PREFIX + f.name.upper(): _env_value(getattr(self, f.name)) for f in fields(self)}
+
+
+def _env_value(value: Any) -> str:
+    if value is None:
+        return UNSET
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
+def cue_rules(cfg: Config) -> CueRules:
+    """The cue_* settings as the rules formats/cues.py cuts subtitles by."""
+    return CueRules(**{f.name: getattr(cfg, f"cue_{f.name}") for f in fields(CueRules)})
 
 
 def default_config_file() -> Path:
@@ -81,6 +110,11 @@ def _coerce(name: str, hint: Any, raw: Any) -> Any:
     try:
         if target is Path:
             return Path(os.path.expanduser(str(raw))).absolute()
+        if typing.get_origin(target) is tuple:  # a TOML array, or "srt,vtt" in the environment or a flag
+            items = raw.split(",") if isinstance(raw, str) else raw
+            if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
+                raise ValueError(raw)
+            return tuple(item.strip().lower() for item in items if item.strip())
         if target is bool and isinstance(raw, str):  # bool("false") is True
             if raw.strip().lower() not in _TRUE | _FALSE:
                 raise ValueError(raw)
@@ -160,3 +194,51 @@ def validate(cfg: Config) -> None:
                           "(0.5 by default; lower keeps more quiet speech, higher drops more noise)")
     if not 1 <= cfg.chunk_seconds <= 30:
         raise ConfigError(f"chunk_seconds is {cfg.chunk_seconds}: it must be between 1 and 30 (Whisper's window)")
+    check_formats(cfg.formats)
+    check_cues(cfg)
+    check_delivery(cfg)
+
+
+def check_delivery(cfg: Config) -> None:
+    """The on_done command can be run, and the webhook is an http(s) URL (delivery.py)."""
+    if cfg.on_done is not None:
+        try:
+            program = (shlex.split(cfg.on_done) or [""])[0]
+        except ValueError as e:
+            raise ConfigError(f"on_done {cfg.on_done!r} cannot be split into a command and its arguments ({e}): "
+                              "check its quotes") from e
+        if os.sep in program and not os.path.isabs(program):  # it runs in the transcript's folder
+            raise ConfigError(f"on_done: {program!r} is a relative path: give the program's absolute path")
+        if shutil.which(program) is None:
+            raise ConfigError(f"on_done: {program!r} is neither an executable file nor a command on PATH: give its "
+                              "absolute path, or make it executable (chmod +x)")
+    if cfg.webhook is not None:
+        try:
+            url = urllib.parse.urlsplit(cfg.webhook)
+            port = url.port  # ValueError for one that is not a number up to 65535
+        except ValueError as e:
+            raise ConfigError(f"webhook is not a URL ({e}): give one like https://example.com/hook") from e
+        if url.scheme not in ("http", "https") or not url.hostname or port == 0:  # not shown: it may hold a password
+            raise ConfigError(f"webhook must be an http:// or https:// URL with a host, like https://example.com/hook "
+                              f"(this one has scheme {url.scheme!r}, host {url.hostname!r}, port {port}), or be left "
+                              "unset")
+
+
+def check_formats(formats: tuple[str, ...]) -> None:
+    choices = f"choose one or more of {', '.join(FORMATS)}, e.g. formats = [\"srt\", \"txt\"] (\"srt,txt\" in a flag)"
+    if not formats:
+        raise ConfigError(f"formats is empty: {choices}")
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise ConfigError(f"formats: {fmt!r} is not a format whisper-daemon writes: {choices}")
+        if formats.count(fmt) > 1:
+            raise ConfigError(f"formats names {fmt!r} twice: name each format once")
+
+
+def check_cues(cfg: Config) -> None:
+    for f in fields(CueRules):
+        if (value := getattr(cfg, f"cue_{f.name}")) <= 0:
+            raise ConfigError(f"cue_{f.name} is {value}: it must be more than 0 (default {getattr(CUES, f.name)})")
+    if cfg.cue_min_seconds > cfg.cue_max_seconds:
+        raise ConfigError(f"cue_min_seconds ({cfg.cue_min_seconds}) is longer than cue_max_seconds "
+                          f"({cfg.cue_max_seconds}): a cue cannot be both; lower the first or raise the second")

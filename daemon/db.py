@@ -30,7 +30,7 @@ BUSY_TIMEOUT_MS = 30_000
 # Pragmas applied to every connection; tests read them back.
 PRAGMAS = {"journal_mode": "wal", "busy_timeout": BUSY_TIMEOUT_MS, "synchronous": 1, "foreign_keys": 1}
 READ_PRAGMAS = {"busy_timeout": BUSY_TIMEOUT_MS, "query_only": 1}  # `status`: reading must not disturb
-SCHEMA_VERSION = 1  # PRAGMA user_version; 0 is the unversioned schema of the first releases
+SCHEMA_VERSION = 2  # PRAGMA user_version; 0 is the unversioned schema of the first releases
 # After a checkpoint lets the WAL start over, SQLite truncates the file to this size; without it the
 # WAL keeps its high-water size for good (readers that hold checkpoints back can make that large).
 WAL_SIZE_LIMIT_BYTES = 4 << 20
@@ -97,10 +97,6 @@ class Job(SQLModel, table=True):
     size: int
     mtime_ns: int
     status: JobStatus = Field(default=JobStatus.QUEUED, sa_column=_enum_column(JobStatus, JobStatus.QUEUED, "job_status"))
-    # The transcript as written. Chosen when it is written, from the worker's outbox, never at enqueue.
-    srt_path: str | None = None
-    srt_key: str | None = Field(default=None, index=True)  # srt_path as a case- and normalisation-blind file system sees it
-    srt_sha256: str | None = None  # what was written there: a file with other bytes is not ours to replace
     error: str | None = None
     attempts: int = 0
     # Worker deaths in a row while holding this job without finishing a window: a file that kills
@@ -141,6 +137,25 @@ class SegmentRow(SQLModel, table=True):
     start: float
     end: float
     text: str
+    # JSON [[start, end, text, probability], …]: the segment's words (queue.py); "[]" for segments
+    # stored before word timing existed.
+    words: str = Field(default="[]", sa_column_kwargs={"server_default": "[]"})
+
+
+class OutputRow(SQLModel, table=True):
+    """A file written for a job, one row per format. Chosen when the transcript is written, from the
+    worker's outbox, never at enqueue; recorded just before the file is written."""
+
+    __tablename__ = "outputs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    format: str  # formats.FORMATS: srt, vtt, txt, json, tsv
+    path: str
+    key: str = Field(index=True)  # path as a case- and normalisation-blind file system sees it (outputs.output_key)
+    # What was written there: a file with other bytes is not ours to replace. None: written before
+    # hashes were kept (schema version 0).
+    sha256: str | None = None
 
 
 class WorkerRow(SQLModel, table=True):
@@ -225,7 +240,8 @@ def _upgrade(engine: Engine) -> None:
     SQLite cannot change a column's constraints in place, so each table is rebuilt from the
     current model (create, copy the columns both have, drop, rename: SQLite's documented
     procedure) with foreign keys off, under the write lock, so that two processes starting
-    together do it once."""
+    together do it once. What moved to another table is read before the rebuild drops it (the
+    transcripts versions 0 and 1 kept in `jobs`, now rows of `outputs`)."""
     raw = engine.raw_connection()
     db: sqlite3.Connection = raw.driver_connection  # type: ignore[assignment]
     try:
@@ -238,9 +254,11 @@ def _upgrade(engine: Engine) -> None:
                                      f"whisper-daemon's {SCHEMA_VERSION}: upgrade whisper-daemon")
             if version < SCHEMA_VERSION:
                 present = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                srt_outputs = _srt_outputs(db, version) if "jobs" in present else []  # before jobs loses them
                 for table in SQLModel.metadata.sorted_tables:
                     _rebuild(db, table, engine.dialect, copy=table.name in present and table.name != "workers")
-                _fill_new_columns(db, version)
+                db.executemany("INSERT INTO outputs (job_id, format, path, key, sha256) VALUES (?, 'srt', ?, ?, ?)",
+                               srt_outputs)
                 if db.execute("PRAGMA foreign_key_check").fetchall():
                     raise SchemaMismatch("the queue database has rows that point at missing jobs")
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -272,14 +290,18 @@ def _rebuild(db: sqlite3.Connection, table: Table, dialect: Dialect, copy: bool)
         db.execute(str(CreateIndex(index).compile(dialect=dialect)))
 
 
-def _fill_new_columns(db: sqlite3.Connection, version: int) -> None:
-    """Rows written by version 0 (before schema versions): transcript names were fixed at enqueue
-    time; now they are chosen when written, so unfinished jobs forget theirs."""
-    if version >= 1:
-        return
-    db.execute("UPDATE jobs SET srt_path = NULL WHERE status IN ('queued', 'running')")
-    for job_id, srt_path in db.execute("SELECT id, srt_path FROM jobs WHERE srt_path IS NOT NULL").fetchall():
-        db.execute("UPDATE jobs SET srt_key = ? WHERE id = ?", (output_key(Path(srt_path)), job_id))
+def _srt_outputs(db: sqlite3.Connection, version: int) -> list[tuple[int, str, str, str | None]]:
+    """Versions 0 and 1 wrote one SRT per job, kept in jobs.srt_path (and, in version 1, srt_sha256):
+    (job id, path, key, sha256) for `outputs`. Version 0 named the file at enqueue time; names are
+    now chosen when written, so its unfinished jobs have none yet. Keys are computed again, by
+    today's output_key, as the new rows will be compared with."""
+    if version >= 2:
+        return []
+    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    sha256 = "srt_sha256" if "srt_sha256" in columns else "NULL"
+    unfinished = "AND status NOT IN ('queued', 'running')" if version == 0 else ""
+    found = db.execute(f"SELECT id, srt_path, {sha256} FROM jobs WHERE srt_path IS NOT NULL {unfinished} ORDER BY id")
+    return [(job_id, path, output_key(Path(path)), digest) for job_id, path, digest in found.fetchall()]
 
 
 def checkpoint(engine: Engine) -> None:

@@ -91,6 +91,8 @@ class _Layer:
         self.n_head = block.attn.n_head
         self.audio_k = _heads(_project(audio, cross.key), self.n_head).contiguous()
         self.audio_v = _heads(_project(audio, cross.value), self.n_head).contiguous()
+        self.recorded_heads: list[int] = []  # word timing: keep these heads' attention logits
+        self.recorded: Tensor | None = None  # (rows, heads, positions, audio positions)
 
     def forward(self, x: Tensor, start: int, group: int) -> Tensor:
         """Run `x` (rows, positions, state) at positions start…; rows are `group` per window."""
@@ -119,6 +121,9 @@ class _Layer:
         windows = rows // group
         q = _project(h, self.cross.query).view(windows, group * positions, self.n_head, -1).transpose(1, 2).float()
         out = F.scaled_dot_product_attention(q, self.audio_k, self.audio_v)
+        if self.recorded_heads:
+            heads = self.recorded_heads
+            self.recorded = q[:, heads] @ self.audio_k[:, heads].transpose(-1, -2) * q.shape[-1] ** -0.5
         out = out.transpose(1, 2).reshape(rows, positions, state).to(h.dtype)
         return _project(out, self.cross.out)
 
@@ -272,6 +277,21 @@ class Decoder:
             else:
                 break
         return sequence[len(initial):]
+
+    @torch.inference_mode()
+    def attention(self, audio: Tensor, tokens: Sequence[int], heads: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+        """What word timing (timing.py) reads of `tokens`, run as a sequence of their own over one
+        encoded window: the cross-attention logits of `heads` (layer, head), as (head, token, audio
+        position) in the order given, and each position's logits for the next token."""
+        blocks = self.model.decoder.blocks
+        cache = _TextCache(len(blocks), 1, len(tokens), audio.shape[-1], audio.device)
+        layers = [_Layer(block, i, audio, cache) for i, block in enumerate(blocks)]
+        for layer in layers:
+            layer.recorded_heads = [h for i, h in heads if i == layer.index]
+        hidden = self._hidden(torch.tensor([list(tokens)], device=audio.device), layers, 0, 1)
+        recorded = {(layer.index, h): layer.recorded[0, k]  # type: ignore[index]
+                    for layer in layers for k, h in enumerate(layer.recorded_heads)}
+        return torch.stack([recorded[head] for head in heads]), self._logits(hidden[0])
 
     def _hidden(self, tokens: Tensor, layers: list[_Layer], start: int, group: int) -> Tensor:
         d = self.model.decoder

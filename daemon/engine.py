@@ -14,7 +14,7 @@ segments, and the caller decides what to do between windows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,12 +25,12 @@ from whisper.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram, 
 from whisper.decoding import DecodingResult
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
-from daemon import chinese, chunking, vad
+from daemon import chinese, chunking, timing, vad
 from daemon.audio import SAMPLE_RATE, stream_audio
 from daemon.config import ConfigError
 from daemon.decoder import Decoder
 from daemon.repeats import drop_repeats
-from daemon.transcript import Checkpoint, Segment, Window
+from daemon.transcript import Checkpoint, Segment, Window, Word
 
 CHUNK_SECONDS = 30  # Whisper's own window; shorter chunks checkpoint more often but cost speed
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -63,8 +63,8 @@ def _worth_keeping(segment: Segment) -> bool:
 
 
 def _snap(segments: list[Segment], keep: np.ndarray | None, start: int, offset: int) -> list[Segment]:
-    """Segments stamped across a muted pause moved to the speech they hold: over silence Whisper
-    tends to start a line where the last one ended. A stretch of speech holding less than a
+    """Segments stamped across a muted pause moved, with their words, to the speech they hold: over
+    silence Whisper tends to start a line where the last one ended. A stretch of speech holding less than a
     SNAP_SHARE of a segment's speech (the tail of the sentence before) is not its speech.
     `keep`: the buffer's speech frames; the segments were decoded from frame `start` of the buffer,
     which begins at sample `offset`."""
@@ -80,7 +80,10 @@ def _snap(segments: list[Segment], keep: np.ndarray | None, start: int, offset: 
         total = sum(b - a for a, b in held)
         held = [(a, b) for a, b in held if b - a >= SNAP_SHARE * total]
         if held:
-            seg = replace(seg, start=(at + held[0][0]) / frames_per_second, end=(at + held[-1][1]) / frames_per_second)
+            start_s, end_s = (at + held[0][0]) / frames_per_second, (at + held[-1][1]) / frames_per_second
+            words = tuple(replace(w, start=min(max(w.start, start_s), end_s), end=min(max(w.end, start_s), end_s))
+                          for w in seg.words)
+            seg = replace(seg, start=start_s, end=end_s, words=words)
         snapped.append(seg)
     return snapped
 
@@ -188,7 +191,8 @@ class Engine:
             torch.manual_seed(offset)
             features = self._encode(mel[None])
             result = self._decode_with_fallback(decoder, features, self._prompt(fixed, prompt))
-            segments, advance = self._cut(decoder, features, result, offset / SAMPLE_RATE, content_frames)
+            segments, advance = self._cut(decoder, features, result, offset / SAMPLE_RATE, content_frames,
+                                          self._onset(feed, 0, content_frames))
             kept, looped = drop_repeats(self._lines(prompt, decoder.tokenizer),
                                         [s for s in _snap(segments, keep, 0, offset) if _worth_keeping(s)])
             if looped:
@@ -252,7 +256,7 @@ class Engine:
                 rest: list[tuple[int, int]] = []
                 for i, ((a, b), result) in enumerate(zip(voiced, results)):
                     found, advance = self._cut(decoder, features[i:i + 1], result,
-                                               (offset + a * HOP_LENGTH) / SAMPLE_RATE, b - a)
+                                               (offset + a * HOP_LENGTH) / SAMPLE_RATE, b - a, self._onset(feed, a, b))
                     segments.extend(s for s in _snap(found, keep, a, offset) if _worth_keeping(s))
                     # Whisper stopped early or left a sentence unfinished: decode the rest again,
                     # from its last timestamp, as whisper's own seek loop would.
@@ -292,6 +296,14 @@ class Engine:
             return (end, end) if chunking.is_silent(feed.audio[start * HOP_LENGTH:end * HOP_LENGTH]) else (start, end)
         speech = np.flatnonzero(keep[start:end])
         return (start + int(speech[0]), start + int(speech[-1]) + 1) if len(speech) else (end, end)
+
+    def _onset(self, feed: _Feed, start: int, end: int) -> float:
+        """Seconds from frame `start` to the first frame of [start, end) the detector heard speech
+        in (0.0 without VAD): word timing starts the first word there (timing.word_times)."""
+        if not self.settings.vad:
+            return 0.0
+        speech = np.flatnonzero(feed.probs[start:end] >= self.settings.vad_threshold)
+        return float(speech[0]) * HOP_LENGTH / SAMPLE_RATE if len(speech) else 0.0
 
     @staticmethod
     def _muted(feed: _Feed, keep: np.ndarray | None, start: int, end: int) -> np.ndarray:
@@ -346,20 +358,50 @@ class Engine:
         return [tokenizer.timestamp_begin, *tokenizer.encode(" " + text), end]
 
     def _cut(self, decoder: Decoder, features: torch.Tensor, result: DecodingResult, window_start: float,
-             content_frames: int) -> tuple[list[Segment], int]:
-        """A window's segments and how many mel frames to seek (see _segments). A language with a style
-        sample (Mandarin) gets its punctuation from a second pass over the same tokens, prompted with
-        the sample, that only adds marks: a style prompt in the decoding itself changes the words
-        (bench/zh_prompt.py). The segments' tokens, carried as the next prompt, stay the decoding's own."""
-        segments, advance = self._segments(result, decoder.tokenizer, window_start, content_frames)
-        style = chinese.language_prompt(self._script(decoder.tokenizer))
-        if style and segments:
-            marks = [decoder.tokenizer.encode(mark) for mark in chinese.MARKS]
-            marked = decoder.punctuate(features, decoder.tokenizer.encode(" " + style), result.tokens, marks)
-            shown, _ = self._segments(replace(result, tokens=marked), decoder.tokenizer, window_start,
-                                      content_frames)
-            segments = [replace(seg, text=chinese.full_width(punctuated.text))
-                        for seg, punctuated in zip(segments, shown, strict=True)]
+             content_frames: int, onset: float) -> tuple[list[Segment], int]:
+        """A window's segments with their words, and how many mel frames to seek (see _pieces).
+
+        A language with a style sample (Mandarin) gets its punctuation from a second pass over the
+        same tokens, prompted with the sample, that only adds marks: a style prompt in the decoding
+        itself changes the words (bench/zh_prompt.py). The words are timed on the text as shown
+        (timing.py); the segments' tokens, carried as the next prompt, stay the decoding's own."""
+        t = decoder.tokenizer
+        pieces, advance = self._pieces(result, t, content_frames)
+        if not pieces:
+            return [], advance
+        script = self._script(t)
+        shown = [piece for piece, _, _ in pieces]
+        style = chinese.language_prompt(script)
+        if style:
+            marks = [t.encode(mark) for mark in chinese.MARKS]
+            marked = decoder.punctuate(features, t.encode(" " + style), result.tokens, marks)
+            shown = [piece for piece, _, _ in self._pieces(replace(result, tokens=marked), t, content_frames)[0]]
+
+        def show(text: str) -> str:
+            text = chinese.convert(text, script)
+            return chinese.full_width(text) if style else text
+
+        content_end = window_start + content_frames * HOP_LENGTH / SAMPLE_RATE
+
+        def at(seconds: float) -> float:  # the model can stamp past the end of a short last window
+            return min(window_start + seconds, content_end)
+
+        timed = timing.word_times(decoder, features, [[x for x in piece if x < t.eot] for piece in shown],
+                                  content_frames, [(a * self.time_precision, b * self.time_precision)
+                                                   for _, a, b in pieces], onset)
+        segments = []
+        for (piece, _, _), shown_piece, (words, start, end) in zip(pieces, shown, timed, strict=True):
+            texts = _shown_words([w.word for w in words], show)
+            text = "".join(texts) if words else show(t.decode([x for x in shown_piece if x < t.eot]))
+            raw = t.decode([x for x in piece if x < t.eot])
+            if chinese.convert(raw, script) != raw:
+                # Carry the converted text: a prompt in the chosen script keeps the model writing it.
+                head = piece[:1] if piece[0] >= t.timestamp_begin else []
+                tail = piece[-1:] if len(piece) > 1 and piece[-1] >= t.timestamp_begin else []
+                piece = [*head, *t.encode(chinese.convert(raw, script)), *tail]
+            segments.append(Segment(at(start), at(end), text.strip(), tuple(piece),
+                                    tuple(Word(at(w.start), at(w.end), shown_text, w.probability)
+                                          for w, shown_text in zip(words, texts))))
         return segments, advance
 
     def _prompt(self, fixed: list[int], carried: list[int]) -> list[int]:
@@ -409,10 +451,10 @@ class Engine:
         assert result is not None
         return result
 
-    def _segments(
-        self, result: DecodingResult, tokenizer: Tokenizer, window_start: float, content_frames: int
-    ) -> tuple[list[Segment], int]:
-        """Cut a window's tokens into timed segments; return them and how many mel frames to seek.
+    def _pieces(self, result: DecodingResult, tokenizer: Tokenizer,
+                content_frames: int) -> tuple[list[tuple[list[int], int, int]], int]:
+        """Cut a window's tokens into its segments' tokens, each with its start and end in audio
+        positions (20 ms) from the window's start; return them and how many mel frames to seek.
 
         An unfinished last segment is dropped and the window re-starts at its beginning, so a
         sentence that runs across the window edge is decoded whole in the next window.
@@ -424,36 +466,31 @@ class Engine:
         is_ts = [t >= begin for t in tokens]
         cuts = [i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]]
         single_ending = is_ts[-2:] == [False, True]
-        content_end = window_start + content_frames * HOP_LENGTH / SAMPLE_RATE
-
-        script = self._script(tokenizer)
-
-        def segment(piece: list[int], start_pos: int, end_pos: int) -> Segment:
-            # The model can stamp past the end of a short last window; no cue outlives the audio.
-            raw = tokenizer.decode([t for t in piece if t < tokenizer.eot])
-            text = chinese.convert(raw, script)
-            if text != raw:
-                # Carry the converted text: a prompt in the chosen script keeps the model writing it.
-                head = piece[:1] if piece[0] >= begin else []
-                tail = piece[-1:] if len(piece) > 1 and piece[-1] >= begin else []
-                piece = [*head, *tokenizer.encode(text), *tail]
-            return Segment(min(window_start + start_pos * self.time_precision, content_end),
-                           min(window_start + end_pos * self.time_precision, content_end),
-                           text.strip(), tuple(piece))
-
         if not cuts:
             stamps = [t for t in tokens if t >= begin]
-            duration_pos = (content_frames // self.input_stride if not stamps or stamps[-1] == begin
-                            else stamps[-1] - begin)
-            return [segment(tokens, 0, duration_pos)], content_frames
+            duration = (content_frames // self.input_stride if not stamps or stamps[-1] == begin
+                        else stamps[-1] - begin)
+            return [(list(tokens), 0, duration)], content_frames
         if single_ending:
             cuts.append(len(tokens))
-        segments = []
+        pieces = []
         last = 0
         for cut in cuts:
-            piece = tokens[last:cut]
-            segments.append(segment(piece, piece[0] - begin, piece[-1] - begin))
+            piece = list(tokens[last:cut])
+            pieces.append((piece, piece[0] - begin, piece[-1] - begin))
             last = cut
         if single_ending:
-            return segments, content_frames
-        return segments, (tokens[last - 1] - begin) * self.input_stride
+            return pieces, content_frames
+        return pieces, (tokens[last - 1] - begin) * self.input_stride
+
+
+def _shown_words(words: list[str], show: Callable[[str], str]) -> list[str]:
+    """The words as the transcript shows them, after `show` (script conversion, full-width marks).
+    Converted together, so that OpenCC sees whole phrases; split again where the words were, when
+    the conversion kept the length (character for character, as OpenCC's tables almost always do)."""
+    joined = "".join(words)
+    converted = show(joined)
+    if len(converted) != len(joined):
+        return [show(word) for word in words]
+    ends = np.cumsum([len(word) for word in words])
+    return [converted[a:b] for a, b in zip([0, *ends[:-1]], ends)]

@@ -19,11 +19,11 @@ from pathlib import Path
 from sqlalchemy import Engine, delete, func, or_, update
 from sqlmodel import Session, col, select
 
-from daemon.db import Job, JobStatus, SegmentRow, reading, utcnow, writing
+from daemon.db import Job, JobStatus, OutputRow, SegmentRow, reading, utcnow, writing
 from daemon.folders import dumps
 from daemon.inputs import Fingerprint, as_text, canonical, fingerprint
-from daemon.outputs import existing, names, output_key
-from daemon.transcript import Checkpoint, Segment, Window
+from daemon.outputs import existing, fits, names, output_key, paths
+from daemon.transcript import Checkpoint, Segment, Window, Word
 
 MAX_ATTEMPTS = 3
 # A worker renews its lease with every window and every heartbeat (at most 2 minutes apart, the
@@ -207,7 +207,8 @@ class JobQueue:
             job = _held(session, job_id, holder)
             seq = session.exec(select(func.count()).where(SegmentRow.job_id == job_id)).one()
             for i, seg in enumerate(window.segments, start=seq):
-                session.add(SegmentRow(job_id=job_id, seq=i, start=seg.start, end=seg.end, text=seg.text))
+                session.add(SegmentRow(job_id=job_id, seq=i, start=seg.start, end=seg.end, text=seg.text,
+                                       words=_words_json(seg.words)))
             job.processed_seconds = window.checkpoint.offset_seconds
             job.prompt = json.dumps(window.checkpoint.prompt)
             job.language = window.checkpoint.language
@@ -226,29 +227,30 @@ class JobQueue:
                                      .values(lease_until=self.clock() + LEASE))
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    def reserve_output(self, job_id: int, holder: str, folder: Path, text: str) -> Path:
-        """Choose where this job's transcript goes and record it before it is written.
+    def reserve_outputs(self, job_id: int, holder: str, folder: Path, texts: Mapping[str, str]) -> dict[str, Path]:
+        """Choose where this job's files go, one stem for all its formats (`texts`: format → the
+        text to write), and record them, in place of the job's earlier ones, before they are written.
 
-        The input's own earlier transcript in `folder` is replaced (new content at the same path);
-        otherwise the first of `names()` that no other input owns and that holds no file this input
-        did not write. Recording the bytes about to be written first means a crash between the two
-        steps leaves a file this input still recognises as its own."""
+        The input's own earlier files in `folder` are replaced (new content at the same path);
+        otherwise the first of `names()` whose every file is owned by no other input and holds no
+        bytes this input did not write. Recording the bytes about to be written first means a crash
+        between the two steps leaves files this input still recognises as its own."""
         with writing(self.engine) as session:
             job = _held(session, job_id, holder)
-            written = session.exec(select(Job).where(Job.path == job.path, col(Job.srt_path).is_not(None))
-                                   .order_by(col(Job.id).desc())).all()
-            hashes = {j.srt_sha256 for j in written if j.srt_sha256}
-            legacy = {j.srt_key for j in written if j.srt_sha256 is None}  # written before hashes were kept
-            earlier = [Path(j.srt_path) for j in written if Path(j.srt_path).parent == folder]  # type: ignore[arg-type]
-            for candidate in itertools.chain(earlier, names(folder, Path(job.path).stem)):
-                key = output_key(candidate)
-                if session.exec(select(Job.id).where(Job.srt_key == key, Job.path != job.path)).first() is not None:
-                    continue  # another input's transcript
-                on_disk = existing(candidate)
-                if on_disk is None or key in legacy or _sha256_or_none(on_disk) in hashes:
-                    job.srt_path, job.srt_key = str(candidate), key
-                    job.srt_sha256 = hashlib.sha256(text.encode()).hexdigest()
-                    session.add(job)
+            written = session.exec(select(OutputRow).join(Job, col(OutputRow.job_id) == Job.id)
+                                   .where(Job.path == job.path).order_by(col(OutputRow.id).desc())).all()
+            hashes = {o.sha256 for o in written if o.sha256}
+            legacy = {o.key for o in written if o.sha256 is None}  # written before hashes were kept
+            earlier = dict.fromkeys(Path(o.path).name.removesuffix(f".{o.format}") for o in written
+                                    if Path(o.path).parent == folder)
+            candidates = itertools.chain((paths(folder, stem, texts) for stem in earlier if fits(stem, texts)),
+                                         names(folder, Path(job.path).stem, texts))
+            for candidate in candidates:
+                if all(_ours(session, job.path, path, hashes, legacy) for path in candidate.values()):
+                    session.exec(delete(OutputRow).where(col(OutputRow.job_id) == job_id))  # type: ignore[call-overload]
+                    for fmt, path in candidate.items():
+                        session.add(OutputRow(job_id=job_id, format=fmt, path=str(path), key=output_key(path),
+                                              sha256=hashlib.sha256(texts[fmt].encode()).hexdigest()))
                     return candidate
         raise AssertionError("names() is endless")
 
@@ -295,7 +297,13 @@ class JobQueue:
     def segments(self, job_id: int) -> list[Segment]:
         with reading(self.engine) as session:
             rows = session.exec(select(SegmentRow).where(SegmentRow.job_id == job_id).order_by(col(SegmentRow.seq)))
-            return [Segment(r.start, r.end, r.text) for r in rows]
+            return [Segment(r.start, r.end, r.text, words=_words(r.words)) for r in rows]
+
+    def outputs(self, job_id: int) -> list[Path]:
+        """The files written for a job, in the order they were written."""
+        with reading(self.engine) as session:
+            return [Path(p) for p in session.exec(select(OutputRow.path).where(OutputRow.job_id == job_id)
+                                                  .order_by(col(OutputRow.id)))]
 
     @staticmethod
     def checkpoint_of(job: Job) -> Checkpoint:
@@ -328,6 +336,28 @@ def _latest_for_path(session: Session, path: Path) -> Job | None:
 
 def _has_segments(session: Session, job_id: int) -> bool:
     return session.exec(select(SegmentRow.id).where(SegmentRow.job_id == job_id).limit(1)).first() is not None
+
+
+def _ours(session: Session, input_path: str, path: Path, hashes: set[str | None], legacy: set[str]) -> bool:
+    """Whether the input at `input_path` may write `path`: no other input's file, and nothing there
+    but what this input wrote (`hashes`, or a `legacy` file of its own written before hashes were kept)."""
+    key = output_key(path)
+    other = session.exec(select(OutputRow.id).join(Job, col(OutputRow.job_id) == Job.id)
+                         .where(OutputRow.key == key, Job.path != input_path).limit(1)).first()
+    if other is not None:
+        return False
+    on_disk = existing(path)
+    return on_disk is None or key in legacy or _sha256_or_none(on_disk) in hashes
+
+
+def _words_json(words: Iterable[Word]) -> str:
+    """A segment's words for SegmentRow.words: times to the millisecond, probabilities to 4 places."""
+    return json.dumps([[round(w.start, 3), round(w.end, 3), w.text, round(w.probability, 4)] for w in words],
+                      ensure_ascii=False)
+
+
+def _words(stored: str) -> tuple[Word, ...]:
+    return tuple(Word(start, end, text, probability) for start, end, text, probability in json.loads(stored))
 
 
 def _sha256_or_none(path: Path) -> str | None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import APP, Config
-from daemon.subtitles import write_atomic
+from daemon.outputs import write_atomic
 from daemon.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL
 
 ACTIONS = ("install", "uninstall", "start", "stop", "restart", "status")

@@ -1,4 +1,4 @@
-"""Plain data passed between the engine, the queue and the SRT writer (no torch here)."""
+"""Plain data passed between the engine, the queue and the output formats (no torch here)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,32 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class Word:
+    """One word with its time, from the cross-attention alignment (timing.py)."""
+
+    start: float  # seconds from the start of the recording
+    end: float
+    text: str  # as the transcript writes it: with its leading space in spaced scripts, none in CJK
+    probability: float = 1.0  # the model's probability of the word's tokens (their product's mean)
+
+
+@dataclass(frozen=True)
 class Segment:
     start: float  # seconds from the start of the recording, never from the window
     end: float
-    text: str
+    text: str  # when `words` is not empty: exactly "".join(w.text for w in words).strip()
     tokens: tuple[int, ...] = ()  # with timestamps: fed back as the next window's prompt
+    words: tuple[Word, ...] = ()  # empty for segments stored before word timing existed
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """What every output format renders: a job's segments and what it was made with."""
+
+    segments: tuple[Segment, ...]
+    language: str | None = None
+    model: str | None = None
+    duration: float | None = None  # seconds of audio
 
 
 @dataclass(frozen=True)

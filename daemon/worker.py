@@ -19,19 +19,20 @@ from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE  # in the worker only:
 
 from daemon import logs, precision
 from daemon.audio import AudioError, probe_seconds
-from daemon.config import Config, ConfigError
+from daemon.config import Config, ConfigError, cue_rules
+from daemon.delivery import Delivery, Ready
 from daemon.db import Job, JobStatus, WorkerState, checkpoint, connect, slots_dir, storage_error
 from daemon.engine import DecodeSettings, Engine
 from daemon.folders import SETTINGS_FILE, SettingsError, settings_for
+from daemon.formats import render
 from daemon.guards import (
     BACKOFF_MAX_SECONDS, BACKOFF_START_SECONDS, MB, Guard, Memory, Status, model_fits, release_memory, rss_mb,
 )
 from daemon.inputs import Fingerprint, fingerprint, refusal
-from daemon.outputs import folder_for
+from daemon.outputs import folder_for, write_atomic
 from daemon.queue import JobQueue, LeaseLost
 from daemon.registry import Registry, take_slot
-from daemon.subtitles import render, write_atomic
-from daemon.transcript import Segment
+from daemon.transcript import Transcript
 from daemon.weights import ModelError, ResolvedModel, load_resolved, resolve_model, smaller_models
 
 IDLE_MIN_SECONDS = 0.2
@@ -41,6 +42,7 @@ RECOVER_SECONDS = 60.0  # how often an idle worker looks for jobs whose worker d
 PACE_MIN_SHARE = 0.8  # windows with less audio than this share of a window don't teach the throttle guard
 STORAGE_BACKOFF_START_SECONDS = 2.0  # disk full or I/O error: first wait before trying the job again
 STORAGE_BACKOFF_MAX_SECONDS = 300.0
+DELIVERY_CLOSE_SECONDS = 5.0  # at shutdown, announcements still pending get this long (launchd waits 20 s)
 
 
 class Worker:
@@ -63,6 +65,7 @@ class Worker:
         self._last_beat = 0.0
         self._last_recovery = 0.0
         self._storage_backoff = STORAGE_BACKOFF_START_SECONDS
+        self.delivery = Delivery(cfg.notify, cfg.on_done, cfg.webhook)
 
     def initialize(self) -> None:
         self._recover()
@@ -170,6 +173,7 @@ class Worker:
         return True
 
     def shutdown(self) -> None:
+        self.delivery.close(DELIVERY_CLOSE_SECONDS)
         self.registry.unregister()
         self.queue.engine.dispose()
         self.slot.release()
@@ -256,10 +260,10 @@ class Worker:
             self._transcribe(job, seen, settings)
             return
         assert twin.id is not None
-        srt = self._write(job, self.queue.segments(twin.id))
-        self.queue.finish(job.id, self.name, JobStatus.DUPLICATE, duplicate_of=twin.id, audio_seconds=twin.audio_seconds,
-                          rtf=0.0, progress=1.0, language=twin.language, model=twin.model, precision=twin.precision)
-        logger.info("job {}: same content as job {}; rendered its transcript to {}", job.id, twin.id, srt)
+        written = self._write(job, Transcript(tuple(self.queue.segments(twin.id)), twin.language, twin.model,
+                                              twin.audio_seconds))
+        self._written(job, written, JobStatus.DUPLICATE, duplicate_of=twin.id, audio_seconds=twin.audio_seconds,
+                      rtf=0.0, progress=1.0, language=twin.language, model=twin.model, precision=twin.precision)
 
     def _settings_of(self, job: Job) -> dict[str, str | None]:
         """The job's complete settings: what its folders asked for when it was queued (looked up now
@@ -292,6 +296,7 @@ class Worker:
                                        **settings)
         began = window_began = self.clock()
         processed = decoded = start.offset_seconds  # resumed at the very end: no window, nothing new decoded
+        language = start.language
         try:
             for window in self.engine.windows(path, start):
                 now = self.clock()
@@ -300,6 +305,7 @@ class Worker:
                 full = window.model_seconds >= PACE_MIN_SHARE * self.cfg.chunk_seconds
                 pace = (now - window_began) / window.model_seconds if full else None
                 processed, decoded = window.checkpoint.offset_seconds, window.decoded_seconds
+                language = window.checkpoint.language
                 rtf = (now - began) / max(processed - start.offset_seconds, 1e-6)
                 self.queue.save_window(job.id, self.name, window, expected, rtf, self.model_name, self.precision)
                 release_memory()
@@ -314,24 +320,41 @@ class Worker:
                     logger.info("job {}: stopped at {:.1f} s; it resumes there next time", job.id, processed)
                     return
                 window_began = self.clock()
-            srt = self._write(job, self.queue.segments(job.id))
+            written = self._write(job, Transcript(tuple(self.queue.segments(job.id)), language, self.model_name,
+                                                  decoded))
         except AudioError as e:
             self.queue.fail(job.id, self.name, f"{path.name}: {e}")
             logger.warning("job {} failed: {}: {}", job.id, path.name, e)
             return
-        done = self.queue.finish(job.id, self.name, JobStatus.DONE, progress=1.0, audio_seconds=decoded,
-                                 model=self.model_name, precision=self.precision)
-        logger.info("job {}: done, {:.1f} s of audio at {:.2f}x real time → {}", job.id,
-                    done.audio_seconds or 0.0, done.rtf or 0.0, srt)
+        self._written(job, written, JobStatus.DONE, progress=1.0, audio_seconds=decoded, model=self.model_name,
+                      precision=self.precision)
 
-    def _write(self, job: Job, segments: list[Segment]) -> Path:
-        """Render the transcript, choose its name in this worker's outbox, write it atomically."""
+    def _write(self, job: Job, transcript: Transcript) -> dict[str, Path]:
+        """Render the transcript in every format of `formats`, choose their names in this worker's
+        outbox, write each atomically; format → path."""
         assert job.id is not None
-        text = render(segments)
+        rules = cue_rules(self.cfg)
+        texts = {fmt: render(fmt, transcript, rules) for fmt in self.cfg.formats}
         folder = folder_for(Path(job.path), self.cfg.inbox, self.cfg.outbox)
-        srt = self.queue.reserve_output(job.id, self.name, folder, text)
-        write_atomic(srt, text)
-        return srt
+        written = self.queue.reserve_outputs(job.id, self.name, folder, texts)
+        for fmt, path in written.items():
+            write_atomic(path, texts[fmt])
+        return written
+
+    def _written(self, job: Job, written: dict[str, Path], status: JobStatus, **fields: object) -> None:
+        """Where every job whose files are written ends: marked done (or a duplicate), logged with the
+        files' names, and announced (delivery.py: in the background, when the user asked for it)."""
+        assert job.id is not None
+        ended = self.queue.finish(job.id, self.name, status, **fields)
+        self.delivery.announce(Ready(job.id, Path(job.path), tuple(written.values()), ended.language,
+                                     ended.duplicate_of))
+        files = ", ".join(str(path) for path in written.values())
+        if status == JobStatus.DUPLICATE:
+            logger.info("job {}: same content as job {}; rendered its transcript to {}", job.id, ended.duplicate_of,
+                        files)
+        else:
+            logger.info("job {}: done, {:.1f} s of audio at {:.2f}x real time → {}", job.id,
+                        ended.audio_seconds or 0.0, ended.rtf or 0.0, files)
 
 
 def _changed(path: Path, seen: Fingerprint) -> bool:

@@ -73,6 +73,12 @@ def rows(db: Path, sql: str = "SELECT * FROM jobs ORDER BY id", args: tuple[Any,
         conn.close()
 
 
+def outputs(db: Path, job_id: int) -> dict[str, Path]:
+    """A job's files by format, as the `outputs` table lists them (read like rows() reads)."""
+    return {r["format"]: Path(r["path"])
+            for r in rows(db, "SELECT format, path FROM outputs WHERE job_id = ? ORDER BY id", (job_id,))}
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
                proc: subprocess.Popen[str] | None = None, interval: float = 0.2) -> Any:
     """Poll until `predicate()` is truthy; fail with `what` (and the daemon's output) at the deadline."""

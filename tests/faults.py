@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import psutil
 
-from tests.daemon_proc import PeakSampler, log_text, percentile, rows, settled, srt_text, start, stop, wait_until
+from tests.daemon_proc import (
+    PeakSampler, log_text, outputs, percentile, rows, settled, srt_text, start, stop, wait_until,
+)
 from tests.speech import Recording, meeting, sentences, wer, write_audio, write_slowly
 
 MB = 1 << 20
@@ -255,6 +257,7 @@ class KillReport:
     kills: list[Kill]
     jobs: list[dict[str, Any]]
     outbox: list[str]
+    written: list[str]  # the names of the jobs' files, as the outputs table lists them
     worst_wer: float
     unparsable: list[str]
     integrity: str
@@ -334,14 +337,15 @@ def kill_loop(root: Path, env: dict[str, str], batch: dict[str, Recording], kill
             stop(proc)
         seconds = time.monotonic() - began
     unparsable, worst = [], 0.0
+    written = {job["id"]: outputs(db, job["id"]) for job in jobs}
     for job in jobs:
-        srt_path = Path(job["srt_path"])
         try:
-            worst = max(worst, wer(files[Path(job["path"]).name], srt_text(srt_path)))
+            worst = max(worst, wer(files[Path(job["path"]).name], srt_text(written[job["id"]]["srt"])))
         except Exception as e:  # missing or not valid SRT: recorded, asserted by the caller
-            unparsable.append(f"{srt_path.name}: {type(e).__name__}: {e}")
+            unparsable.append(f"job {job['id']} ({Path(job['path']).name}): {type(e).__name__}: {e}")
     integrity = ", ".join(r["integrity_check"] for r in rows(db, "PRAGMA integrity_check"))
     broken = [r["job_id"] for r in rows(db, "SELECT job_id, count(*) AS n, max(seq) AS top FROM segments GROUP BY job_id")
               if r["top"] != r["n"] - 1]
-    return KillReport(files, lengths, killed, jobs, sorted(p.name for p in outbox.iterdir()), worst, unparsable,
+    return KillReport(files, lengths, killed, jobs, sorted(p.name for p in outbox.iterdir()),
+                      sorted(path.name for by_format in written.values() for path in by_format.values()), worst, unparsable,
                       integrity, broken, seconds, log_text(logs / "worker.log"))

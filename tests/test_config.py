@@ -3,7 +3,9 @@ process (children of `run`, services) and every test sees exactly the settings i
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 
 from daemon import cli, config
 from daemon.config import APP, Config, ConfigError, load
+from daemon.formats.cues import CueRules
 from tests.conftest import REPO, TEST_MODEL
 from tests.daemon_proc import rows, start, stop, wait_until
 from tests.speech import compose, sentences
@@ -132,6 +135,8 @@ def test_the_tests_ignore_the_developers_own_settings(tmp_path: Path) -> None:
      "whisper-daemon status: --model is not used by status; it is used by run, work, service install"),
     (["work", "--quiet-seconds", "3"],
      "whisper-daemon work: --quiet-seconds is not used by work; it is used by run, watch, service install"),
+    (["watch", "--formats", "srt,vtt"],
+     "whisper-daemon watch: --formats is not used by watch; it is used by run, work, service install"),
     (["retry", "--inbox", "x", "3"],
      "whisper-daemon retry: --inbox is not used by retry; it is used by run, watch, work, enqueue, service install"),
     (["enqueue", "--language", "de", "a.wav"],
@@ -239,3 +244,70 @@ def test_prompt_and_task_settings(tmp_path: Path) -> None:
 def test_bad_task_or_script_is_named(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load({}, env=env)
+
+
+# ---------------------------------------------------------------- output formats and cue rules
+
+def test_formats_from_toml_env_and_flag(tmp_path: Path) -> None:
+    assert load({}, env={}).formats == ("srt",)
+    toml = tmp_path / "c.toml"
+    toml.write_text('formats = ["srt", "vtt", "json"]\n')
+    assert load({"config": str(toml)}, env={}).formats == ("srt", "vtt", "json")
+    assert load({"config": str(toml)}, env={"WHISPER_DAEMON_FORMATS": "txt, TSV,"}).formats == ("txt", "tsv")
+    assert load({"formats": "srt,vtt,txt,json,tsv"}, env={"WHISPER_DAEMON_FORMATS": "txt"}).formats == (
+        "srt", "vtt", "txt", "json", "tsv")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("srt,docx", "'docx' is not a format whisper-daemon writes: choose one or more of srt, vtt, txt, json, tsv"),
+        ("srt,vtt,srt", "names 'srt' twice"),
+        (",", "formats is empty: choose one or more of srt, vtt, txt, json, tsv"),
+        ("", "setting 'formats' needs a value"),
+        (["srt", 2], "setting 'formats'"),
+    ],
+)
+def test_bad_formats_say_the_choices(tmp_path: Path, value: object, message: str) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text(f"formats = {json.dumps(value)}\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load({"config": str(toml)}, env={})
+
+
+def test_cue_settings_default_to_the_cue_rules_and_reach_them(tmp_path: Path) -> None:
+    defaults = load({}, env={})
+    assert config.cue_rules(defaults) == CueRules()
+    toml = tmp_path / "c.toml"
+    toml.write_text("cue_line_chars = 37\ncue_cjk_line_chars = 13\ncue_lines = 1\ncue_max_seconds = 6\n"
+                    "cue_min_seconds = 1.5\ncue_chars_per_second = 17\ncue_gap_seconds = 0.1\n")
+    assert config.cue_rules(load({"config": str(toml)}, env={})) == CueRules(
+        line_chars=37, cjk_line_chars=13, lines=1, max_seconds=6.0, min_seconds=1.5, chars_per_second=17.0,
+        gap_seconds=0.1)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WHISPER_DAEMON_CUE_LINES": "0"}, "cue_lines is 0: it must be more than 0 (default 2)"),
+        ({"WHISPER_DAEMON_CUE_GAP_SECONDS": "-0.04"}, "cue_gap_seconds is -0.04: it must be more than 0"),
+        ({"WHISPER_DAEMON_CUE_LINE_CHARS": "wide"}, "'cue_line_chars': 'wide' is not a valid int"),
+        ({"WHISPER_DAEMON_CUE_MIN_SECONDS": "8"}, "cue_min_seconds (8.0) is longer than cue_max_seconds (7.0)"),
+    ],
+)
+def test_bad_cue_settings_are_named(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load({}, env=env)
+
+
+def test_formats_and_cue_settings_reach_child_processes(tmp_path: Path) -> None:
+    cfg = load({"formats": "vtt,json,srt"}, env={"WHISPER_DAEMON_CUE_MIN_SECONDS": "1.25"})
+    assert cfg.to_env()["WHISPER_DAEMON_FORMATS"] == "vtt,json,srt"  # as a flag or the environment takes it
+    assert load({}, env=cfg.to_env()) == cfg
+    assert load({}, env=Config().to_env()) == Config()  # 5/6 and 2/25 survive the trip as text
+
+
+def test_formats_is_a_flag_of_work(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli.main(["work", "--help"])
+    assert done.value.code == 0 and "--formats" in capsys.readouterr().out

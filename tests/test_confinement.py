@@ -14,10 +14,13 @@ from typing import Any
 import psutil
 import pytest
 
+from daemon.formats import FORMATS
 from daemon.outputs import folder_for, names
 from daemon.queue import JobQueue
 from tests.conftest import CliRunner
-from tests.daemon_proc import REPO, PeakSampler, log_text, rows, settled, srt_text, stop, wait_until, warm_model_cache
+from tests.daemon_proc import (
+    REPO, PeakSampler, log_text, outputs, rows, settled, srt_text, stop, wait_until, warm_model_cache,
+)
 from tests.speech import compose, sentences
 
 # Names that try to climb out of the outbox, inject into a shell, or confuse a path join (none starts
@@ -39,10 +42,10 @@ def test_whatever_the_name_the_srt_name_is_one_name_inside_the_outbox(queue: Job
         job = queue.enqueue(path).job
         assert job.path == str(tmp_path / "inbox" / name)
         folder = folder_for(Path(job.path), tmp_path / "inbox", tmp_path / "outbox")
-        srt_path = next(names(folder, Path(job.path).stem))
-        assert srt_path.parent == tmp_path / "outbox" and srt_path.name.endswith(".srt")
-        assert srt_path.name not in (".", "..") and os.sep not in srt_path.name
-        assert len(os.fsencode(srt_path.name)) <= 255
+        for path in next(names(folder, Path(job.path).stem, FORMATS)).values():
+            assert path.parent == tmp_path / "outbox" and path.suffix[1:] in FORMATS
+            assert path.name not in (".", "..") and os.sep not in path.name
+            assert len(os.fsencode(path.name)) <= 255
 
 
 def test_no_shell_anywhere_in_the_daemon() -> None:
@@ -82,6 +85,7 @@ def test_daemon_writes_only_its_own_folders_opens_no_socket_and_runs_no_shell(
     warm_model_cache(model_cache)  # converted beforehand: the worker needs neither conversion nor network
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
     state, logs = tmp_path / "state", tmp_path / "logs"
+    db = state / "jobs.db"
     talks = {name: compose(sentences()[i : i + 1]) for i, name in enumerate(ESCAPES)}
     for name, recording in talks.items():
         recording.write(inbox / name)
@@ -96,8 +100,7 @@ def test_daemon_writes_only_its_own_folders_opens_no_socket_and_runs_no_shell(
     sockets = {name: PeakSampler(lambda p=proc: len(psutil.Process(p.pid).net_connections(kind="all")), 0.1)
                for name, proc in procs.items()}
     try:
-        jobs = wait_until(lambda: settled(tmp_path / "state" / "jobs.db", len(talks) + 1), 300, "every job",
-                          procs["work"])
+        jobs = wait_until(lambda: settled(db, len(talks) + 1), 300, "every job", procs["work"])
     finally:
         peaks = {name: sampler.stop() for name, sampler in sockets.items()}
         codes = [stop(proc)[0] for proc in procs.values()]
@@ -106,8 +109,9 @@ def test_daemon_writes_only_its_own_folders_opens_no_socket_and_runs_no_shell(
 
     # Outputs: one SRT per input, all inside the outbox, nothing else created anywhere.
     assert all(j["status"] == "done" for j in jobs), jobs
-    assert all(Path(j["srt_path"]).parent == outbox for j in jobs)
-    assert sorted(p.name for p in outbox.iterdir()) == sorted(Path(j["srt_path"]).name for j in jobs)
+    written = [outputs(db, j["id"])["srt"] for j in jobs]
+    assert all(path.parent == outbox for path in written)
+    assert sorted(p.name for p in outbox.iterdir()) == sorted(path.name for path in written)
     assert srt_text(outbox / "talk.srt")
     assert not list(tmp_path.rglob("pwned"))
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*escape*")) == sorted(

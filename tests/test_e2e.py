@@ -1,22 +1,27 @@
-"""End to end with the real tiny.en model on real (espeak-ng) speech: folder in, SRT out."""
+"""End to end with the real tiny.en model on real (espeak-ng) speech: folder in, transcripts out."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
+import sys
+import threading
 import time
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import srt
 
 from daemon.config import ENV_PREFIX, Config
+from daemon.formats import FORMATS
 from tests import formats
-from tests.conftest import CliRunner
-from tests.daemon_proc import log_text, rows, settled, srt_text, start, stop, wait_until
+from tests.conftest import TEST_MODEL, CliRunner
+from tests.daemon_proc import log_text, outputs, rows, settled, srt_cues, srt_text, start, stop, wait_until
 from tests.speech import compose, real_speech, sentences, wer, write_slowly
 
 pytestmark = pytest.mark.slow
@@ -33,7 +38,7 @@ def test_drop_a_recording_get_a_transcript(tmp_path: Path, daemon_env: dict[str,
         wait_until(lambda: settled(db, 1), 240, "the job to finish", daemon)
         (job,) = rows(db)
         assert job["status"] == "done", job["error"]
-        assert job["srt_path"] == str(srt_path)
+        assert outputs(db, job["id"]) == {"srt": srt_path}
         assert wer(recording.text, srt_text(srt_path)) <= MAX_WER
         assert abs(job["audio_seconds"] - recording.seconds) < 0.5
         assert job["rtf"] > 0 and job["attempts"] == 1 and job["error"] is None
@@ -47,6 +52,7 @@ def test_drop_a_recording_get_a_transcript(tmp_path: Path, daemon_env: dict[str,
         assert "done" in table and "meeting.m4a" in table and "meeting.srt" in table
         (as_json,) = json.loads(cli("status", "--json").stdout)["jobs"]
         assert as_json["status"] == "done" and as_json["rtf"] == pytest.approx(job["rtf"])
+        assert as_json["outputs"] == [str(srt_path)]
     finally:
         code, output = stop(daemon, signal.SIGINT)
     assert code == 0, output
@@ -133,6 +139,73 @@ def test_bad_and_tricky_inputs(tmp_path: Path, daemon_env: dict[str, str]) -> No
     assert wer(other.text, srt_text(outbox / "slowly.srt")) <= MAX_WER
 
 
+def test_every_format_for_a_recording_and_for_its_duplicate(tmp_path: Path, cli: CliRunner) -> None:
+    """`formats` = all five: each file is written and listed for its job (in sqlite3 and `status
+    --json`); the same recording under another name gets all five too, rendered from its twin. Both
+    are announced to the `on_done` command and the webhook, with every file."""
+    inbox, outbox, db = tmp_path / "inbox", tmp_path / "outbox", tmp_path / "state" / "jobs.db"
+    recording = compose(sentences()[:3])
+    recording.write(inbox / "standup.wav")
+    shutil.copy(inbox / "standup.wav", inbox / "same talk.wav")
+    cli("enqueue", str(inbox / "standup.wav"), str(inbox / "same talk.wav"))
+    announced = tmp_path / "announced"
+    announced.mkdir()
+    script = tmp_path / "on done"
+    script.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                      f"open(os.path.join({str(announced)!r}, os.environ['TRANSCRIPT_JOB_ID']), 'w')"
+                      ".write(json.dumps(sys.argv[1:]))\n")
+    script.chmod(0o755)
+    posts: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cli("work", "--exit-when-empty", "--formats", ",".join(FORMATS), timeout=300,
+            env_extra={f"{ENV_PREFIX}ON_DONE": shlex.quote(str(script)),
+                       f"{ENV_PREFIX}WEBHOOK": f"http://127.0.0.1:{server.server_port}/done"})
+    finally:
+        server.shutdown()
+
+    original, copy = rows(db)
+    assert original["status"] == "done" and copy["status"] == "duplicate", (original["error"], copy["error"])
+    assert copy["duplicate_of"] == original["id"]
+    listed = {j["id"]: j["outputs"] for j in json.loads(cli("status", "--json").stdout)["jobs"]}
+    for job, stem in ((original, "standup"), (copy, "same talk")):
+        files = {fmt: outbox / f"{stem}.{fmt}" for fmt in FORMATS}
+        assert outputs(db, job["id"]) == files
+        assert listed[job["id"]] == [str(path) for path in files.values()]
+    assert sorted(p.name for p in outbox.iterdir()) == sorted(f"{stem}.{fmt}" for stem in ("standup", "same talk")
+                                                               for fmt in FORMATS)  # nothing else, no temp file
+    for fmt in FORMATS:
+        assert (outbox / f"same talk.{fmt}").read_bytes() == (outbox / f"standup.{fmt}").read_bytes(), fmt
+    for job, stem in ((original, "standup"), (copy, "same talk")):  # the worker drained them before it exited
+        files = [str(outbox / f"{stem}.{fmt}") for fmt in FORMATS]
+        assert json.loads((announced / str(job["id"])).read_text()) == files
+        assert [p for p in posts if p["job"] == job["id"]] == [
+            {"job": job["id"], "source": str(inbox / f"{stem}.wav"), "outputs": files, "language": "en",
+             "duplicate_of": job["duplicate_of"]}]
+
+    assert wer(recording.text, srt_text(outbox / "standup.srt")) <= MAX_WER
+    vtt = (outbox / "standup.vtt").read_text(encoding="utf-8")
+    assert vtt.startswith("WEBVTT\n") and vtt.count(" --> ") == len(srt_cues(outbox / "standup.srt"))
+    assert wer(recording.text, (outbox / "standup.txt").read_text(encoding="utf-8")) <= MAX_WER
+    document = json.loads((outbox / "standup.json").read_text(encoding="utf-8"))
+    assert (document["language"], document["model"]) == ("en", TEST_MODEL)
+    assert document["duration"] == pytest.approx(recording.seconds, abs=0.5)
+    words = [w for seg in document["segments"] for w in seg["words"]]
+    assert wer(recording.text, "".join(w["word"] for w in words)) <= MAX_WER
+    assert all(0 < w["probability"] <= 1 and w["start"] <= w["end"] for w in words)
+    header, *table = (outbox / "standup.tsv").read_text(encoding="utf-8").splitlines()
+    assert header == "start\tend\ttext" and len(table) == len(document["segments"])
+    assert [int(row.split("\t")[0]) for row in table] == [round(1000 * seg["start"]) for seg in document["segments"]]
+
+
 MAX_REAL_WER = 0.15  # base: 6.7 % here, 2 errors in 30 words ("therefore" heard as "there for")
 PATH_SETTINGS = ("INBOX", "OUTBOX", "DB", "LOG_DIR", "CACHE_DIR")
 
@@ -163,7 +236,7 @@ def test_the_default_configuration_on_real_speech(tmp_path: Path, daemon_env: di
     assert [j["language"] for j in jobs] == ["en"] * len(clips)  # detected: no language was set
     timings = formats.matmul_seconds()  # once the worker has exited, so the two do not compete
     assert {j["precision"] for j in jobs} <= formats.right_choices(timings), timings
-    heard = " ".join(srt_text(Path(j["srt_path"])) for j in jobs)
+    heard = " ".join(srt_text(outputs(db, j["id"])["srt"]) for j in jobs)
     score = wer(" ".join(clip.text for clip in clips), heard)
     print(f"defaults: base, {jobs[0]['precision']}, languages {[j['language'] for j in jobs]}, WER {score:.1%}")
     assert score <= MAX_REAL_WER, heard

@@ -24,7 +24,9 @@ from daemon.registry import workers
 from daemon.transcript import Checkpoint, Window
 from daemon.watcher import Watcher
 from tests.conftest import HOLDER, CliRunner, claim, inbox_file
-from tests.daemon_proc import REPO, Lines, checkpointed, log_text, rows, settled, srt_text, start, stop, wait_until
+from tests.daemon_proc import (
+    REPO, Lines, checkpointed, log_text, outputs, rows, settled, srt_text, start, stop, wait_until,
+)
 from tests.faults import flood, kill_batch, kill_loop, paths, readers
 from tests.speech import compose, meeting, sentences, wer
 
@@ -66,8 +68,11 @@ def test_a_database_of_the_previous_version_is_upgraded_without_losing_a_job(tmp
     queue = JobQueue(connect(db))
     done, running, duplicate = sorted(queue.jobs(), key=lambda j: j.id or 0)
     assert (done.status, running.status, duplicate.status) == (JobStatus.DONE, JobStatus.RUNNING, JobStatus.DUPLICATE)
-    assert done.srt_path == "/outbox/done.srt" and done.srt_key == "/outbox/done.srt"
-    assert running.srt_path is None  # chosen when written, from the worker's outbox
+    assert queue.outputs(done.id) == [Path("/outbox/done.srt")] and queue.outputs(duplicate.id) == [Path("/outbox/dup.srt")]
+    assert queue.outputs(running.id) == []  # chosen when written, from the worker's outbox
+    assert rows(db, "SELECT job_id, format, key, sha256 FROM outputs") == [
+        {"job_id": done.id, "format": "srt", "key": "/outbox/done.srt", "sha256": None},  # written before hashes were kept
+        {"job_id": duplicate.id, "format": "srt", "key": "/outbox/dup.srt", "sha256": None}]
     assert duplicate.duplicate_of == done.id and queue.segments(done.id)[0].text == "hello there"
     assert workers(queue.engine) == []  # rows of the old version's processes mean nothing now
     (recovered,) = queue.recover("new worker")  # no lease: its worker is gone
@@ -138,7 +143,7 @@ def test_kill_loop_loses_nothing_and_transcribes_each_file_once(tmp_path: Path,
     names = [Path(j["path"]).name for j in report.jobs]
     assert sorted(names) == sorted(report.files), "each file exactly one job"
     assert {j["status"] for j in report.jobs} <= {"done", "duplicate"}, report.jobs
-    assert sorted(report.outbox) == sorted(Path(j["srt_path"]).name for j in report.jobs), "one SRT each, no temp"
+    assert sorted(report.outbox) == sorted(report.written), "one SRT each, no temp"
     assert report.unparsable == [] and report.worst_wer <= MAX_WER
     assert all(abs(j["audio_seconds"] - report.lengths[Path(j["path"]).name]) < 0.5 for j in report.jobs)
     assert report.integrity == "ok" and report.broken_segments == []
@@ -158,9 +163,11 @@ def test_full_disk_during_an_srt_write_leaves_the_old_file_and_no_temp(tmp_path:
     target.parent.mkdir()
     target.write_text("1\n00:00:00,000 --> 00:00:01,000\nthe earlier transcript\n", encoding="utf-8")
     before = target.read_bytes()
-    code = ("import sys; from pathlib import Path; from daemon.subtitles import render, write_atomic; "
-            "from daemon.transcript import Segment; "
-            "write_atomic(Path(sys.argv[1]), render(Segment(i, i + 1.0, 'spoken words') for i in range(5000)))")
+    code = ("import sys; from pathlib import Path; from daemon.formats import render; "
+            "from daemon.formats.cues import CueRules; from daemon.outputs import write_atomic; "
+            "from daemon.transcript import Segment, Transcript; "
+            "segments = tuple(Segment(i, i + 1.0, 'spoken words') for i in range(5000)); "
+            "write_atomic(Path(sys.argv[1]), render('srt', Transcript(segments), CueRules()))")
     done = subprocess.run([sys.executable, "-c", code, str(target)], cwd=REPO, capture_output=True, text=True,
                           timeout=60, preexec_fn=lambda: _no_write_beyond(16_384))
     assert done.returncode != 0 and "File too large" in done.stderr, done.stderr
@@ -251,7 +258,7 @@ def test_full_disk_while_the_srt_is_written_retries_later_not_failed(
     assert [j["status"] for j in jobs] == ["done", "done"] and all(j["attempts"] == 1 for j in jobs)
     for job in jobs:
         talk = talks[Path(job["path"]).name]
-        assert wer(talk.text, srt_text(Path(job["srt_path"]))) <= MAX_WER
+        assert wer(talk.text, srt_text(outputs(db, job["id"])["srt"])) <= MAX_WER
         assert abs(job["audio_seconds"] - talk.seconds) < 0.5  # also right when resumed past the last window
     assert sorted(os.listdir(outbox)) == ["one.srt", "two.srt"]
 

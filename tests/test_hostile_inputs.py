@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_proc import rows, settled, srt_text, start, stop, wait_until
+from tests.daemon_proc import outputs, rows, settled, srt_text, start, stop, wait_until
 from tests.speech import Recording, compose, sentences, wer, write_audio, write_silence, write_video_only
 
 pytestmark = pytest.mark.slow
@@ -100,8 +100,8 @@ def test_hostile_and_odd_inputs_fail_clearly_or_succeed(tmp_path: Path, daemon_e
                 stop(proc)
 
     by_name = {Path(j["path"]).relative_to(inbox).as_posix(): j for j in jobs}
-    print("\n".join(f"{j['status']:8s} {name!r}: {j['error'] or Path(j['srt_path']).name!r}"
-                    for name, j in by_name.items()))
+    srt = {name: outputs(db, j["id"]).get("srt") for name, j in by_name.items()}  # None: failed
+    print("\n".join(f"{j['status']:8s} {name!r}: {j['error'] or srt[name].name!r}" for name, j in by_name.items()))
     assert len(jobs) == expected_jobs + 1, [(j["id"], j["path"], j["status"], j["error"]) for j in jobs]  # one job per file
     assert "x.mp3" not in by_name
 
@@ -119,22 +119,21 @@ def test_hostile_and_odd_inputs_fail_clearly_or_succeed(tmp_path: Path, daemon_e
 
     for name, recording in {**speech, "last.wav": _speech(24)}.items():
         job = by_name[name]
-        srt_path = Path(job["srt_path"])
-        assert job["status"] == "done" and srt_path.parent == outbox / Path(name).parent, job  # sub-folders mirrored
-        assert wer(recording.text, srt_text(srt_path)) <= MAX_WER, name
-    assert Path(by_name["line one\nline two.wav"]["srt_path"]).name == "line one\nline two.srt"
-    assert Path(by_name[LONG + ".mp3"]["srt_path"]).name == LONG + ".srt"
-    assert Path(by_name[LONG + ".wav"]["srt_path"]).name == LONG[:247] + " (2).srt"  # cut to fit 255 bytes
+        assert job["status"] == "done" and srt[name].parent == outbox / Path(name).parent, job  # sub-folders mirrored
+        assert wer(recording.text, srt_text(srt[name])) <= MAX_WER, name
+    assert srt["line one\nline two.wav"].name == "line one\nline two.srt"
+    assert srt[LONG + ".mp3"].name == LONG + ".srt"
+    assert srt[LONG + ".wav"].name == LONG[:247] + " (2).srt"  # cut to fit 255 bytes
 
     kept = by_name["cut short.m4a"]  # keeps the audio before the cut: its first two sentences at least
     assert kept["status"] == "done" and 0.4 * cut.seconds < kept["audio_seconds"] < 0.7 * cut.seconds
     first_two = " ".join(s.text for s in sentences()[22:24])
-    said = srt_text(Path(kept["srt_path"])).split()
+    said = srt_text(srt["cut short.m4a"]).split()
     assert wer(first_two, " ".join(said[: len(first_two.split())])) <= MAX_WER
 
     # Confinement: the SRTs and nothing else in the outbox; nothing new anywhere else.
     assert sorted(p.relative_to(outbox) for p in outbox.rglob("*") if not p.is_dir()) == sorted(
-        Path(j["srt_path"]).relative_to(outbox) for j in jobs if j["status"] == "done")
+        srt[name].relative_to(outbox) for name, j in by_name.items() if j["status"] == "done")
     assert {p.name for p in tmp_path.iterdir()} <= {"elsewhere", "home", "inbox", "logs", "outbox", "state",
                                                     "watch.out", "work.out"}
     assert [p.name for p in (tmp_path / "elsewhere").iterdir()] == ["secret.mp3"]
@@ -161,4 +160,4 @@ def test_long_silence_gives_an_empty_srt_quickly(tmp_path: Path, daemon_env: dic
         took = (datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])).total_seconds()
         print(f"silence: {Path(job['path']).name}, {minutes} min, transcribed in {took:.1f} s")
         assert job["status"] == "done" and abs(job["audio_seconds"] - minutes * 60) < 1, job  # all of it
-        assert Path(job["srt_path"]).read_text(encoding="utf-8") == "", "no hallucinated text"
+        assert outputs(db, job["id"])["srt"].read_text(encoding="utf-8") == "", "no hallucinated text"

@@ -211,7 +211,7 @@ def test_names_that_one_disk_would_take_for_the_same_never_share_a_transcript(
         recording.write(inbox / name)
         worker.queue.enqueue(inbox / name)
     drain(worker)
-    written = {Path(j.path).name: Path(j.srt_path).name for j in worker.queue.jobs() if j.srt_path}
+    written = {Path(j.path).name: path.name for j in worker.queue.jobs() for path in worker.queue.outputs(j.id)}
     assert written == {"Meeting.m4a": "Meeting.srt", "meeting.mp3": "meeting (2).srt", f"{nfc}.wav": f"{nfc}.srt",
                        f"{nfd}.flac": f"{nfd} (2).srt", "notes.wav": "notes (2).srt"}
     assert says(outbox / "Meeting.srt", X, Y) and says(outbox / "meeting (2).srt", Y, X)

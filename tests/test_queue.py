@@ -12,11 +12,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from daemon.db import PRAGMAS, JobStatus, connect, utcnow
+from daemon.db import PRAGMAS, SCHEMA_VERSION, JobStatus, connect, utcnow
+from daemon.formats import FORMATS
 from daemon.inputs import fingerprint
 from daemon.queue import LEASE, JobQueue, LeaseLost
-from daemon.transcript import Checkpoint, Segment, Window
-from tests.conftest import HOLDER, claim, inbox_file
+from daemon.transcript import Checkpoint, Segment, Window, Word
+from tests.conftest import HOLDER, REPO, claim, inbox_file
+
+HELLO_SHA256 = "12998c017066eb0d2a70b94e6ed3192985855ce390f321bbdb832022888bd251"  # of "hello there": queue_v1.sql's
 
 
 def test_every_connection_has_the_pragmas(tmp_path: Path) -> None:
@@ -285,7 +288,7 @@ def test_output_names_never_collide_and_never_replace_a_file_we_did_not_write(qu
     def write(name: str, data: bytes, text: str) -> Path:
         job = queue.enqueue(inbox_file(tmp_path, name, data)).job
         claim(queue)
-        srt = queue.reserve_output(job.id, HOLDER, outbox, text)
+        (srt,) = queue.reserve_outputs(job.id, HOLDER, outbox, {"srt": text}).values()
         srt.write_text(text)
         queue.finish(job.id, HOLDER, JobStatus.DONE)
         return srt
@@ -302,6 +305,110 @@ def test_output_names_never_collide_and_never_replace_a_file_we_did_not_write(qu
     # ...unless the user edited it meanwhile: then it is theirs.
     (outbox / "meeting (2).srt").write_text("corrected by hand")
     assert write("meeting.mp3", b"2, third take", "g").name == "meeting (3).srt"
+
+
+def _write_all(queue: JobQueue, job_id: int, outbox: Path, text: str, formats: tuple[str, ...] = FORMATS) -> dict[str, Path]:
+    """What the worker does: reserve the paths, then write the files."""
+    written = queue.reserve_outputs(job_id, HOLDER, outbox, {fmt: f"{text} as {fmt}" for fmt in formats})
+    for fmt, path in written.items():
+        path.write_text(f"{text} as {fmt}")
+    return written
+
+
+def test_every_format_of_a_job_gets_one_stem_and_a_foreign_file_moves_them_all(queue: JobQueue, tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    (outbox / "Interview.VTT").write_text("the user's own subtitles")  # one format's name taken, on a case-blind disk
+    first = queue.enqueue(inbox_file(tmp_path, "talk.wav", b"1")).job
+    second = queue.enqueue(inbox_file(tmp_path, "interview.mp3", b"2")).job
+    for job in (first, second):
+        claim(queue)
+    assert _write_all(queue, first.id, outbox, "talk") == {fmt: outbox / f"talk.{fmt}" for fmt in FORMATS}
+    assert _write_all(queue, second.id, outbox, "interview") == {
+        fmt: outbox / f"interview (2).{fmt}" for fmt in FORMATS}  # every format moves, not only vtt
+    assert (outbox / "Interview.VTT").read_text() == "the user's own subtitles"
+    assert queue.outputs(second.id) == [outbox / f"interview (2).{fmt}" for fmt in FORMATS]
+    # Another input with the same stem: its files would be first's, so it gets the next stem.
+    third = queue.enqueue(inbox_file(tmp_path, "sub/../Talk.flac", b"3")).job
+    claim(queue)
+    assert _write_all(queue, third.id, outbox, "other talk", ("txt",)) == {"txt": outbox / "Talk (2).txt"}
+
+
+def test_new_content_replaces_its_own_files_and_their_rows(queue: JobQueue, tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    (outbox / "memo.srt").write_text("not ours")
+    old = queue.enqueue(inbox_file(tmp_path, "memo.wav", b"old")).job
+    claim(queue)
+    assert _write_all(queue, old.id, outbox, "old", ("srt", "json"))["json"] == outbox / "memo (2).json"
+    queue.finish(old.id, HOLDER, JobStatus.DONE)
+    new = queue.enqueue(inbox_file(tmp_path, "memo.wav", b"new")).job
+    assert new.id != old.id
+    claim(queue)
+    assert _write_all(queue, new.id, outbox, "new", ("srt", "json")) == {
+        "srt": outbox / "memo (2).srt", "json": outbox / "memo (2).json"}  # its earlier stem, not memo.*
+    # Written again (a retry, or a crash after the rows were recorded): the rows are replaced, not added.
+    assert _write_all(queue, new.id, outbox, "newer", ("srt", "json", "txt"))["txt"] == outbox / "memo (2).txt"
+    assert queue.outputs(new.id) == [outbox / "memo (2).srt", outbox / "memo (2).json", outbox / "memo (2).txt"]
+    assert (outbox / "memo (2).srt").read_text() == "newer as srt"
+    assert (outbox / "memo.srt").read_text() == "not ours"
+
+
+def test_a_window_keeps_its_words(queue: JobQueue, tmp_path: Path) -> None:
+    job = queue.enqueue(inbox_file(tmp_path, "a.wav")).job
+    claim(queue)
+    words = (Word(0.1234, 0.56789, " Zoë", 0.987654), Word(0.56789, 1.0, "的", 0.5))
+    segments = (Segment(0.1234, 1.0, "Zoë的", (50364, 50414), words), Segment(1.0, 2.0, "no words"))
+    queue.save_window(job.id, HOLDER, Window(segments, Checkpoint(2.0), 2.0, 2.0), 2.0, 0.1, "tiny.en", "fp32")
+    stored = queue.segments(job.id)
+    assert stored == [Segment(0.1234, 1.0, "Zoë的", words=(Word(0.123, 0.568, " Zoë", 0.9877), Word(0.568, 1.0, "的", 0.5))),
+                      Segment(1.0, 2.0, "no words")]
+    ro = sqlite3.connect(f"file:{tmp_path / 'jobs.db'}?mode=ro", uri=True)
+    assert ro.execute("SELECT words FROM segments ORDER BY seq").fetchall() == [
+        ('[[0.123, 0.568, " Zoë", 0.9877], [0.568, 1.0, "的", 0.5]]',), ("[]",)]  # readable in the sqlite3 shell
+
+
+def test_a_database_of_version_1_is_upgraded_with_its_transcripts_listed(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    old = sqlite3.connect(db)
+    old.executescript((REPO / "tests" / "fixtures" / "queue_v1.sql").read_text())
+    old.close()
+    queue = JobQueue(connect(db))
+    done, legacy, duplicate, queued = sorted(queue.jobs(), key=lambda j: j.id or 0)
+    assert queue.outputs(done.id) == [Path("/outbox/Done.srt")] and queue.outputs(queued.id) == []
+    ro = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    assert ro.execute("SELECT job_id, format, path, key, sha256 FROM outputs ORDER BY job_id").fetchall() == [
+        (done.id, "srt", "/outbox/Done.srt", "/outbox/done.srt", HELLO_SHA256),
+        (legacy.id, "srt", "/outbox/Legacy.srt", "/outbox/legacy.srt", None),  # written before hashes were kept
+        (duplicate.id, "srt", "/outbox/dup.srt", "/outbox/dup.srt", HELLO_SHA256),
+    ]
+    columns = {row[1] for row in ro.execute("PRAGMA table_info(jobs)")}
+    assert not columns & {"srt_path", "srt_key", "srt_sha256"}
+    assert ro.execute("SELECT words FROM segments").fetchall() == [("[]",), ("[]",)]
+    assert [s.text for s in queue.segments(done.id)] == ["hello there", "and goodbye"]
+    assert ro.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert ro.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert [j.id for j in JobQueue(connect(db)).jobs()] == [4, 3, 2, 1]  # opening it again changes nothing
+
+
+def test_a_file_listed_before_the_upgrade_is_still_recognised_as_its_own(tmp_path: Path) -> None:
+    """Version 1's rows say which bytes it wrote: after the upgrade, new content at the same path
+    replaces that file; a file whose bytes are not those is left alone."""
+    outbox, db = tmp_path / "outbox", tmp_path / "jobs.db"
+    outbox.mkdir()
+    old = sqlite3.connect(db)
+    old.executescript((REPO / "tests" / "fixtures" / "queue_v1.sql").read_text()
+                      .replace("/inbox/", f"{tmp_path}/inbox/").replace("/outbox/", f"{outbox}/"))
+    old.close()
+    (outbox / "Done.srt").write_text("hello there")  # what version 1 wrote (its sha256 is in the row)
+    (outbox / "dup.srt").write_text("edited by hand")
+    queue = JobQueue(connect(db))
+    again = queue.enqueue(inbox_file(tmp_path, "Done.wav", b"new content")).job
+    copy = queue.enqueue(inbox_file(tmp_path, "dup.wav", b"other content")).job
+    assert [claim(queue).id for _ in range(3)] == [4, again.id, copy.id]  # the fixture's queued job first
+    assert _write_all(queue, again.id, outbox, "again", ("srt", "vtt")) == {
+        "srt": outbox / "Done.srt", "vtt": outbox / "Done.vtt"}
+    assert _write_all(queue, copy.id, outbox, "copy", ("srt",)) == {"srt": outbox / "dup (2).srt"}
 
 
 def test_status_column_accepts_every_state_and_rejects_others(queue: JobQueue, tmp_path: Path) -> None:

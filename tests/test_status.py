@@ -4,6 +4,7 @@ hostile file names, and clear about jobs that cannot be retried."""
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -53,6 +54,18 @@ def test_status_does_not_upgrade_an_older_database(tmp_path: Path, cli: CliRunne
     result = cli("status", check=False, timeout=60)
     assert result.returncode == 1 and "start the watcher or worker" in result.stderr
     assert _digest(db) == before
+
+
+def test_status_lists_every_file_of_a_job(tmp_path: Path, cli: CliRunner) -> None:
+    queue = JobQueue(connect(_db(tmp_path)))
+    job = queue.enqueue(inbox_file(tmp_path, "talk.wav")).job
+    claim(queue)
+    written = queue.reserve_outputs(job.id, HOLDER, tmp_path / "outbox", {"srt": "1", "txt": "2", "json": "3"})
+    queue.finish(job.id, HOLDER, JobStatus.DONE)
+    (line,) = [line for line in cli("status", timeout=60).stdout.splitlines() if "talk.wav" in line]
+    assert line.endswith("  talk.srt, talk.txt, talk.json")
+    (listed,) = json.loads(cli("status", "--json", timeout=60).stdout)["jobs"]
+    assert listed["outputs"] == [str(written[fmt]) for fmt in ("srt", "txt", "json")]
 
 
 def test_readonly_connections_have_their_pragmas(tmp_path: Path) -> None:

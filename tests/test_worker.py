@@ -44,7 +44,8 @@ def test_run_once_processes_jobs_in_order_and_survives_a_bad_file(
     a, b, c = worker.queue.jobs()[::-1]
     assert a.status == JobStatus.DONE and c.status == JobStatus.DONE
     assert b.status == JobStatus.FAILED and b.error.startswith("b.wav: ")
-    assert wer(good.text, srt_text(Path(c.srt_path))) <= 0.15
+    (srt_path,) = worker.queue.outputs(c.id)
+    assert wer(good.text, srt_text(srt_path)) <= 0.15
 
 
 def test_an_idle_worker_takes_over_a_job_whose_lease_ran_out(
@@ -70,7 +71,8 @@ def test_an_idle_worker_takes_over_a_job_whose_lease_ran_out(
         worker.shutdown()
     (done,) = worker.queue.jobs()
     assert done.status == JobStatus.DONE and done.attempts == 2
-    assert wer(talk.text, srt_text(Path(done.srt_path))) <= 0.15
+    (srt_path,) = worker.queue.outputs(done.id)
+    assert wer(talk.text, srt_text(srt_path)) <= 0.15
 
 
 def test_exit_when_empty_drains_and_exits_zero(tmp_path: Path, cli: CliRunner) -> None:
