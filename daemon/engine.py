@@ -381,10 +381,13 @@ class Engine:
             text = chinese.convert(text, script)
             return chinese.full_width(text) if style else text
 
-        content_end = window_start + content_frames * HOP_LENGTH / SAMPLE_RATE
+        # What follows the seek point is the next window's: no word of this one ends past it (the
+        # alignment can stretch a last word there), nor past the audio (the model can stamp past
+        # the end of a short last window).
+        window_end = window_start + min(advance, content_frames) * HOP_LENGTH / SAMPLE_RATE
 
-        def at(seconds: float) -> float:  # the model can stamp past the end of a short last window
-            return min(window_start + seconds, content_end)
+        def at(seconds: float) -> float:
+            return min(window_start + seconds, window_end)
 
         timed = timing.word_times(decoder, features, [[x for x in piece if x < t.eot] for piece in shown],
                                   content_frames, [(a * self.time_precision, b * self.time_precision)
