@@ -37,8 +37,12 @@ class SpeechDetector:
     """Silero VAD, loaded once per engine (the model is stateful: one detector per thread)."""
 
     def __init__(self) -> None:
+        threads = torch.get_num_threads()
         from silero_vad import load_silero_vad  # ~0.1 s; only engines that use it pay
 
+        # Importing silero_vad calls torch.set_num_threads(1), for the whole process: Whisper
+        # would run on one core from then on (half the speed of two).
+        torch.set_num_threads(threads)
         with warnings.catch_warnings():  # its loader uses deprecated importlib and torch.jit calls
             warnings.simplefilter("ignore", DeprecationWarning)
             self.model = load_silero_vad()

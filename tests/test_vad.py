@@ -4,6 +4,8 @@ the recording and resume exact."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -66,6 +68,15 @@ def _frames_of_speech(audio: np.ndarray) -> np.ndarray:
     probs = [detector.probabilities(audio[i:i + piece], audio[max(0, i - vad.WARMUP_SAMPLES):i])
              for i in range(0, len(audio), piece)]
     return vad.speech(np.concatenate(probs), 0.5)
+
+
+def test_loading_the_detector_leaves_torch_its_threads() -> None:
+    """silero_vad sets torch to one thread when imported; Whisper must keep every core it was given.
+    In a fresh process: the import's side effect happens once per process."""
+    code = ("import torch; torch.set_num_threads(2); from daemon.vad import SpeechDetector; SpeechDetector(); "
+            "print(torch.get_num_threads())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split() == ["2"], done.stderr
 
 
 def test_the_detector_finds_real_speech_and_not_noise() -> None:
