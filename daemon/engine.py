@@ -64,8 +64,8 @@ def _worth_keeping(segment: Segment) -> bool:
 
 def _snap(segments: list[Segment], keep: np.ndarray | None, start: int, offset: int) -> list[Segment]:
     """Segments stamped across a muted pause moved, with their words, to the speech they hold: over
-    silence Whisper tends to start a line where the last one ended. A stretch of speech holding less than a
-    SNAP_SHARE of a segment's speech (the tail of the sentence before) is not its speech.
+    silence Whisper tends to start a line where the last one ended. A stretch of speech holding
+    less than a SNAP_SHARE of a segment's speech (the tail of the sentence before) is not its speech.
     `keep`: the buffer's speech frames; the segments were decoded from frame `start` of the buffer,
     which begins at sample `offset`."""
     if keep is None:
