@@ -22,6 +22,7 @@ whatever precision they are resident.
 from __future__ import annotations
 
 import unicodedata
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -79,7 +80,8 @@ class _TextCache:
 class _Layer:
     """One decoder block with the window's audio keys/values and its share of the text cache."""
 
-    def __init__(self, block: ResidualAttentionBlock, index: int, audio: Tensor, text: _TextCache) -> None:
+    def __init__(self, block: ResidualAttentionBlock, index: int, audio_kv: tuple[Tensor, Tensor],
+                 text: _TextCache) -> None:
         self.block = block
         self.index = index
         self.text = text
@@ -89,8 +91,7 @@ class _Layer:
         self.cross_ln: torch.nn.LayerNorm = block.cross_attn_ln
         self.fc1, self.fc2 = block.mlp[0], block.mlp[2]
         self.n_head = block.attn.n_head
-        self.audio_k = _heads(_project(audio, cross.key), self.n_head).contiguous()
-        self.audio_v = _heads(_project(audio, cross.value), self.n_head).contiguous()
+        self.audio_k, self.audio_v = audio_kv  # by head, in fp32 (Decoder._layers)
         self.recorded_heads: list[int] = []  # word timing: keep these heads' attention logits
         self.recorded: Tensor | None = None  # (rows, heads, positions, audio positions)
 
@@ -146,6 +147,8 @@ class Decoder:
         self.blank = torch.tensor(t.encode(" ") + [t.eot], device=model.device)
         precision = CHUNK_LENGTH / model.dims.n_audio_ctx
         self.last_initial_timestamp = t.timestamp_begin + round(MAX_INITIAL_TIMESTAMP / precision)
+        self._audio: weakref.ref[Tensor] | None = None  # the encoded audio of _audio_kv
+        self._audio_kv: list[tuple[Tensor, Tensor]] = []
 
     def initial_tokens(self, prompt: Sequence[int]) -> list[int]:
         sot = list(self.tokenizer.sot_sequence)
@@ -165,10 +168,8 @@ class Decoder:
         initial = self.initial_tokens(prompt)
         begin = len(initial)
         sot_index = initial.index(t.sot)
-        blocks = self.model.decoder.blocks
         device = audio.device
-        cache = _TextCache(len(blocks), windows, self.n_ctx, audio.shape[-1], device)
-        layers = [_Layer(block, i, audio, cache) for i, block in enumerate(blocks)]
+        cache, layers = self._layers(audio, windows, self.n_ctx)
 
         # The prompt is the same for every row of a window: run it once per window.
         tokens = torch.tensor([initial] * windows, device=device)
@@ -231,9 +232,7 @@ class Decoder:
         initial = self.initial_tokens(prompt)
         sequence = [*initial, *tokens]
         device = audio.device
-        blocks = self.model.decoder.blocks
-        cache = _TextCache(len(blocks), 1, self.n_ctx, audio.shape[-1], device)
-        layers = [_Layer(block, i, audio, cache) for i, block in enumerate(blocks)]
+        _, layers = self._layers(audio, 1, self.n_ctx)
 
         def run(start: int, pieces: Sequence[int]) -> Tensor:
             """Hidden states of `pieces` put at positions start…; the positions before are cached."""
@@ -283,15 +282,32 @@ class Decoder:
         """What word timing (timing.py) reads of `tokens`, run as a sequence of their own over one
         encoded window: the cross-attention logits of `heads` (layer, head), as (head, token, audio
         position) in the order given, and each position's logits for the next token."""
-        blocks = self.model.decoder.blocks
-        cache = _TextCache(len(blocks), 1, len(tokens), audio.shape[-1], audio.device)
-        layers = [_Layer(block, i, audio, cache) for i, block in enumerate(blocks)]
+        _, layers = self._layers(audio, 1, len(tokens))
         for layer in layers:
             layer.recorded_heads = [h for i, h in heads if i == layer.index]
         hidden = self._hidden(torch.tensor([list(tokens)], device=audio.device), layers, 0, 1)
         recorded = {(layer.index, h): layer.recorded[0, k]  # type: ignore[index]
                     for layer in layers for k, h in enumerate(layer.recorded_heads)}
         return torch.stack([recorded[head] for head in heads]), self._logits(hidden[0])
+
+    @torch.inference_mode()  # no autograd graph, which would hold the audio and keep it alive
+    def _layers(self, audio: Tensor, rows: int, positions: int) -> tuple[_TextCache, list[_Layer]]:
+        """The decoder's blocks over encoded `audio`, with a new text cache of `rows` × `positions`.
+
+        The audio's keys and values are computed once for every pass over the same encoding (the
+        decoding at each fallback temperature, the punctuation pass, word timing), and let go
+        with it: nothing stays resident between windows or while the worker is idle."""
+        if self._audio is None or self._audio() is not audio:
+            def forget(_: weakref.ref[Tensor]) -> None:
+                self._audio_kv = []
+
+            self._audio = weakref.ref(audio, forget)
+            self._audio_kv = [(_heads(_project(audio, b.cross_attn.key), b.attn.n_head).contiguous(),
+                               _heads(_project(audio, b.cross_attn.value), b.attn.n_head).contiguous())
+                              for b in self.model.decoder.blocks]
+        blocks = self.model.decoder.blocks
+        cache = _TextCache(len(blocks), rows, positions, audio.shape[-1], audio.device)
+        return cache, [_Layer(block, i, kv, cache) for i, (block, kv) in enumerate(zip(blocks, self._audio_kv))]
 
     def _hidden(self, tokens: Tensor, layers: list[_Layer], start: int, group: int) -> Tensor:
         d = self.model.decoder

@@ -18,7 +18,7 @@ from whisper.model import Whisper
 from whisper.tokenizer import get_tokenizer
 
 from daemon import precision
-from daemon.decoder import Decoder, _Layer, _TextCache
+from daemon.decoder import Decoder
 from tests.speech import compose, sentences, wer
 
 pytestmark = pytest.mark.slow
@@ -111,12 +111,10 @@ def test_positions_run_after_cached_ones_see_what_one_run_would(fp32_model: Whis
     decoder = decoder_for(fp32_model)
     features = encode(fp32_model, speech[0][:1])
     sequence = torch.tensor([[*decoder.initial_tokens([]), *decoder.run(features, [], 0.0, None)[0].tokens]])
-    blocks = fp32_model.decoder.blocks
 
     def hidden(cuts: list[int]) -> torch.Tensor:
         with torch.inference_mode():
-            cache = _TextCache(len(blocks), 1, decoder.n_ctx, features.shape[-1], features.device)
-            layers = [_Layer(block, i, features, cache) for i, block in enumerate(blocks)]
+            _, layers = decoder._layers(features, 1, decoder.n_ctx)
             return torch.cat([decoder._hidden(sequence[:, a:b], layers, a, 1) for a, b in zip(cuts, cuts[1:])], 1)
 
     length = sequence.shape[1]
