@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -69,6 +70,19 @@ def queue(tmp_path: Path) -> JobQueue:
 
 def claim(queue: JobQueue, holder: str = HOLDER) -> Job | None:
     return queue.claim(holder)
+
+
+def old_database(db: Path, version: int, moved: dict[str, str] | None = None) -> None:
+    """The queue database schema `version` left behind (tests/fixtures/queue_v<version>.sql), at
+    `db`; `moved`: path prefixes in it replaced (old → new)."""
+    sql = (REPO / "tests" / "fixtures" / f"queue_v{version}.sql").read_text()
+    for old, new in (moved or {}).items():
+        sql = sql.replace(old, new)
+    conn = sqlite3.connect(db)
+    try:
+        conn.executescript(sql)
+    finally:
+        conn.close()
 
 
 def inbox_file(tmp_path: Path, name: str, data: bytes | None = None) -> Path:

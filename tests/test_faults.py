@@ -23,7 +23,7 @@ from daemon.queue import JobQueue
 from daemon.registry import workers
 from daemon.transcript import Checkpoint, Window
 from daemon.watcher import Watcher
-from tests.conftest import HOLDER, CliRunner, claim, inbox_file
+from tests.conftest import HOLDER, CliRunner, claim, inbox_file, old_database
 from tests.daemon_proc import (
     REPO, Lines, checkpointed, log_text, outputs, rows, settled, srt_text, start, stop, wait_until,
 )
@@ -62,9 +62,7 @@ def test_a_job_that_crashed_the_worker_waits_behind_the_others(queue: JobQueue, 
 
 def test_a_database_of_the_previous_version_is_upgraded_without_losing_a_job(tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
-    old = sqlite3.connect(db)
-    old.executescript((REPO / "tests" / "fixtures" / "queue_v0.sql").read_text())
-    old.close()
+    old_database(db, 0)
     queue = JobQueue(connect(db))
     done, running, duplicate = sorted(queue.jobs(), key=lambda j: j.id or 0)
     assert (done.status, running.status, duplicate.status) == (JobStatus.DONE, JobStatus.RUNNING, JobStatus.DUPLICATE)

@@ -17,7 +17,7 @@ from daemon.formats import FORMATS
 from daemon.inputs import fingerprint
 from daemon.queue import LEASE, JobQueue, LeaseLost
 from daemon.transcript import Checkpoint, Segment, Window, Word
-from tests.conftest import HOLDER, REPO, claim, inbox_file
+from tests.conftest import HOLDER, claim, inbox_file, old_database
 
 HELLO_SHA256 = "12998c017066eb0d2a70b94e6ed3192985855ce390f321bbdb832022888bd251"  # of "hello there": queue_v1.sql's
 
@@ -370,9 +370,7 @@ def test_a_window_keeps_its_words(queue: JobQueue, tmp_path: Path) -> None:
 
 def test_a_database_of_version_1_is_upgraded_with_its_transcripts_listed(tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
-    old = sqlite3.connect(db)
-    old.executescript((REPO / "tests" / "fixtures" / "queue_v1.sql").read_text())
-    old.close()
+    old_database(db, 1)
     queue = JobQueue(connect(db))
     done, legacy, duplicate, queued = sorted(queue.jobs(), key=lambda j: j.id or 0)
     assert queue.outputs(done.id) == [Path("/outbox/Done.srt")] and queue.outputs(queued.id) == []
@@ -396,10 +394,7 @@ def test_a_file_listed_before_the_upgrade_is_still_recognised_as_its_own(tmp_pat
     replaces that file; a file whose bytes are not those is left alone."""
     outbox, db = tmp_path / "outbox", tmp_path / "jobs.db"
     outbox.mkdir()
-    old = sqlite3.connect(db)
-    old.executescript((REPO / "tests" / "fixtures" / "queue_v1.sql").read_text()
-                      .replace("/inbox/", f"{tmp_path}/inbox/").replace("/outbox/", f"{outbox}/"))
-    old.close()
+    old_database(db, 1, {"/inbox/": f"{tmp_path}/inbox/", "/outbox/": f"{outbox}/"})
     (outbox / "Done.srt").write_text("hello there")  # what version 1 wrote (its sha256 is in the row)
     (outbox / "dup.srt").write_text("edited by hand")
     queue = JobQueue(connect(db))

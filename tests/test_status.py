@@ -14,8 +14,7 @@ import pytest
 from daemon.db import READ_PRAGMAS, JobStatus, WorkerRow, WorkerState, connect, connect_readonly, utcnow, writing
 from daemon.queue import JobQueue
 from daemon.registry import STALE_AFTER
-from tests.conftest import HOLDER, CliRunner, claim, inbox_file
-from tests.daemon_proc import REPO
+from tests.conftest import HOLDER, CliRunner, claim, inbox_file, old_database
 
 
 def _db(tmp_path: Path) -> Path:
@@ -47,9 +46,7 @@ def test_status_reads_without_the_write_lock_and_changes_nothing(tmp_path: Path,
 def test_status_does_not_upgrade_an_older_database(tmp_path: Path, cli: CliRunner) -> None:
     db = _db(tmp_path)
     db.parent.mkdir(parents=True)
-    old = sqlite3.connect(db)
-    old.executescript((REPO / "tests" / "fixtures" / "queue_v0.sql").read_text())
-    old.close()
+    old_database(db, 0)
     before = _digest(db)
     result = cli("status", check=False, timeout=60)
     assert result.returncode == 1 and "start the watcher or worker" in result.stderr
