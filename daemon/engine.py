@@ -397,11 +397,11 @@ class Engine:
             texts = _shown_words([w.word for w in words], show)
             text = "".join(texts) if words else show(t.decode([x for x in shown_piece if x < t.eot]))
             raw = t.decode([x for x in piece if x < t.eot])
-            if chinese.convert(raw, script) != raw:
+            if (converted := chinese.convert(raw, script)) != raw:
                 # Carry the converted text: a prompt in the chosen script keeps the model writing it.
                 head = piece[:1] if piece[0] >= t.timestamp_begin else []
                 tail = piece[-1:] if len(piece) > 1 and piece[-1] >= t.timestamp_begin else []
-                piece = [*head, *t.encode(chinese.convert(raw, script)), *tail]
+                piece = [*head, *t.encode(converted), *tail]
             segments.append(Segment(at(start), at(end), text.strip(), tuple(piece),
                                     tuple(Word(at(w.start), at(w.end), shown_text, w.probability)
                                           for w, shown_text in zip(words, texts))))

@@ -12,7 +12,7 @@ class Word:
     start: float  # seconds from the start of the recording
     end: float
     text: str  # as the transcript writes it: with its leading space in spaced scripts, none in CJK
-    probability: float = 1.0  # the model's probability of the word's tokens (their product's mean)
+    probability: float = 1.0  # the mean of the model's probabilities of the word's tokens
 
 
 @dataclass(frozen=True)
