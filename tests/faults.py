@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from daemon.config import ENV_PREFIX
 from tests.daemon_proc import (
     PeakSampler, log_text, outputs, percentile, rows, settled, srt_text, start, stop, wait_until,
 )
@@ -285,7 +286,12 @@ def kill_batch(count: int, seconds: tuple[float, float] = (20.0, 70.0)) -> dict[
 def kill_loop(root: Path, env: dict[str, str], batch: dict[str, Recording], kills: int, *, seed: int = 0,
               gap: tuple[float, float] = (0.5, 8.0), deadline: float = 900) -> KillReport:
     """`watch` and `work` as separate processes; SIGKILL one or both at `kills` random moments while
-    the batch arrives and is transcribed, restarting them at once; then let the batch finish."""
+    the batch arrives and is transcribed, restarting them at once; then let the batch finish.
+
+    Every crash here is the loop's own doing: a file whose first window the random kills hit
+    max_attempts times would be given up as one that crashes the worker (that guard has tests of
+    its own), so the worker is allowed one attempt more than there are kills."""
+    env = {**env, f"{ENV_PREFIX}MAX_ATTEMPTS": str(kills + 1)}
     inbox, outbox, db, logs = paths(env)
     rng = random.Random(seed)
     staging = root / "staging"
