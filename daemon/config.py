@@ -60,7 +60,7 @@ class Config:
     vad_threshold: float = 0.5  # speech probability above which VAD counts a 32 ms frame as speech
     beam_size: int | None = 5  # the CLI's; 2: 0.7x the time, more errors (bench/beams.py, realspeech.py); 1: greedy
     chunk_seconds: float = 30.0  # audio per window and per checkpoint (Whisper's window is 30 s)
-    precision: str = "auto"  # auto | fp32 | fp16 | bf16: the resident weights' number format
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16 | int8 (an int8 decoder): the resident weights' number format
     batch_size: int = 1  # > 1 decodes chunks cut at quiet points together (slower on 2-core CPUs)
     quiet_seconds: float = 2.0  # a file is complete once its size and mtime hold this long
     rescan_seconds: float = 60.0  # safety net for missed filesystem events
@@ -184,8 +184,8 @@ def validate(cfg: Config) -> None:
         )
     if cfg.quiet_seconds < 0 or cfg.max_attempts < 1:
         raise ConfigError("quiet_seconds must be >= 0 and max_attempts >= 1")
-    if cfg.precision not in ("auto", "fp32", "fp16", "bf16"):
-        raise ConfigError(f"precision is {cfg.precision!r}: choose auto, fp32, fp16 or bf16")
+    if cfg.precision not in ("auto", "fp32", "fp16", "bf16", "int8"):
+        raise ConfigError(f"precision is {cfg.precision!r}: choose auto, fp32, fp16, bf16 or int8")
     if cfg.batch_size < 1:
         raise ConfigError("batch_size must be at least 1")
     check_task_and_script(cfg.task, cfg.chinese_script)

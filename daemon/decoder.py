@@ -35,15 +35,20 @@ from whisper.model import MultiHeadAttention, ResidualAttentionBlock, Whisper
 from whisper.tokenizer import Tokenizer
 from whisper.utils import compression_ratio
 
-from daemon.precision import Int8Embedding
+from daemon.precision import Int8Embedding, Int8Linear
 
 MAX_INITIAL_TIMESTAMP = 1.0  # seconds; whisper's default: the first cue starts within a second
 
 
-def _heads(x: Tensor, n_head: int) -> Tensor:
-    """(batch, positions, state) → (batch, heads, positions, state per head), in fp32."""
+def _by_head(x: Tensor, n_head: int) -> Tensor:
+    """(batch, positions, state) → (batch, heads, positions, state per head)."""
     batch, positions, _ = x.shape
-    return x.view(batch, positions, n_head, -1).transpose(1, 2).float()
+    return x.view(batch, positions, n_head, -1).transpose(1, 2)
+
+
+def _heads(x: Tensor, n_head: int) -> Tensor:
+    """_by_head, in fp32."""
+    return _by_head(x, n_head).float()
 
 
 def _merge(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -56,7 +61,9 @@ def _norm(x: Tensor, ln: torch.nn.LayerNorm) -> Tensor:
     return F.layer_norm(x.float(), ln.normalized_shape, ln.weight, ln.bias, ln.eps).to(x.dtype)
 
 
-def _project(x: Tensor, linear: torch.nn.Linear) -> Tensor:
+def _project(x: Tensor, linear: torch.nn.Linear | Int8Linear) -> Tensor:
+    if isinstance(linear, Int8Linear):
+        return linear.forward(x)
     # F.linear on the parameters directly: a module call costs as much as a small product here
     return F.linear(x, linear.weight, linear.bias)
 
@@ -64,17 +71,31 @@ def _project(x: Tensor, linear: torch.nn.Linear) -> Tensor:
 class _TextCache:
     """Keys and values of the text so far, every layer in one tensor: (layer, k|v, row, position, state).
 
-    One tensor, so that reordering the rows after a beam step is one copy, not two per layer."""
+    One tensor, so that reordering the rows after a beam step is one copy, not two per layer. The
+    beams of a window start from one prompt: after `share`, its positions are held once per window
+    (`prompt`), and each row holds only its own positions after them. A step then reads the prompt
+    once for all beams (up to 223 positions against a few dozen of their own), and reordering the
+    beams copies only what they do not share."""
 
     def __init__(self, layers: int, rows: int, n_ctx: int, state: int, device: torch.device) -> None:
         self.kv = torch.empty(layers, 2, rows, n_ctx, state, device=device)
+        self.prompt: Tensor | None = None  # (layer, k|v, window, position, state)
+        self.shared = 0  # positions held in `prompt`
+
+    def share(self, group: int, length: int) -> None:
+        """Each row (one per window) becomes `group` rows sharing its first `length` positions."""
+        layers, _, windows, n_ctx, state = self.kv.shape
+        self.prompt = self.kv[:, :, :, :length].clone()
+        self.shared = length
+        self.kv = self.kv.new_empty(layers, 2, windows * group, n_ctx - length, state)
 
     def keep(self, rows: Tensor, length: int) -> None:
         """Keep the rows `rows` (indices into the current rows), in that order."""
+        own = length - self.shared
         if len(rows) != self.kv.shape[2]:
             self.kv = self.kv[:, :, rows]
         else:
-            self.kv[:, :, :, :length] = self.kv[:, :, rows, :length]
+            self.kv[:, :, :, :own] = self.kv[:, :, rows, :own]
 
 
 class _Layer:
@@ -91,7 +112,7 @@ class _Layer:
         self.cross_ln: torch.nn.LayerNorm = block.cross_attn_ln
         self.fc1, self.fc2 = block.mlp[0], block.mlp[2]
         self.n_head = block.attn.n_head
-        self.audio_k, self.audio_v = audio_kv  # by head, in fp32 (Decoder._layers)
+        self.audio_kt, self.audio_v = audio_kv  # by head, keys transposed (Decoder._layers)
         self.recorded_heads: list[int] = []  # word timing: keep these heads' attention logits
         self.recorded: Tensor | None = None  # (rows, heads, positions, audio positions)
 
@@ -101,13 +122,16 @@ class _Layer:
         attn = b.attn
         end = start + x.shape[1]
         h = _norm(x, b.attn_ln)
+        shared = self.text.shared
         cache_k, cache_v = self.text.kv[self.index]
-        cache_k[:, start:end] = _project(h, attn.key)
-        cache_v[:, start:end] = _project(h, attn.value)
+        cache_k[:, start - shared:end - shared] = _project(h, attn.key)
+        cache_v[:, start - shared:end - shared] = _project(h, attn.value)
         q = _heads(_project(h, attn.query), self.n_head)
-        k = _heads(cache_k[:, :end], self.n_head)
-        v = _heads(cache_v[:, :end], self.n_head)
-        if x.shape[1] == 1 or start == 0:
+        k = _heads(cache_k[:, :end - shared], self.n_head)
+        v = _heads(cache_v[:, :end - shared], self.n_head)
+        if shared:
+            out = self._after_prompt(q, k, v)
+        elif x.shape[1] == 1 or start == 0:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=x.shape[1] > 1)
         else:  # several positions after cached ones: each sees the cache and the positions up to itself
             mask = torch.ones(x.shape[1], end, dtype=torch.bool, device=x.device).tril(start)
@@ -116,15 +140,36 @@ class _Layer:
         x = x + self._cross(_norm(x, self.cross_ln), group)
         return x + _project(F.gelu(_project(_norm(x, b.mlp_ln), self.fc1)), self.fc2)
 
+    def _after_prompt(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """One step's self-attention (q: rows, heads, 1, state per head) over the window's shared
+        prompt and each row's own keys `k` and values `v`: one softmax over both, as over one cache."""
+        assert self.text.prompt is not None
+        prompt_k, prompt_v = (_heads(t, self.n_head) for t in self.text.prompt[self.index])
+        windows, heads, length, _ = prompt_k.shape
+        rows = q.shape[0]
+        group = rows // windows
+
+        def by_window(t: Tensor) -> Tensor:  # (rows, heads, 1, n) → (windows, heads, group, n)
+            return t.reshape(windows, group, heads, -1).transpose(1, 2)
+
+        def by_row(t: Tensor) -> Tensor:  # the other way round
+            return t.transpose(1, 2).reshape(rows, heads, 1, -1)
+
+        logits = torch.cat([by_row(by_window(q) @ prompt_k.transpose(-1, -2)), q @ k.transpose(-1, -2)], dim=-1)
+        weights = (logits * q.shape[-1] ** -0.5).softmax(-1)
+        return by_row(by_window(weights[..., :length]) @ prompt_v) + weights[..., length:] @ v
+
     def _cross(self, h: Tensor, group: int) -> Tensor:
         # All rows of one window share its audio: fold them into the query axis of one product.
+        # The products run in the audio keys' format (bf16 reads half the bytes of fp32, and this
+        # is the step's largest read), the softmax in fp32.
         rows, positions, state = h.shape
         windows = rows // group
-        q = _project(h, self.cross.query).view(windows, group * positions, self.n_head, -1).transpose(1, 2).float()
-        out = F.scaled_dot_product_attention(q, self.audio_k, self.audio_v)
+        q = _project(h, self.cross.query).view(windows, group * positions, self.n_head, -1).transpose(1, 2)
+        logits = (q.to(self.audio_kt.dtype) @ self.audio_kt).float() * q.shape[-1] ** -0.5
         if self.recorded_heads:
-            heads = self.recorded_heads
-            self.recorded = q[:, heads] @ self.audio_k[:, heads].transpose(-1, -2) * q.shape[-1] ** -0.5
+            self.recorded = logits[:, self.recorded_heads]
+        out = logits.softmax(-1).to(self.audio_v.dtype) @ self.audio_v
         out = out.transpose(1, 2).reshape(rows, positions, state).to(h.dtype)
         return _project(out, self.cross.out)
 
@@ -180,7 +225,7 @@ class Decoder:
         if group > 1:
             tokens = tokens.repeat_interleave(group, 0)
             logits = logits.repeat_interleave(group, 0)
-            cache.keep(torch.arange(windows, device=device).repeat_interleave(group), begin)
+            cache.share(group, begin)
 
         search = _Beam(group, t.eot) if beam_size else _Sample(temperature, t.eot)
         sum_logprobs = torch.zeros(len(tokens), device=device)
@@ -302,8 +347,8 @@ class Decoder:
                 self._audio_kv = []
 
             self._audio = weakref.ref(audio, forget)
-            self._audio_kv = [(_heads(_project(audio, b.cross_attn.key), b.attn.n_head).contiguous(),
-                               _heads(_project(audio, b.cross_attn.value), b.attn.n_head).contiguous())
+            self._audio_kv = [(_by_head(_project(audio, b.cross_attn.key), b.attn.n_head).transpose(-1, -2).contiguous(),
+                               _by_head(_project(audio, b.cross_attn.value), b.attn.n_head).contiguous())
                               for b in self.model.decoder.blocks]
         blocks = self.model.decoder.blocks
         cache = _TextCache(len(blocks), rows, positions, audio.shape[-1], audio.device)

@@ -9,13 +9,23 @@ One matrix is held tighter on a CPU: the token embedding, which is also the outp
 read whole for every decoded token (51,864 rows: 40 MB in bf16 for tiny.en, more than the last
 level cache). Held as int8 rows with one scale per row, the product reads half as many bytes:
 1.30 → 0.37 ms a token here, with the same transcripts on our benchmark clips.
+
+`int8` goes further on a CPU, where decoding is a few rows at a time and reading the weights is
+most of the work: every decoder projection, the output projection included, holds int8 weights
+(one scale per row) and multiplies in int8, each input quantized as it comes (dynamic quantization,
+as CTranslate2's int8 does; fbgemm's kernels on x86, qnnpack's on ARM). The rest of the model stays
+in the half format (or fp32), and so do the keys and values of the audio, computed once a window.
+`auto` takes it when a decoding step's product is measured faster in int8 than in that format.
+A resolved choice names both: "int8+bf16" is an int8 decoder, the rest in bf16.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 
 import psutil
 import torch
@@ -29,6 +39,13 @@ PROBE_SIZE = 512  # a matmul the size of base's attention projections
 PROBE_REPEATS = 20
 HOPELESS = 10  # a half format this much slower than fp32 on a small product is not measured further
 KEEPS_UP = 1.1  # a half format may be this much slower than fp32 and still be chosen (half the memory)
+STEP_ROWS = 5  # a decoding step's rows: one per beam
+STEP_SHAPE = (4 * PROBE_SIZE, PROBE_SIZE)  # base's MLP projection, the largest of a decoding step
+STEP_REPEATS = 200
+INT8 = "int8"
+ROWS_AT_ONCE = 4096
+
+Linear = Callable[[Tensor], Tensor]
 
 
 def _matmul_seconds(dtype: torch.dtype, size: int = PROBE_SIZE, repeats: int = PROBE_REPEATS) -> float:
@@ -69,17 +86,50 @@ def fastest(seconds: Mapping[str, float]) -> str:
     return half if seconds[half] <= seconds["fp32"] * KEEPS_UP else "fp32"
 
 
+def measure_step(weights: str) -> dict[str, float]:
+    """Seconds per decoding-step product (STEP_ROWS × STEP_SHAPE) with weights in `weights` and in
+    int8 (inf when this build of torch has no int8 kernels for the CPU)."""
+    weight = torch.randn(*STEP_SHAPE) / PROBE_SIZE ** 0.5
+    rows = torch.randn(STEP_ROWS, STEP_SHAPE[1])
+
+    def seconds(product: Linear) -> float:
+        product(rows)  # warm up kernels
+        began = time.perf_counter()
+        for _ in range(STEP_REPEATS):
+            product(rows)
+        return (time.perf_counter() - began) / STEP_REPEATS
+
+    half = weight.to(DTYPES[weights])
+    result = {weights: seconds(lambda x: F.linear(x.to(half.dtype), half))}
+    try:
+        result[INT8] = seconds(Int8Linear(*int8_rows(weight), None))
+    except RuntimeError:  # no quantized engine in this build
+        result[INT8] = float("inf")
+    return result
+
+
 def choose(requested: str, device: str) -> str:
-    """Resolve `auto` for this device; explicit choices are kept."""
-    if requested != "auto":
+    """Resolve `auto` (and the half format under an `int8` decoder) for this device; explicit
+    formats are kept. On a GPU, `auto` and `int8` are fp16: int8 kernels here are the CPU's."""
+    if requested not in ("auto", INT8):
         return requested
     if device in ("cuda", "mps"):
         return "fp16"
     seconds = measure_cpu()
-    chosen = fastest(seconds)
-    logger.info("precision auto → {} (matmul {})", chosen,
-                ", ".join(f"{name} {s * 1e3:.2f} ms" for name, s in seconds.items()))
+    weights = fastest(seconds)
+    step = measure_step(weights)
+    int8 = requested == INT8 or step[INT8] < step[weights]
+    chosen = f"{INT8}+{weights}" if int8 else weights
+    logger.info("precision {} → {} (matmul {}; decoding step {})", requested, chosen,
+                ", ".join(f"{name} {s * 1e3:.2f} ms" for name, s in seconds.items()),
+                ", ".join(f"{name} {s * 1e3:.3f} ms" for name, s in step.items()))
     return chosen
+
+
+def formats(chosen: str) -> tuple[bool, str]:
+    """A resolved choice as (int8 decoder?, the format of everything else)."""
+    int8, _, weights = chosen.rpartition("+")
+    return int8 == INT8, weights
 
 
 def pick_device() -> str:
@@ -104,14 +154,64 @@ def to_device(model: Whisper, device: str) -> tuple[Whisper, str]:
         return model.to("cpu"), "cpu"
 
 
-class Int8Embedding(torch.nn.Module):
-    """A token embedding held as int8 rows and one scale per row (weight-only quantization)."""
+def int8_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """`weight` as int8 rows and one fp32 scale per row, mapping each row's largest magnitude to 127.
+    Done ROWS_AT_ONCE rows at a time: the whole of base's embedding in fp32 would be 100 MB more
+    at the moment the daemon's memory peaks."""
+    rows = torch.empty(weight.shape, dtype=torch.int8)
+    scales = torch.empty(len(weight))
+    for start in range(0, len(weight), ROWS_AT_ONCE):
+        part = weight[start:start + ROWS_AT_ONCE].detach().float()
+        part_scales = (part.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
+        scales[start:start + len(part)] = part_scales
+        rows[start:start + len(part)] = torch.round(part / part_scales[:, None])
+    return rows, scales
 
-    def __init__(self, weight: Tensor) -> None:
+
+def _quantized(rows: Tensor, scales: Tensor) -> Tensor:
+    with warnings.catch_warnings():  # torch 2.13 calls quantized tensors deprecated; its int8 kernels take them
+        warnings.simplefilter("ignore", UserWarning)
+        return torch._make_per_channel_quantized_tensor(rows, scales.double(), torch.zeros(len(rows), dtype=torch.long), 0)
+
+
+@functools.cache
+def reduce_range() -> bool:
+    """Whether inputs must be quantized to 7 bits: x86 CPUs without VNNI add products of 8-bit
+    pairs in 16 bits, which saturate (fbgemm's reduce_range). Found out by a product that would."""
+    weight = torch.full((1, 64), 1.0)
+    rows = torch.full((1, 64), 1.0)
+    packed = torch.ops.quantized.linear_prepack(_quantized(torch.full((1, 64), 127, dtype=torch.int8),
+                                                           torch.tensor([1 / 127])), None)
+    exact = float(rows @ weight.T)
+    return abs(float(torch.ops.quantized.linear_dynamic(rows, packed, False)) - exact) > 0.01 * exact
+
+
+class Int8Linear(torch.nn.Module):
+    """A linear layer that multiplies in int8: weights as int8 rows with one scale per row, each
+    input quantized as it comes. Keeps its input's format."""
+
+    def __init__(self, rows: Tensor, scales: Tensor, bias: Tensor | None) -> None:
+        """`rows`, `scales`: the weight as int8_rows gives it."""
         super().__init__()
-        scales = (weight.float().abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
-        self.register_buffer("rows", torch.round(weight.float() / scales[:, None]).to(torch.int8))
-        self.register_buffer("scales", scales.to(weight.dtype))
+        self.packed = torch.ops.quantized.linear_prepack(
+            _quantized(rows, scales), None if bias is None else bias.detach().float())
+        self.nbytes = rows.numel() + scales.numel() * 4 + (0 if bias is None else bias.numel() * 4)
+        self.reduce_range = reduce_range()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.quantized.linear_dynamic(x.float(), self.packed, self.reduce_range).to(x.dtype)
+
+
+class Int8Embedding(torch.nn.Module):
+    """A token embedding held as int8 rows and one scale per row (weight-only quantization), in
+    `dtype`. With `int8_logits`, the output projection multiplies in int8 too (Int8Linear)."""
+
+    def __init__(self, weight: Tensor, dtype: torch.dtype | None = None, int8_logits: bool = False) -> None:
+        super().__init__()
+        rows, scales = int8_rows(weight)
+        self.register_buffer("rows", rows)
+        self.register_buffer("scales", scales.to(dtype or weight.dtype))
+        self.output = Int8Linear(rows, scales, None) if int8_logits else None
 
     def forward(self, tokens: Tensor) -> Tensor:
         return F.embedding(tokens, self.rows).to(self.scales.dtype) * self.scales[tokens, None]
@@ -122,26 +222,53 @@ class Int8Embedding(torch.nn.Module):
         return self.rows.to(self.scales.dtype) * self.scales[:, None]
 
     def logits(self, hidden: Tensor) -> Tensor:
+        if self.output is not None:
+            return self.output(hidden).float()
         rows = hidden.reshape(-1, hidden.shape[-1]).to(self.scales.dtype)
         out = torch.ops.aten._weight_int8pack_mm(rows, self.rows, self.scales)
         return out.float().reshape(*hidden.shape[:-1], -1)
 
 
 def convert(model: Whisper, precision: str) -> Whisper:
-    """Hold the weights in `precision`; LayerNorms stay fp32 because whisper computes them in fp32.
+    """Hold the weights in `precision` (a resolved choice); LayerNorms stay fp32 because whisper
+    computes them in fp32.
 
-    On a CPU, a half-precision model's token embedding becomes an `Int8Embedding`.
+    On a CPU, a half-precision model's token embedding becomes an `Int8Embedding`. Under an int8
+    decoder (CPU only), its projections become `Int8Linear`s made from the fp32 weights, except the
+    audio's keys and values; its embeddings and states stay fp32, since the products are int8 anyway.
     """
-    model = model.to(DTYPES[precision])
+    int8, weights = formats(precision)
+    dtype = DTYPES[weights]
+    model.encoder.to(dtype)
+    decoder = model.decoder
+    if int8:
+        if decoder.positional_embedding.device.type != "cpu":
+            raise ValueError("an int8 decoder runs on the CPU only")
+        for block in decoder.blocks:
+            assert block.cross_attn is not None
+            block.cross_attn.key.to(dtype)  # the audio's keys and values: computed once a window
+            block.cross_attn.value.to(dtype)
+            for attention, names in ((block.attn, ("query", "key", "value", "out")), (block.cross_attn, ("query", "out"))):
+                for name in names:
+                    linear = getattr(attention, name)
+                    setattr(attention, name, Int8Linear(*int8_rows(linear.weight), linear.bias))
+            for i in (0, 2):  # the MLP's two projections, either side of its GELU
+                block.mlp[i] = Int8Linear(*int8_rows(block.mlp[i].weight), block.mlp[i].bias)
+        decoder.token_embedding = Int8Embedding(decoder.token_embedding.weight.detach(), torch.float32,  # type: ignore[assignment]
+                                                int8_logits=True)
+        decoder.positional_embedding.data = decoder.positional_embedding.float()
+    else:
+        decoder.to(dtype)
+        if weights != "fp32" and decoder.positional_embedding.device.type == "cpu":
+            decoder.token_embedding = Int8Embedding(decoder.token_embedding.weight.detach())  # type: ignore[assignment]
     for module in model.modules():
         if isinstance(module, torch.nn.LayerNorm):
             module.float()
-    embedding = model.decoder.token_embedding
-    if precision != "fp32" and embedding.weight.device.type == "cpu":
-        model.decoder.token_embedding = Int8Embedding(embedding.weight.detach())  # type: ignore[assignment]
     return model
 
 
 def weight_bytes(model: Whisper) -> int:
+    """Bytes of the resident weights, int8 ones included."""
     tensors = [*model.parameters(), *(b for m in model.modules() if isinstance(m, Int8Embedding) for b in m.buffers())]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    packed = sum(m.nbytes for m in model.modules() if isinstance(m, Int8Linear))
+    return sum(t.numel() * t.element_size() for t in tensors) + packed

@@ -78,7 +78,9 @@ def find_alignment(decoder: Decoder, audio: Tensor, text: list[int], frames: int
 
     weights = attention[:, :, :frames // 2].softmax(-1)  # two mel frames per audio position
     std, mean = torch.std_mean(weights, dim=-2, keepdim=True, unbiased=False)
-    weights = median_filter((weights - mean) / std, MEDIAN_FILTER_WIDTH)
+    # One head at a time: whisper's filter sorts a window of 7 per value, with indices (84 bytes a
+    # value), which for base's 24 heads over a full window was 180 MB at once, the daemon's peak.
+    weights = torch.stack([median_filter(head, MEDIAN_FILTER_WIDTH) for head in (weights - mean) / std])
     matrix = weights.mean(0)[len(sot):-1]  # the no_timestamps token, then the text tokens
     text_indices, time_indices = dtw(-matrix.double().numpy())
 

@@ -78,6 +78,7 @@ class Worker:
         language = _language_code(self.cfg.language, model.is_multilingual, resolved.name)
         self.precision = precision.choose(self.cfg.precision, device)
         model = precision.convert(model, self.precision)
+        release_memory()  # what the loading and the conversion freed: a model's size, kept by glibc otherwise
         self.model_name = resolved.name
         self.engine = Engine(model, DecodeSettings(language=language, beam_size=self.cfg.beam_size,
                                                    chunk_seconds=self.cfg.chunk_seconds, task=self.cfg.task,
