@@ -243,7 +243,7 @@ def daemon_transcribe_all(audios: Sequence[Path], model: str, tmp: Path, languag
     jobs = {Path(job["path"]).resolve(): job for job in json.loads(status.stdout)["jobs"]}
     log = tmp / "log" / "worker.log"
     # the format `auto` chose is in the worker's start-up line (its row is gone once it exits)
-    precision = ",".join(sorted(set(re.findall(r"worker ready \(.*?\): .* on \S+, (\w+) weights",
+    precision = ",".join(sorted(set(re.findall(r"worker ready \(.*?\): .* on \S+, (\S+) weights",
                                                log.read_text(encoding="utf-8", errors="replace")
                                                if log.is_file() else ""))))
     if m.returncode != 0 or len(jobs) != len(audios) or any(job["status"] != "done" for job in jobs.values()):

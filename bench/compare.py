@@ -1,26 +1,48 @@
 """Peers: our worker vs openai-whisper's CLI, faster-whisper and whisper.cpp, same audio, same weights.
 
 Every engine is a whole process, timed from start to exit with the model load included, on the
-same recording and the same Whisper weights, in the same run:
+same recordings and the same Whisper weights, in the same run:
 
 - `cli`    openai-whisper's `whisper` CLI at its defaults (beam 5, best_of 5, temperature
-           fallback), fp32, with the checkpoint our worker loads (common.whisper_cli());
+           fallback), fp32, with the checkpoint our worker loads (common.whisper_cli_all());
 - `faster` faster-whisper at its defaults (beam 5, temperature fallback), int8 on the CPU, given
            the CTranslate2 folder those weights come from (bench/_faster.py);
 - `cpp`    whisper.cpp through pywhispercpp at its defaults (greedy best_of 5, temperature
            fallback) with n_threads=2, given a ggml file converted from that checkpoint by
            bench/ggml.py (bench/_whispercpp.py);
-- `ours`   `python -m daemon work --exit-when-empty` at its default settings (common.daemon_transcribe()).
+- `ours`   `python -m daemon work --exit-when-empty` at its default settings
+           (common.daemon_transcribe_all()).
 
-All four are told the language is English, as common.whisper_cli() tells the CLI, so they all do
-the same task. Targets, per (model, clip): ours ≤ 0.33 × CLI time; ours ≤ min(faster-whisper,
-whisper.cpp) time; our WER ≤ CLI WER + 1.0 point; our peak RSS ≤ CLI peak RSS.
+All four are told the language is English, so they all do the same task. Two kinds of rows:
+
+- one file: each engine's process transcribes one meeting of each `--minutes` length;
+- warm throughput: each engine's process transcribes `--warm-files` different meetings of
+  `--warm-minutes` each (seeds seed, seed+1, …) in sequence, the model loaded once (our worker
+  drains a queue of them). Its time is the wall time of that whole process, measured the same way
+  as for every other row, so no engine's own clock is trusted; loading the model is paid once
+  for all the files. Where the engine can tell, the time from its model loaded to its last
+  transcript written is shown beside it ("after load"): faster-whisper and whisper.cpp print it
+  (their scripts' clock), ours is its first job's start to its last job's end (`status --json`).
+  WER is over the files' references and transcripts concatenated in order.
+
+Paired runs: in each repeat, ours and each peer run back to back, ours first on odd repeats and
+the peer first on even ones (ABBA over two repeats: a drift in the machine's speed favours neither
+side, so an even --repeat balances the order), with a run of ours for each peer. The ratio ours /
+peer is taken per pair, and its median over the repeats is the ratio reported and judged; the
+per-engine medians (of every run of that engine) are reported too. Without ours, or without a
+peer, the engines run one after another.
+
+Targets (the constants below), per model: one file: ours ≤ 0.33 × CLI, ≤ 0.8 × faster-whisper and
+≤ 0.8 × whisper.cpp wall time (paired ratios); our WER ≤ CLI WER + 1.0 point; our peak RSS ≤ the
+CLI's and ≤ faster-whisper's. Warm throughput: ours ≤ 0.6 × faster-whisper wall time (paired
+ratio); our WER ≤ CLI WER + 1.0 point; our peak RSS ≤ faster-whisper's.
 
 Writes bench/out/compare.json, bench/out/compare.png, docs/benchmarks.png and the section
 "Peers (bench/compare.py)" of docs/benchmarks.md. Needs bench/requirements.txt.
 
     .venv/bin/python bench/compare.py [--minutes 5 15] [--models tiny.en base]
-        [--engines cli faster cpp ours] [--repeat N]
+        [--engines cli faster cpp ours] [--repeat N] [--warm-files 10] [--warm-minutes 1]
+        [--no-warm | --no-single] [--no-docs]
 """
 
 from __future__ import annotations
@@ -29,12 +51,14 @@ import argparse
 import importlib.metadata
 import importlib.util
 import os
+import re
 import shlex
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,13 +77,17 @@ ENGINES = {  # key -> label, in display order
     "ours": "ours (work --exit-when-empty)",
 }
 SHORT = {"cli": "openai-whisper CLI", "faster": "faster-whisper", "cpp": "whisper.cpp", "ours": "ours"}
-LANGUAGE = "en"  # what common.whisper_cli() passes to the CLI; given to every engine alike
+LANGUAGE = "en"  # given to every engine alike, the CLI included
 CPP_THREADS = 2
 
-TIME_VS_CLI = 0.33  # ours ≤ 0.33 × CLI wall time
-TIME_VS_BEST_PEER = 1.0  # ours ≤ 1.0 × min(faster-whisper, whisper.cpp) wall time
-WER_POINTS = 1.0  # our WER ≤ CLI WER + 1.0 point
-RSS_VS_CLI = 1.0  # our peak RSS ≤ CLI peak RSS
+# Time targets compare paired ratios (ours / peer wall time, median over the pairs); RSS, medians.
+TIME_VS_CLI = 0.33  # one file: ours ≤ 0.33 × CLI wall time
+TIME_VS_FASTER = 0.8  # one file: ours ≤ 0.8 × faster-whisper wall time
+TIME_VS_CPP = 0.8  # one file: ours ≤ 0.8 × whisper.cpp wall time
+WARM_TIME_VS_FASTER = 0.6  # warm throughput: ours ≤ 0.6 × faster-whisper wall time of the many-file process
+WER_POINTS = 1.0  # one file and warm: our WER ≤ CLI WER + 1.0 point (when the CLI ran)
+RSS_VS_CLI = 1.0  # one file: our peak RSS ≤ CLI peak RSS
+RSS_VS_FASTER = 1.0  # one file and warm: our peak RSS ≤ faster-whisper peak RSS
 
 CT2_DIR = common.OUT / "ct2"
 PNG_OUT = common.OUT / "compare.png"
@@ -185,138 +213,203 @@ class ForeignLoad:
 
 # --------------------------------------------------------------------------- one run of one engine
 
+AFTER_LOAD = re.compile(r"^after_load_seconds=([0-9.]+)$", re.MULTILINE)  # _faster.py's, _whispercpp.py's last line
 
-def run_engine(engine: str, audio: Path, w: Weights, tmp: Path) -> tuple[Measurement, str]:
-    """Run one engine once on `audio`; its measurement and the spoken text of its SRT."""
-    out = tmp / f"{audio.stem}.srt"
+
+@dataclass
+class Case:
+    """What each engine's process transcribes in one run: one meeting, or several in sequence (warm)."""
+
+    audios: list[Path]
+    references: list[str]
+    minutes: float  # each meeting's length as asked for
+    warm: bool
+    seconds: float  # of all the audio
+
+    @property
+    def label(self) -> str:
+        return f"{len(self.audios)} × {self.minutes:.1f} min" if self.warm else f"{self.seconds / 60:.1f} min"
+
+
+def make_case(recordings: list[tuple[Path, str]], minutes: float, warm: bool) -> Case:
+    for audio, _ in recordings:
+        common.warm_file_cache(audio)
+    return Case([a for a, _ in recordings], [t for _, t in recordings], minutes, warm,
+                sum(common.audio_seconds(a) for a, _ in recordings))
+
+
+@dataclass
+class Run:
+    m: Measurement
+    wer: float
+    foreign: float  # share of all cores other processes used during the run
+    after_load: float | None  # seconds from the model loaded to the last transcript written (None: unknown)
+
+
+def run_engine(engine: str, audios: list[Path], w: Weights, tmp: Path) -> tuple[Measurement, list[str], float | None]:
+    """Run one engine once on `audios` in one process (the model loaded once): its measurement, the
+    spoken text of each SRT, and its seconds from the model loaded to the last transcript written."""
     if engine == "cli":
-        m, srt_path = common.whisper_cli(audio, w.checkpoint, tmp)
-    elif engine == "faster":
-        m, srt_path = common.checked(common.measure(
-            [common.PYTHON, str(common.BENCH / "_faster.py"), str(audio), str(w.ct2), str(out),
-             "--language", LANGUAGE], cwd=common.REPO), out, "faster-whisper")
+        m, srt_paths = common.whisper_cli_all(audios, w.checkpoint, tmp, LANGUAGE)
+        return m, [common.srt_text(p) for p in srt_paths], None
+    if engine == "ours":
+        runs = common.daemon_transcribe_all(audios, w.model, tmp, language=LANGUAGE)
+        jobs = [run.job for run in runs]  # the worker's own clock: its first job's start to its last job's end
+        after_load = (max(datetime.fromisoformat(j["finished_at"]) for j in jobs)
+                      - min(datetime.fromisoformat(j["started_at"]) for j in jobs)).total_seconds()
+        return runs[0].measurement, [common.srt_text(run.srt_path) for run in runs], after_load
+    files = [str(tmp), *map(str, audios)]  # absolute paths: never taken for options
+    if engine == "faster":
+        what, cmd = "faster-whisper", [str(common.BENCH / "_faster.py"), str(w.ct2), *files]
     elif engine == "cpp":
-        m, srt_path = common.checked(common.measure(
-            [common.PYTHON, str(common.BENCH / "_whispercpp.py"), str(audio), str(w.ggml), str(out),
-             "--threads", str(CPP_THREADS), "--language", LANGUAGE], cwd=common.REPO), out, "whisper.cpp")
-    elif engine == "ours":
-        run = common.daemon_transcribe(audio, w.model, tmp, language=LANGUAGE)
-        m, srt_path = run.measurement, run.srt_path
+        what, cmd = "whisper.cpp", [str(common.BENCH / "_whispercpp.py"), str(w.ggml), *files,
+                                    "--threads", str(CPP_THREADS)]
     else:
         raise ValueError(engine)
-    return m, common.srt_text(srt_path)
+    m = common.measure([common.PYTHON, *cmd, "--language", LANGUAGE], cwd=common.REPO)
+    texts = [common.srt_text(common.checked(m, tmp / f"{audio.stem}.srt", what)[1]) for audio in audios]
+    found = AFTER_LOAD.search(m.stdout)
+    return m, texts, float(found.group(1)) if found else None
 
 
-def run_case(audio: Path, reference: str, audio_s: float, w: Weights, engines: list[str],
-             repeat: int, quiet_wait: float, retries: int) -> dict[str, Any]:
-    runs: dict[str, list[tuple[Measurement, float, float]]] = {e: [] for e in engines}
+def run_once(engine: str, case: Case, w: Weights, quiet_wait: float, label: str) -> Run:
+    """One measured run of `engine` on `case`, after waiting for a quiet machine; raises if it failed."""
+    before = wait_until_quiet(quiet_wait) if quiet_wait > 0 else 0.0
+    if before >= BUSY_SHARE:
+        print(f"  warning: other processes use {before:.0%} of the CPUs; running anyway", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix=f"bench-compare-{engine}-") as tmp, ForeignLoad() as load:
+        m, texts, after_load = run_engine(engine, case.audios, w, Path(tmp))
+    score = common.wer("\n".join(case.references), "\n".join(texts))
+    flag = f"  (other processes used {load.share:.0%} of the CPUs)" if load.share >= BUSY_SHARE else ""
+    print(f"{label}: {m.wall_seconds:.1f} s, {m.peak_rss_mb:.0f} MB, WER {pct(score)}{flag}", file=sys.stderr)
+    return Run(m, score, load.share, after_load)
+
+
+def schedule(engines: list[str], i: int) -> list[tuple[str, ...]]:
+    """Repeat `i`'s runs (from 0) in groups run back to back: ours with each peer, ours first in the
+    1st, 3rd… repeat and second in the others (ABBA); the peers take turns at going first, so a load
+    change does not always hit the same one. Without ours, or without a peer: each engine alone."""
+    peers = [e for e in engines if e != "ours"]
+    peers = peers[i % len(peers):] + peers[:i % len(peers)] if peers else []
+    if "ours" not in engines or not peers:
+        return [(e,) for e in peers or engines]
+    return [("ours", peer) if i % 2 == 0 else (peer, "ours") for peer in peers]
+
+
+def _worst(group: dict[str, Run]) -> float:
+    return max(r.foreign for r in group.values())
+
+
+def run_case(case: Case, w: Weights, engines: list[str], repeat: int, quiet_wait: float,
+             retries: int) -> dict[str, Any]:
+    runs: dict[str, list[Run]] = {e: [] for e in engines}
+    pairs: dict[str, list[dict[str, Any]]] = {}  # peer -> its pairs with ours: ours / peer
     errors: dict[str, str] = {}
     for i in range(repeat):
-        # Rotate the order, so a load change on the machine does not always hit the same engine.
-        order = engines[i % len(engines):] + engines[:i % len(engines)]
-        for engine in order:
-            best: tuple[Measurement, float, float] | None = None
+        for group in schedule(engines, i):
+            best: dict[str, Run] = {}  # a pair is retried as one, so both of its runs share their conditions
             for attempt in range(1 + retries):
-                if engine in errors:
-                    break
-                label = f"  {w.model} {audio_s / 60:.1f} min run {i + 1}/{repeat} {engine}"
-                if attempt:
-                    label += f" (again: {best[2]:.0%} other load)" if best else " (again)"
-                before = wait_until_quiet(quiet_wait) if quiet_wait > 0 else 0.0
-                if before >= BUSY_SHARE:
-                    print(f"  warning: other processes use {before:.0%} of the CPUs; running anyway",
-                          file=sys.stderr)
-                with tempfile.TemporaryDirectory(prefix=f"bench-compare-{engine}-") as tmp, ForeignLoad() as load:
+                got: dict[str, Run] = {}
+                failed = False
+                for engine in group:
+                    if engine in errors:
+                        continue
+                    label = f"  {w.model} {case.label} run {i + 1}/{repeat} {engine}"
+                    if attempt:
+                        label += f" (again: {_worst(best):.0%} other load)" if best else " (again)"
                     try:
-                        m, text = run_engine(engine, audio, w, Path(tmp))
+                        got[engine] = run_once(engine, case, w, quiet_wait, label)
                     except Exception as exc:  # keep the others going: one broken peer must not cost the run
                         errors[engine] = f"{type(exc).__name__}: {exc}"[-3000:]
                         print(f"{label}: FAILED {errors[engine].splitlines()[0]}", file=sys.stderr)
-                        break
-                score = common.wer(reference, text)
-                flag = f"  (other processes used {load.share:.0%} of the CPUs)" if load.share >= BUSY_SHARE else ""
-                print(f"{label}: {m.wall_seconds:.1f} s, {m.peak_rss_mb:.0f} MB, WER {pct(score)}{flag}",
-                      file=sys.stderr)
-                if best is None or load.share < best[2]:
-                    best = (m, score, load.share)
-                if load.share < BUSY_SHARE:
+                        failed = True
+                if got and (not best or _worst(got) < _worst(best)):
+                    best = got  # the least disturbed attempt
+                if failed or not got or _worst(got) < BUSY_SHARE:
                     break  # a run on a quiet machine: keep it
-            if best is not None and engine not in errors:
-                runs[engine].append(best)  # the least disturbed attempt
+            kept = {engine: run for engine, run in best.items() if engine not in errors}
+            for engine, run in kept.items():
+                runs[engine].append(run)
+            if len(kept) == 2 and "ours" in kept:
+                peer = next(e for e in kept if e != "ours")
+                ours, other = kept["ours"], kept[peer]
+                pair = {"ours_first": group[0] == "ours", "time": ours.m.wall_seconds / other.m.wall_seconds}
+                if ours.after_load and other.after_load:
+                    pair["after_load_time"] = ours.after_load / other.after_load
+                pairs.setdefault(peer, []).append(pair)
 
-    result: dict[str, Any] = {"model": w.model, "audio": audio.name, "audio_seconds": audio_s,
-                              "checkpoint": str(w.checkpoint), "weights_source": w.source,
-                              "ct2": str(w.ct2) if w.ct2 else None, "ggml": str(w.ggml) if w.ggml else None,
-                              "engines": {}, "errors": errors}
+    result: dict[str, Any] = {"model": w.model, "warm": case.warm, "clip": case.label, "files": len(case.audios),
+                              "minutes": case.minutes, "audios": [a.name for a in case.audios],
+                              "audio_seconds": case.seconds, "checkpoint": str(w.checkpoint),
+                              "weights_source": w.source, "ct2": str(w.ct2) if w.ct2 else None,
+                              "ggml": str(w.ggml) if w.ggml else None, "engines": {}, "paired": {}, "errors": errors}
     for engine, rs in runs.items():
         if not rs:
             continue
-        ms = [m for m, _, _ in rs]
+        after = [r.after_load for r in rs if r.after_load is not None]
         result["engines"][engine] = {
-            "wall_seconds": statistics.median(m.wall_seconds for m in ms),
-            "cpu_seconds": statistics.median(m.cpu_seconds for m in ms),
-            "peak_rss_mb": statistics.median(m.peak_rss_mb for m in ms),
-            "wer": statistics.median(s for _, s, _ in rs),
-            "foreign_cpu_share": max(f for _, _, f in rs),  # worst run: other processes' share of all cores
-            "runs": [{**m.summary(), "wer": round(s, 5), "foreign_cpu_share": round(f, 3)} for m, s, f in rs],
+            "wall_seconds": statistics.median(r.m.wall_seconds for r in rs),
+            "cpu_seconds": statistics.median(r.m.cpu_seconds for r in rs),
+            "peak_rss_mb": statistics.median(r.m.peak_rss_mb for r in rs),
+            "wer": statistics.median(r.wer for r in rs),
+            "after_load_seconds": statistics.median(after) if after else None,
+            "foreign_cpu_share": max(r.foreign for r in rs),  # worst run: other processes' share of all cores
+            "runs": [{**r.m.summary(), "wer": round(r.wer, 5), "foreign_cpu_share": round(r.foreign, 3),
+                      "after_load_seconds": r.after_load} for r in rs],
         }
-    result["ratios"] = ratios(result["engines"])
-    result["targets"] = targets(result["engines"])
+    for peer, ps in pairs.items():
+        paired: dict[str, Any] = {"time": statistics.median(p["time"] for p in ps), "pairs": ps}
+        if after := [p["after_load_time"] for p in ps if "after_load_time" in p]:
+            paired["after_load_time"] = statistics.median(after)
+        result["paired"][peer] = paired
+    result["targets"] = targets(result["engines"], result["paired"], case.warm)
     return result
 
 
 # --------------------------------------------------------------------------- targets
 
 
-def ratios(e: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """ours / peer, for wall time and peak RSS (lower is better)."""
-    if "ours" not in e:
-        return {}
-    return {peer: {"time": e["ours"]["wall_seconds"] / e[peer]["wall_seconds"],
-                   "rss": e["ours"]["peak_rss_mb"] / e[peer]["peak_rss_mb"]}
-            for peer in e if peer != "ours"}
-
-
-def targets(e: dict[str, Any]) -> list[dict[str, Any]]:
+def targets(e: dict[str, Any], paired: dict[str, Any], warm: bool) -> list[dict[str, Any]]:
     """Each target: name, PASS / FAIL / n/a, and the figures it compared."""
     out: list[dict[str, Any]] = []
 
-    def add(name: str, needs: list[str], check) -> None:
+    def add(name: str, needs: list[str], check: Callable[..., tuple[bool | None, str]], *args: Any) -> None:
         missing = [k for k in needs if k not in e]
         if missing:
             out.append({"target": name, "status": "n/a", "detail": f"not run: {', '.join(missing)}"})
             return
-        ok, detail = check()
-        out.append({"target": name, "status": "PASS" if ok else "FAIL", "detail": detail})
+        ok, detail = check(*args)
+        out.append({"target": name, "status": "n/a" if ok is None else "PASS" if ok else "FAIL", "detail": detail})
 
     ours = e.get("ours", {})
 
-    def vs_cli_time():
-        limit = TIME_VS_CLI * e["cli"]["wall_seconds"]
-        return ours["wall_seconds"] <= limit, (f"ours {ours['wall_seconds']:.1f} s vs limit {limit:.1f} s "
-                                               f"({ours['wall_seconds'] / e['cli']['wall_seconds']:.2f}x CLI)")
+    def time_vs(peer: str, factor: float) -> tuple[bool | None, str]:
+        if peer not in paired:
+            return None, "no complete pair (a run failed)"
+        ratio = paired[peer]["time"]
+        return ratio <= factor, (f"ours / {SHORT[peer]} {ratio:.2f}x, median of {len(paired[peer]['pairs'])} "
+                                 f"pair(s) (medians: ours {ours['wall_seconds']:.1f} s, {SHORT[peer]} "
+                                 f"{e[peer]['wall_seconds']:.1f} s)")
 
-    def vs_best_peer():
-        peers = {k: e[k]["wall_seconds"] for k in ("faster", "cpp") if k in e}
-        best = min(peers, key=peers.get)
-        limit = TIME_VS_BEST_PEER * peers[best]
-        return ours["wall_seconds"] <= limit, (f"ours {ours['wall_seconds']:.1f} s vs {SHORT[best]} "
-                                               f"{peers[best]:.1f} s ({ours['wall_seconds'] / peers[best]:.2f}x)")
-
-    def wer_vs_cli():
+    def wer_vs_cli() -> tuple[bool, str]:
         limit = e["cli"]["wer"] + WER_POINTS / 100
         return ours["wer"] <= limit + 1e-12, f"ours {pct(ours['wer'])} vs limit {pct(limit)} (CLI {pct(e['cli']['wer'])})"
 
-    def rss_vs_cli():
-        limit = RSS_VS_CLI * e["cli"]["peak_rss_mb"]
-        return ours["peak_rss_mb"] <= limit, f"ours {mb(ours['peak_rss_mb'])} MB vs CLI {mb(limit)} MB"
+    def rss_vs(peer: str, factor: float) -> tuple[bool, str]:
+        limit = factor * e[peer]["peak_rss_mb"]
+        return ours["peak_rss_mb"] <= limit, (f"ours {mb(ours['peak_rss_mb'])} MB vs limit {mb(limit)} MB "
+                                              f"({SHORT[peer]} {mb(e[peer]['peak_rss_mb'])} MB)")
 
-    add(f"time: ours <= {TIME_VS_CLI:g} x CLI", ["ours", "cli"], vs_cli_time)
-    has_peer = "faster" in e or "cpp" in e
-    add(f"time: ours <= {TIME_VS_BEST_PEER:g} x min(faster-whisper, whisper.cpp)",
-        ["ours"] + ([] if has_peer else ["faster/cpp"]), vs_best_peer)
+    if warm:
+        add(f"warm time: ours <= {WARM_TIME_VS_FASTER:g} x faster-whisper (paired)", ["ours", "faster"], time_vs,
+            "faster", WARM_TIME_VS_FASTER)
+    else:
+        for peer, factor in (("cli", TIME_VS_CLI), ("faster", TIME_VS_FASTER), ("cpp", TIME_VS_CPP)):
+            add(f"time: ours <= {factor:g} x {SHORT[peer]} (paired)", ["ours", peer], time_vs, peer, factor)
     add(f"WER: ours <= CLI + {WER_POINTS:g} point", ["ours", "cli"], wer_vs_cli)
-    add("peak RSS: ours <= CLI", ["ours", "cli"], rss_vs_cli)
+    if not warm:
+        add("peak RSS: ours <= CLI", ["ours", "cli"], rss_vs, "cli", RSS_VS_CLI)
+    add("peak RSS: ours <= faster-whisper", ["ours", "faster"], rss_vs, "faster", RSS_VS_FASTER)
     return out
 
 
@@ -324,24 +417,38 @@ def targets(e: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def case_label(r: dict[str, Any]) -> str:
-    return f"{r['model']}, {r['audio_seconds'] / 60:.1f} min"
+    return f"{r['model']}, {r['clip']}{' warm' if r['warm'] else ''}"
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def _ratio(paired: dict[str, Any], engine: str, key: str = "time") -> str:
+    return f"{paired[engine][key]:.2f}x" if key in paired.get(engine, {}) else ""
 
 
 def print_case(r: dict[str, Any]) -> None:
-    e, rat = r["engines"], r["ratios"]
+    e, paired, warm = r["engines"], r["paired"], r["warm"]
+    header = ["engine", "wall s", *(["after load s"] if warm else []), "cpu s", "wall/audio", "peak RSS MB", "WER",
+              "ours/engine wall (paired)", *(["ours/engine after load (paired)"] if warm else []), "other load"]
     rows = []
     for engine in ENGINES:
         if engine in e:
             s = e[engine]
-            ratio = f"{rat[engine]['time']:.2f}x" if engine in rat else ""
-            rows.append([ENGINES[engine], f"{s['wall_seconds']:.1f}", f"{s['cpu_seconds']:.1f}",
-                         f"{s['wall_seconds'] / r['audio_seconds']:.3f}", mb(s["peak_rss_mb"]), pct(s["wer"]), ratio,
+            rows.append([ENGINES[engine], f"{s['wall_seconds']:.1f}",
+                         *([_seconds(s["after_load_seconds"])] if warm else []), f"{s['cpu_seconds']:.1f}",
+                         f"{s['wall_seconds'] / r['audio_seconds']:.3f}", mb(s["peak_rss_mb"]), pct(s["wer"]),
+                         _ratio(paired, engine), *([_ratio(paired, engine, "after_load_time")] if warm else []),
                          f"{s['foreign_cpu_share']:.0%}"])
         elif engine in r["errors"]:
-            rows.append([ENGINES[engine], "failed", "", "", "", "", "", ""])
-    print(f"\n{r['model']} on {r['audio']} ({r['audio_seconds']:.0f} s of audio)\n")
-    print(common.table(["engine", "wall s", "cpu s", "wall/audio", "peak RSS MB", "WER", "ours/engine time",
-                        "other load"], rows))
+            rows.append([ENGINES[engine], "failed", *[""] * (len(header) - 2)])
+    if warm:
+        print(f"\n{r['model']}, warm: {r['files']} meetings of {r['minutes']:g} min in one process per engine "
+              f"({r['audio_seconds']:.0f} s of audio), WER over them all\n")
+    else:
+        print(f"\n{r['model']} on {r['audios'][0]} ({r['audio_seconds']:.0f} s of audio)\n")
+    print(common.table(header, rows))
     for t in r["targets"]:
         print(f"  {t['status']:<4}  {t['target']}: {t['detail']}")
     for engine, err in r["errors"].items():
@@ -423,8 +530,14 @@ def command_line() -> str:
     return shlex.join([py_s, script_s, *sys.argv[1:]])
 
 
+def _load_cell(s: dict[str, Any]) -> str:
+    return f"{s['foreign_cpu_share']:.0%}{' (suspect)' if s['foreign_cpu_share'] >= BUSY_SHARE else ''}"
+
+
 def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     v = meta["versions"]
+    single = [r for r in results if not r["warm"]]
+    warm = [r for r in results if r["warm"]]
     lines = [
         SECTION, "",
         f"Command: `{meta['command']}`  ",
@@ -432,38 +545,67 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"load average at start {meta['load_average_at_start']}  ",
         f"Date: {meta['date']}; git {meta['git_commit']}{' (daemon/ modified)' if meta['daemon_dirty'] else ''}",
         "",
-        "Whole processes, model load included, same audio (espeak-ng meeting, .m4a) and the same Whisper "
+        "Whole processes, model load included, same audio (espeak-ng meetings, .m4a) and the same Whisper "
         "weights for every engine, all told the language is English. openai-whisper CLI "
         f"{v.get('openai-whisper')} at its defaults (beam 5, temperature fallback, fp32); faster-whisper "
         f"{v.get('faster-whisper')} (CTranslate2 {v.get('ctranslate2')}) at its default decoding, "
         "`compute_type=\"int8\"` on CPU; "
         f"whisper.cpp {v.get('whisper.cpp', '?')} via pywhispercpp {v.get('pywhispercpp')} at its defaults, "
         f"{CPP_THREADS} threads, ggml file converted by `bench/ggml.py`; ours: `work --exit-when-empty` "
-        f"at its defaults. Medians of {meta['repeat']} run(s). Ratio: ours / engine wall time "
-        "(below 1 means ours is faster). Other load: the largest share of all cores that other "
-        "processes used during a run of that engine (each run waits for a quiet machine first; "
-        "above a few percent the figures are suspect, torch's most of all).",
-        "",
-        "| model | clip | engine | wall s | CPU s | peak RSS MB | WER | ours / engine time | other load |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        f"at its defaults. {meta['repeat']} repeat(s); in each, ours and each engine ran back to back, ours "
+        "first in odd repeats and second in even ones. Figures per engine: medians of its runs. Ratio: "
+        "the median over the pairs of ours / engine wall time (below 1 means ours is faster). Other load: "
+        "the largest share of all cores that other processes used during a run of that engine (each run "
+        "waits for a quiet machine first; above a few percent the figures are suspect, torch's most of all).",
     ]
-    for r in results:
-        clip = f"{r['audio_seconds'] / 60:.1f} min"
+    if single:
+        lines += [
+            "",
+            "| model | clip | engine | wall s | CPU s | peak RSS MB | WER | ours / engine time (paired) | other load |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+    for r in single:
         for engine in ENGINES:
             if engine in r["engines"]:
                 s = r["engines"][engine]
-                ratio = f"{r['ratios'][engine]['time']:.2f}x" if engine in r["ratios"] else ""
                 name = f"**{SHORT[engine]}**" if engine == "ours" else SHORT[engine]
-                lines.append(f"| {r['model']} | {clip} | {name} | {s['wall_seconds']:.1f} | {s['cpu_seconds']:.1f} | "
-                             f"{mb(s['peak_rss_mb'])} | {pct(s['wer'])} | {ratio} | {s['foreign_cpu_share']:.0%}"
-                             f"{' (suspect)' if s['foreign_cpu_share'] >= BUSY_SHARE else ''} |")
+                lines.append(f"| {r['model']} | {r['clip']} | {name} | {s['wall_seconds']:.1f} | "
+                             f"{s['cpu_seconds']:.1f} | {mb(s['peak_rss_mb'])} | {pct(s['wer'])} | "
+                             f"{_ratio(r['paired'], engine)} | {_load_cell(s)} |")
             elif engine in r["errors"]:
-                lines.append(f"| {r['model']} | {clip} | {SHORT[engine]} | failed | | | | | |")
+                lines.append(f"| {r['model']} | {r['clip']} | {SHORT[engine]} | failed | | | | | |")
+    if warm:
+        lines += [
+            "",
+            f"Warm throughput ({meta['cpu_model']}, {meta['cores']} cores): each engine's process transcribes "
+            "several different meetings in sequence with its model loaded once (ours: one `work "
+            "--exit-when-empty` draining a queue of them). Wall s: that whole process, model load included, "
+            "measured as above; the ratio compares these. After load s: from the model loaded to the last "
+            "transcript written, by the engine's own clock (faster-whisper, whisper.cpp: their scripts; ours: "
+            "its first job's start to its last job's end; none for the CLI), and its paired ratio beside. "
+            "WER over the meetings' "
+            "transcripts concatenated.",
+            "",
+            "| model | files × length | engine | wall s | after load s | CPU s | peak RSS MB | WER "
+            "| ours / engine time (paired) | ours / engine after load (paired) | other load |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+    for r in warm:
+        for engine in ENGINES:
+            if engine in r["engines"]:
+                s = r["engines"][engine]
+                name = f"**{SHORT[engine]}**" if engine == "ours" else SHORT[engine]
+                lines.append(f"| {r['model']} | {r['clip']} | {name} | {s['wall_seconds']:.1f} | "
+                             f"{_seconds(s['after_load_seconds'])} | {s['cpu_seconds']:.1f} | "
+                             f"{mb(s['peak_rss_mb'])} | {pct(s['wer'])} | {_ratio(r['paired'], engine)} | "
+                             f"{_ratio(r['paired'], engine, 'after_load_time')} | {_load_cell(s)} |")
+            elif engine in r["errors"]:
+                lines.append(f"| {r['model']} | {r['clip']} | {SHORT[engine]} | failed | | | | | | | |")
     lines += ["", "Targets:", "", "| model | clip | target | result | figures |", "|---|---|---|---|---|"]
     for r in results:
-        clip = f"{r['audio_seconds'] / 60:.1f} min"
         for t in r["targets"]:
-            lines.append(f"| {r['model']} | {clip} | {t['target']} | {t['status']} | {t['detail']} |")
+            lines.append(f"| {r['model']} | {r['clip']}{' warm' if r['warm'] else ''} | {t['target']} | "
+                         f"{t['status']} | {t['detail']} |")
     lines += ["", f"![wall time and peak RSS per engine]({DOCS_PNG.name})", ""]
     return "\n".join(lines)
 
@@ -493,16 +635,28 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, nargs="+", default=[5.0, 15.0], help="clip lengths (default 5 15)")
     parser.add_argument("--models", nargs="+", default=["tiny.en", "base"])
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
-    parser.add_argument("--repeat", type=int, default=1, help="runs per engine; medians are reported")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="repeats; in each, ours runs back to back with each engine, first in odd repeats "
+                             "and second in even ones, so an even number balances the order (default 2)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warm-files", type=int, default=10, metavar="N",
+                        help="warm throughput: meetings each engine's process transcribes in sequence, seeds "
+                             "seed to seed+N-1 (default 10)")
+    parser.add_argument("--warm-minutes", type=float, default=1.0, help="length of each warm meeting (default 1)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--no-warm", action="store_true", help="skip the warm-throughput rows")
+    which.add_argument("--no-single", action="store_true", help="skip the one-file rows (--minutes)")
     parser.add_argument("--quiet-wait", type=float, default=120.0, metavar="S",
                         help="before each run, wait up to S seconds for other processes to leave the CPUs "
                              f"(under {BUSY_SHARE * 100:.0f}%% busy); 0 = do not wait (default 120)")
     parser.add_argument("--retries", type=int, default=2,
                         help="run again, up to this many times, when other processes used more than "
-                             f"{BUSY_SHARE * 100:.0f}%% of the CPUs during a run; the least disturbed run is kept (default 2)")
+                             f"{BUSY_SHARE * 100:.0f}%% of the CPUs during a run (a pair: during either of its "
+                             "runs, and both run again); the least disturbed is kept (default 2)")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/ (bench/out/ only)")
     args = parser.parse_args()
+    if args.warm_files < 1:
+        parser.error("--warm-files must be at least 1")
     engines = [k for k in ENGINES if k in args.engines]
 
     machine = common.machine()
@@ -513,18 +667,17 @@ def main() -> None:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "repeat": args.repeat,
         "versions": versions(),
     }
-    clips = []
-    for minutes in args.minutes:
-        audio, reference = common.recording(minutes, args.seed)
-        common.warm_file_cache(audio)
-        clips.append((audio, reference, common.audio_seconds(audio)))
+    cases = [] if args.no_single else [make_case([common.recording(minutes, args.seed)], minutes, warm=False)
+                                       for minutes in args.minutes]
+    if not args.no_warm:
+        cases.append(make_case([common.recording(args.warm_minutes, args.seed + k) for k in range(args.warm_files)],
+                               args.warm_minutes, warm=True))
     weights = {model: prepare(model, engines) for model in args.models}
 
     results = []
-    for audio, reference, audio_s in clips:
+    for case in cases:
         for model in args.models:
-            r = run_case(audio, reference, audio_s, weights[model], engines, args.repeat, args.quiet_wait,
-                         args.retries)
+            r = run_case(case, weights[model], engines, args.repeat, args.quiet_wait, args.retries)
             results.append(r)
             print_case(r)
 
@@ -536,8 +689,10 @@ def main() -> None:
     pngs = [PNG_OUT] + ([] if args.no_docs else [DOCS_PNG])
     chart(results, pngs, title)
     path = common.write_result("compare", {
-        "params": {"minutes": args.minutes, "models": args.models, "engines": engines, "repeat": args.repeat,
-                   "seed": args.seed, "language": LANGUAGE, "cpp_threads": CPP_THREADS,
+        "params": {"minutes": [] if args.no_single else args.minutes, "models": args.models, "engines": engines,
+                   "repeat": args.repeat, "seed": args.seed,
+                   "warm_files": 0 if args.no_warm else args.warm_files, "warm_minutes": args.warm_minutes,
+                   "language": LANGUAGE, "cpp_threads": CPP_THREADS,
                    "quiet_wait": args.quiet_wait, "retries": args.retries},
         "machine": machine, "versions": meta["versions"],
         "command": meta["command"], "results": results,
