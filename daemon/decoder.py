@@ -2,16 +2,18 @@
 
 openai-whisper's `DecodingTask` spends most of a token's time on overhead, not arithmetic:
 its key/value cache grows by `torch.cat` through forward hooks, it computes logits for every
-prompt position, and in bf16 PyTorch's fused attention kernel is 8x slower over the 1,500
-audio positions than a plain fp32 one (0.42 vs 0.05 ms a call on this CPU, 8 calls a token).
+prompt position, and it runs each beam's attention over the audio and the prompt separately.
 This decoder keeps the same rules — prompt layout, suppressed tokens, timestamp rules,
 temperature sampling, beam search with whisper's ranking — so it picks the same tokens, with:
 
-- the cross-attention keys and values computed once per window and held in fp32;
-- a preallocated self-attention cache, one tensor for all layers;
+- the cross-attention keys and values computed once per window, in the model's format (bf16
+  reads half the bytes of fp32: a step is bound by what it reads), softmax in fp32;
+- a preallocated self-attention cache, one tensor for all layers, the prompt's part held once
+  for all the beams of a window;
 - logits only for the positions that are read, through the int8 output projection when the
-  model has one (`precision.Int8Embedding`);
-- beams of one window attending to its audio in one matrix product.
+  model has one (`precision.Int8Embedding`), and int8 products throughout under an int8
+  decoder (`precision.Int8Linear`);
+- beams of one window attending to its audio and its prompt in one matrix product.
 
 In fp32 it picks the same tokens as `DecodingTask` (tests/test_decoder.py). tiny.en with 2 beams
 on a 2-core CPU: 5.8 ms a token with the resident bf16 model, against 24.8 ms for `DecodingTask`

@@ -25,7 +25,7 @@ import functools
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import psutil
 import torch
@@ -37,6 +37,7 @@ from whisper.model import Whisper
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROBE_SIZE = 512  # a matmul the size of base's attention projections
 PROBE_REPEATS = 20
+QUICK_TRIES = 10
 HOPELESS = 10  # a half format this much slower than fp32 on a small product is not measured further
 KEEPS_UP = 1.1  # a half format may be this much slower than fp32 and still be chosen (half the memory)
 STEP_ROWS = 5  # a decoding step's rows: one per beam
@@ -45,26 +46,20 @@ STEP_REPEATS = 200
 INT8 = "int8"
 ROWS_AT_ONCE = 4096
 
-Linear = Callable[[Tensor], Tensor]
 
-
-def _matmul_seconds(dtype: torch.dtype, size: int = PROBE_SIZE, repeats: int = PROBE_REPEATS) -> float:
-    """Seconds per product of two size × size matrices."""
-    a = torch.randn(size, size).to(dtype)
-    torch.mm(a, a)  # warm up kernels
-    began = time.perf_counter()
-    for _ in range(repeats):
-        torch.mm(a, a)
-    return (time.perf_counter() - began) / repeats
-
-
-def _half_seconds(dtype: torch.dtype, fp32: float) -> float:
-    # A quick look at a small product first: fp16 without hardware support takes ~100 ms a
-    # full-size product here, which would make the probe cost 2 s of every start.
-    small = PROBE_SIZE // 4
-    if _matmul_seconds(dtype, small, 1) > HOPELESS * fp32 / (PROBE_SIZE // small) ** 3:
-        return float("inf")
-    return _matmul_seconds(dtype)
+def fastest_tries(products: Mapping[str, Callable[[], object]], tries: int) -> dict[str, float]:
+    """Seconds of the fastest of `tries` runs of each product, taken in turns. Other work on the
+    machine slows some runs of each product, not all the runs of one: the fastest run of each is
+    what this CPU does, however busy it was when the worker started."""
+    for product in products.values():
+        product()  # warm up kernels
+    best = dict.fromkeys(products, float("inf"))
+    for _ in range(tries):
+        for name, product in products.items():
+            began = time.perf_counter()
+            product()
+            best[name] = min(best[name], time.perf_counter() - began)
+    return best
 
 
 def use_physical_cores() -> int:
@@ -75,9 +70,18 @@ def use_physical_cores() -> int:
 
 
 def measure_cpu() -> dict[str, float]:
-    """Seconds per probe product in each format on this CPU (inf: a half format not worth measuring)."""
-    fp32 = _matmul_seconds(torch.float32)
-    return {"fp32": fp32, **{name: _half_seconds(DTYPES[name], fp32) for name in ("bf16", "fp16")}}
+    """Seconds per probe product in each format on this CPU (inf: a half format not worth measuring).
+
+    A quick look at a small product first: fp16 without hardware support takes ~100 ms a
+    full-size product here, which would make the probe cost seconds of every start."""
+    def products(size: int, names: Iterable[str]) -> dict[str, Callable[[], object]]:
+        matrices = {name: torch.randn(size, size).to(DTYPES[name]) for name in names}
+        return {name: functools.partial(torch.mm, m, m) for name, m in matrices.items()}
+
+    quick = fastest_tries(products(PROBE_SIZE // 4, DTYPES), QUICK_TRIES)
+    hopeless = [name for name in DTYPES if quick[name] > HOPELESS * quick["fp32"]]
+    seconds = fastest_tries(products(PROBE_SIZE, [name for name in DTYPES if name not in hopeless]), PROBE_REPEATS)
+    return {name: seconds.get(name, float("inf")) for name in ("fp32", "bf16", "fp16")}
 
 
 def fastest(seconds: Mapping[str, float]) -> str:
@@ -91,21 +95,13 @@ def measure_step(weights: str) -> dict[str, float]:
     int8 (inf when this build of torch has no int8 kernels for the CPU)."""
     weight = torch.randn(*STEP_SHAPE) / PROBE_SIZE ** 0.5
     rows = torch.randn(STEP_ROWS, STEP_SHAPE[1])
-
-    def seconds(product: Linear) -> float:
-        product(rows)  # warm up kernels
-        began = time.perf_counter()
-        for _ in range(STEP_REPEATS):
-            product(rows)
-        return (time.perf_counter() - began) / STEP_REPEATS
-
     half = weight.to(DTYPES[weights])
-    result = {weights: seconds(lambda x: F.linear(x.to(half.dtype), half))}
+    products: dict[str, Callable[[], object]] = {weights: lambda: F.linear(rows.to(half.dtype), half)}
     try:
-        result[INT8] = seconds(Int8Linear(*int8_rows(weight), None))
+        products[INT8] = functools.partial(Int8Linear(*int8_rows(weight), None), rows)
     except RuntimeError:  # no quantized engine in this build
-        result[INT8] = float("inf")
-    return result
+        return {**fastest_tries(products, STEP_REPEATS), INT8: float("inf")}
+    return fastest_tries(products, STEP_REPEATS)
 
 
 def choose(requested: str, device: str) -> str:
@@ -267,7 +263,7 @@ def convert(model: Whisper, precision: str) -> Whisper:
     return model
 
 
-def weight_bytes(model: Whisper) -> int:
+def weight_bytes(model: torch.nn.Module) -> int:
     """Bytes of the resident weights, int8 ones included."""
     tensors = [*model.parameters(), *(b for m in model.modules() if isinstance(m, Int8Embedding) for b in m.buffers())]
     packed = sum(m.nbytes for m in model.modules() if isinstance(m, Int8Linear))
