@@ -349,9 +349,10 @@ class Decoder:
                 self._audio_kv = []
 
             self._audio = weakref.ref(audio, forget)
-            self._audio_kv = [(_by_head(_project(audio, b.cross_attn.key), b.attn.n_head).transpose(-1, -2).contiguous(),
-                               _by_head(_project(audio, b.cross_attn.value), b.attn.n_head).contiguous())
-                              for b in self.model.decoder.blocks]
+            self._audio_kv = [
+                (_by_head(_project(audio, b.cross_attn.key), b.attn.n_head).transpose(-1, -2).contiguous(),
+                 _by_head(_project(audio, b.cross_attn.value), b.attn.n_head).contiguous())
+                for b in self.model.decoder.blocks]
         blocks = self.model.decoder.blocks
         cache = _TextCache(len(blocks), rows, positions, audio.shape[-1], audio.device)
         return cache, [_Layer(block, i, kv, cache) for i, (block, kv) in enumerate(zip(blocks, self._audio_kv))]

@@ -37,14 +37,14 @@ from whisper.model import Whisper
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROBE_SIZE = 512  # a matmul the size of base's attention projections
 PROBE_REPEATS = 20
-QUICK_TRIES = 10
+QUICK_TRIES = 10  # of the small product: a busy machine delays a few of them
 HOPELESS = 10  # a half format this much slower than fp32 on a small product is not measured further
 KEEPS_UP = 1.1  # a half format may be this much slower than fp32 and still be chosen (half the memory)
 STEP_ROWS = 5  # a decoding step's rows: one per beam
 STEP_SHAPE = (4 * PROBE_SIZE, PROBE_SIZE)  # base's MLP projection, the largest of a decoding step
 STEP_REPEATS = 200
 INT8 = "int8"
-ROWS_AT_ONCE = 4096
+ROWS_AT_ONCE = 4096  # see int8_rows
 
 
 def fastest_tries(products: Mapping[str, Callable[[], object]], tries: int) -> dict[str, float]:
@@ -165,21 +165,21 @@ def int8_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _quantized(rows: Tensor, scales: Tensor) -> Tensor:
+    """int8_rows' output as the quantized tensor fbgemm packs."""
     with warnings.catch_warnings():  # torch 2.13 calls quantized tensors deprecated; its int8 kernels take them
         warnings.simplefilter("ignore", UserWarning)
-        return torch._make_per_channel_quantized_tensor(rows, scales.double(), torch.zeros(len(rows), dtype=torch.long), 0)
+        zero_points = torch.zeros(len(rows), dtype=torch.long)
+        return torch._make_per_channel_quantized_tensor(rows, scales.double(), zero_points, 0)
 
 
 @functools.cache
 def reduce_range() -> bool:
-    """Whether inputs must be quantized to 7 bits: x86 CPUs without VNNI add products of 8-bit
-    pairs in 16 bits, which saturate (fbgemm's reduce_range). Found out by a product that would."""
-    weight = torch.full((1, 64), 1.0)
-    rows = torch.full((1, 64), 1.0)
-    packed = torch.ops.quantized.linear_prepack(_quantized(torch.full((1, 64), 127, dtype=torch.int8),
-                                                           torch.tensor([1 / 127])), None)
-    exact = float(rows @ weight.T)
-    return abs(float(torch.ops.quantized.linear_dynamic(rows, packed, False)) - exact) > 0.01 * exact
+    """Whether inputs must be quantized to 7 bits: x86 CPUs without VNNI add pairs of 8-bit products
+    in 16 bits, which saturate (fbgemm's reduce_range). Found out by a product that would: inputs
+    quantized to 255 against weights of 127 add up to 64,770 a pair."""
+    ones = torch.ones(1, 64)
+    packed = torch.ops.quantized.linear_prepack(_quantized(*int8_rows(ones)), None)
+    return abs(float(torch.ops.quantized.linear_dynamic(ones, packed, False)) - 64) > 0.64
 
 
 class Int8Linear(torch.nn.Module):
@@ -244,14 +244,15 @@ def convert(model: Whisper, precision: str) -> Whisper:
             assert block.cross_attn is not None
             block.cross_attn.key.to(dtype)  # the audio's keys and values: computed once a window
             block.cross_attn.value.to(dtype)
-            for attention, names in ((block.attn, ("query", "key", "value", "out")), (block.cross_attn, ("query", "out"))):
+            projections = ((block.attn, ("query", "key", "value", "out")), (block.cross_attn, ("query", "out")))
+            for attention, names in projections:
                 for name in names:
                     linear = getattr(attention, name)
                     setattr(attention, name, Int8Linear(*int8_rows(linear.weight), linear.bias))
             for i in (0, 2):  # the MLP's two projections, either side of its GELU
                 block.mlp[i] = Int8Linear(*int8_rows(block.mlp[i].weight), block.mlp[i].bias)
-        decoder.token_embedding = Int8Embedding(decoder.token_embedding.weight.detach(), torch.float32,  # type: ignore[assignment]
-                                                int8_logits=True)
+        embedding = Int8Embedding(decoder.token_embedding.weight.detach(), torch.float32, int8_logits=True)
+        decoder.token_embedding = embedding  # type: ignore[assignment]
         decoder.positional_embedding.data = decoder.positional_embedding.float()
     else:
         decoder.to(dtype)
