@@ -534,6 +534,22 @@ def _load_cell(s: dict[str, Any]) -> str:
     return f"{s['foreign_cpu_share']:.0%}{' (suspect)' if s['foreign_cpu_share'] >= BUSY_SHARE else ''}"
 
 
+def _engine_rows(results: list[dict[str, Any]], width: int,
+                 cells: Callable[[dict[str, Any], str, dict[str, Any]], list[str]]) -> list[str]:
+    """A table row per engine of each result: model, clip, engine, then the `width` cells that
+    `cells(result, engine, figures)` gives; an engine that failed gets "failed" and empty cells."""
+    rows = []
+    for r in results:
+        for engine in ENGINES:
+            if engine in r["engines"]:
+                name = f"**{SHORT[engine]}**" if engine == "ours" else SHORT[engine]
+                rows.append("| " + " | ".join([r["model"], r["clip"], name, *cells(r, engine, r["engines"][engine])])
+                            + " |")
+            elif engine in r["errors"]:
+                rows.append(f"| {r['model']} | {r['clip']} | {SHORT[engine]} | failed |" + " |" * (width - 1))
+    return rows
+
+
 def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     v = meta["versions"]
     single = [r for r in results if not r["warm"]]
@@ -564,16 +580,9 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             "| model | clip | engine | wall s | CPU s | peak RSS MB | WER | ours / engine time (paired) | other load |",
             "|---|---|---|---:|---:|---:|---:|---:|---:|",
         ]
-    for r in single:
-        for engine in ENGINES:
-            if engine in r["engines"]:
-                s = r["engines"][engine]
-                name = f"**{SHORT[engine]}**" if engine == "ours" else SHORT[engine]
-                lines.append(f"| {r['model']} | {r['clip']} | {name} | {s['wall_seconds']:.1f} | "
-                             f"{s['cpu_seconds']:.1f} | {mb(s['peak_rss_mb'])} | {pct(s['wer'])} | "
-                             f"{_ratio(r['paired'], engine)} | {_load_cell(s)} |")
-            elif engine in r["errors"]:
-                lines.append(f"| {r['model']} | {r['clip']} | {SHORT[engine]} | failed | | | | | |")
+    lines += _engine_rows(single, 6, lambda r, engine, s: [
+        f"{s['wall_seconds']:.1f}", f"{s['cpu_seconds']:.1f}", mb(s["peak_rss_mb"]), pct(s["wer"]),
+        _ratio(r["paired"], engine), _load_cell(s)])
     if warm:
         lines += [
             "",
@@ -590,17 +599,10 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             "| ours / engine time (paired) | ours / engine after load (paired) | other load |",
             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-    for r in warm:
-        for engine in ENGINES:
-            if engine in r["engines"]:
-                s = r["engines"][engine]
-                name = f"**{SHORT[engine]}**" if engine == "ours" else SHORT[engine]
-                lines.append(f"| {r['model']} | {r['clip']} | {name} | {s['wall_seconds']:.1f} | "
-                             f"{_seconds(s['after_load_seconds'])} | {s['cpu_seconds']:.1f} | "
-                             f"{mb(s['peak_rss_mb'])} | {pct(s['wer'])} | {_ratio(r['paired'], engine)} | "
-                             f"{_ratio(r['paired'], engine, 'after_load_time')} | {_load_cell(s)} |")
-            elif engine in r["errors"]:
-                lines.append(f"| {r['model']} | {r['clip']} | {SHORT[engine]} | failed | | | | | | | |")
+    lines += _engine_rows(warm, 8, lambda r, engine, s: [
+        f"{s['wall_seconds']:.1f}", _seconds(s["after_load_seconds"]), f"{s['cpu_seconds']:.1f}",
+        mb(s["peak_rss_mb"]), pct(s["wer"]), _ratio(r["paired"], engine),
+        _ratio(r["paired"], engine, "after_load_time"), _load_cell(s)])
     lines += ["", "Targets:", "", "| model | clip | target | result | figures |", "|---|---|---|---|---|"]
     for r in results:
         for t in r["targets"]:
