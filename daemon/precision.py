@@ -111,9 +111,17 @@ def choose(requested: str, device: str) -> str:
         return requested
     if device in ("cuda", "mps"):
         return "fp16"
-    seconds = measure_cpu()
-    weights = fastest(seconds)
-    step = measure_step(weights)
+    threads = torch.get_num_threads()
+    # One thread: a product split over two threads waits for the slower, and on a busy machine
+    # every run has one thread held up, however many runs are tried. One thread compares the
+    # formats' kernels alone (the ratios it measures are those of two threads on a quiet machine).
+    torch.set_num_threads(1)
+    try:
+        seconds = measure_cpu()
+        weights = fastest(seconds)
+        step = measure_step(weights)
+    finally:
+        torch.set_num_threads(threads)
     int8 = requested == INT8 or step[INT8] < step[weights]
     chosen = f"{INT8}+{weights}" if int8 else weights
     logger.info("precision {} → {} (matmul {}; decoding step {})", requested, chosen,

@@ -125,12 +125,14 @@ def test_auto_chooses_the_same_on_a_busy_machine() -> None:
         while sum(psutil.Process(p.pid).cpu_times().user for p in busy) < 0.5:  # both spinning
             assert time.monotonic() < deadline, "the load never started"
             time.sleep(0.05)
-        loaded = [precision.choose("auto", "cpu") for _ in range(3)]
+        threads = torch.get_num_threads()
+        loaded = [precision.choose("auto", "cpu") for _ in range(5)]
     finally:
         for p in busy:
             p.kill()
             p.wait(timeout=10)
-    assert loaded == [quiet] * 3
+    assert loaded == [quiet] * 5
+    assert torch.get_num_threads() == threads  # the probes' single thread is given back
 
 
 def test_silence_costs_nothing_and_says_nothing(fp32_model: torch.nn.Module, tmp_path: Path,
