@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     beam = args.beam_size if args.beam_size > 1 else None
 
-    precision.use_physical_cores()  # as the worker does
+    precision.use_threads()  # as the worker does
     audio_path, _ = common.recording(5, seed=0)
     pieces = [p for _, p in zip(range(args.windows), stream_audio(audio_path, N_SAMPLES))]
     fp32, _ = load_model(args.model, common.MODEL_CACHE)

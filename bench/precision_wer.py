@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["tiny.en", "base"])
     parser.add_argument("--minutes", type=float, default=5)
     args = parser.parse_args()
-    precision.use_physical_cores()  # as the worker does
+    precision.use_threads()  # as the worker does
     audio, reference = common.recording(args.minutes, seed=0)
     rows = []
     for name in args.models:

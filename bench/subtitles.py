@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import common
-import torch
 import whisper
 from realspeech import MORE, SHARED
 from whisper.normalizers import EnglishTextNormalizer
@@ -114,7 +113,7 @@ def main() -> None:
     tmp = common.AUDIO_DIR / "subtitles"
     tmp.mkdir(parents=True, exist_ok=True)
     fp32, _ = load_model(args.model, common.MODEL_CACHE)
-    torch.set_num_threads(precision.use_physical_cores())
+    precision.use_threads()
     chosen = precision.choose("auto", "cpu")
     model = precision.convert(load_model(args.model, common.MODEL_CACHE)[0], chosen)
     engine = Engine(model, DecodeSettings())

@@ -1,4 +1,4 @@
-"""Command line: `whisper-daemon run|watch|work|status|enqueue|retry`."""
+"""Command line: `whisper-daemon run|watch|work|status|enqueue|retry|migrate|service`."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from loguru import logger
+from sqlalchemy.exc import OperationalError
 
 from daemon import config, logs
 from daemon.config import Config, ConfigError
-from daemon.db import Job, JobStatus, SchemaMismatch, WorkerRow, connect, connect_readonly
+from daemon.db import Job, JobStatus, SchemaMismatch, WorkerRow, connect, connect_readonly, describe
 from daemon.folders import SettingsError, settings_for
 from daemon.formats import FORMATS
 from daemon.registry import gone, workers
@@ -26,13 +27,14 @@ from daemon.service import ACTIONS, add_service_parser, cmd_service
 from daemon.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL, PARENT_PID_ENV
 
 EXIT_USAGE = 2
+WATCHER_LOCK = "the queue's watcher"  # one active watcher per queue, across machines (standby.py)
 
 
 # The settings flags, and which subcommands use each: a flag a subcommand would ignore is refused.
 SETTINGS_FLAGS: dict[str, dict[str, Any]] = {
     "inbox": dict(help="folder to watch for recordings"),
     "outbox": dict(help="folder for the transcripts (not inside the inbox)"),
-    "db": dict(help="SQLite queue database"),
+    "db": dict(help="the queue: a SQLite file, or postgresql://user@host/dbname shared by several machines"),
     "model": dict(help="tiny, tiny.en, base, base.en, small, …; a .pt file; or a CTranslate2 folder"),
     "language": dict(help="spoken language, a code (en) or a name (english); default: detect"),
     "formats": dict(help=f"files written per recording, comma-separated: {','.join(FORMATS)} (default srt)"),
@@ -46,6 +48,7 @@ SETTINGS_USED: dict[str, tuple[str, ...]] = {
     "status": ("db", "config"),
     "enqueue": ("inbox", "db", "config"),
     "retry": ("db", "config"),
+    "migrate": ("inbox", "db", "config"),
     "service install": tuple(SETTINGS_FLAGS),
     **{f"service {action}": () for action in ACTIONS if action != "install"},  # they ignore settings
 }
@@ -82,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("ids", nargs="*", type=int, default=[])
     which.add_argument("--failed", action="store_true", help="every failed job")
+    migrate = sub.add_parser("migrate", parents=[_settings("migrate")],
+                             help="copy the queue (jobs, transcripts' segments, checkpoints) into another database")
+    migrate.add_argument("--to", required=True, metavar="URL",
+                         help="the new queue, e.g. postgresql://user@host/dbname (empty; its tables are made)")
     add_service_parser(sub, _settings("service install"))
     return parser
 
@@ -146,16 +153,21 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     logs.setup(cfg.log_dir, "run", foreground=True)
     cfg.inbox.mkdir(parents=True, exist_ok=True)
     cfg.outbox.mkdir(parents=True, exist_ok=True)
-    logger.info("inbox {} → outbox {}; queue {}; logs {}", cfg.inbox, cfg.outbox, cfg.db, cfg.log_dir)
+    logger.info("inbox {} → outbox {}; queue {}; logs {}", cfg.inbox, cfg.outbox, describe(cfg.db), cfg.log_dir)
     return Supervisor(cfg, _stop_on_signals()).run()
 
 
 def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
+    from daemon.db import try_lock
     from daemon.queue import JobQueue
+    from daemon.standby import run_when_active
     from daemon.watcher import Watcher
 
     logs.setup(cfg.log_dir, "watcher", foreground=sys.stderr.isatty() or PARENT_PID_ENV in os.environ)
-    queue = JobQueue(connect(cfg.db))
+    stop = _stop_on_signals()
+    engine = connect(cfg.db)
+    queue = JobQueue(engine, inbox=cfg.inbox)
+    queue.adopt_absolute_paths()
 
     def enqueue(path: Path) -> None:
         result = queue.enqueue(path, settings=settings_for(path, cfg.inbox))
@@ -167,7 +179,8 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
         if result.created:
             logger.warning("job {} failed, not queued: {}", result.job.id, result.job.error)
 
-    Watcher(cfg.inbox, enqueue, cfg.quiet_seconds, cfg.rescan_seconds, reject=reject).run(_stop_on_signals())
+    watcher = Watcher(cfg.inbox, enqueue, cfg.quiet_seconds, cfg.rescan_seconds, reject=reject, observer=cfg.observer)
+    run_when_active(lambda: try_lock(engine, cfg.db, WATCHER_LOCK), watcher.run, stop, f"watcher of {cfg.inbox}")
     return 0
 
 
@@ -194,7 +207,7 @@ def cmd_work(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_enqueue(cfg: Config, args: argparse.Namespace) -> int:
     from daemon.queue import JobQueue
 
-    queue = JobQueue(connect(cfg.db))
+    queue = JobQueue(connect(cfg.db), inbox=cfg.inbox)
     code = 0
     for path in args.files:
         try:
@@ -232,16 +245,54 @@ def cmd_retry(cfg: Config, args: argparse.Namespace) -> int:
     return 1 if len(jobs) < len(set(args.ids)) else 0
 
 
+def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
+    """Copy the queue of `cfg.db` into `--to`, once no worker or watcher uses it any more."""
+    from daemon.db.copy import CopyError, copy_queue
+    from daemon.queue import JobQueue
+
+    try:
+        target_db = config.database(args.to)
+    except ConfigError as e:
+        print(f"whisper-daemon migrate: --to: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if describe(target_db) == describe(cfg.db):
+        print("whisper-daemon migrate: --to names the queue it would copy", file=sys.stderr)
+        return EXIT_USAGE
+    source = connect(cfg.db)
+    live = [w for w in workers(source) if not gone(w, datetime.now(timezone.utc))]
+    if live:
+        print(f"whisper-daemon migrate: {len(live)} worker(s) still use {describe(cfg.db)} (see `whisper-daemon "
+              "status`): stop the daemon first (`whisper-daemon service stop`), then migrate", file=sys.stderr)
+        return 1
+    JobQueue(source, inbox=cfg.inbox).adopt_absolute_paths()  # as every machine sharing the inbox will read them
+    try:
+        copied = copy_queue(source, connect(target_db))
+    except CopyError as e:
+        print(f"whisper-daemon migrate: {e}", file=sys.stderr)
+        return 1
+    except OperationalError as e:
+        print(f"whisper-daemon migrate: cannot reach {describe(target_db)}: {e.orig}", file=sys.stderr)
+        return 1
+    print(f"copied {copied['jobs']} jobs, {copied['segments']} segments and {copied['outputs']} output records "
+          f"from {describe(cfg.db)} to {describe(target_db)}.\nNow use the new queue everywhere: db = "
+          f"\"{describe(target_db)}\" in config.toml, or `whisper-daemon service install --db {describe(target_db)}`. "
+          f"{describe(cfg.db)} is left as it was.")
+    return 0
+
+
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     from daemon.queue import JobQueue
 
-    if not cfg.db.exists():
-        print(f"no queue database at {cfg.db} yet: start the daemon with `whisper-daemon run`")
-        return 0
     try:
         engine = connect_readonly(cfg.db)
+    except FileNotFoundError as e:
+        print(e)
+        return 0
     except SchemaMismatch as e:
         print(f"whisper-daemon status: {e}", file=sys.stderr)
+        return 1
+    except OperationalError as e:
+        print(f"whisper-daemon status: cannot reach the queue {describe(cfg.db)}: {e.orig}", file=sys.stderr)
         return 1
     queue = JobQueue(engine)
     jobs = queue.jobs(args.limit)
@@ -284,9 +335,9 @@ def _worker_state(w: WorkerRow, now: datetime) -> str:
 def _workers_table(registered: list[WorkerRow], now: datetime) -> str:
     if not registered:
         return "no worker running"
-    rows = [("WORKER", "PID", "STATE", "MODEL", "PRECISION", "RSS", "JOB", "HEARTBEAT", "REASON")]
+    rows = [("WORKER", "HOST", "PID", "STATE", "MODEL", "PRECISION", "RSS", "JOB", "HEARTBEAT", "REASON")]
     for w in registered:
-        rows.append((w.id, str(w.pid), _worker_state(w, now), w.model or "-", w.precision or "-",
+        rows.append((w.id, printable(w.host), str(w.pid), _worker_state(w, now), w.model or "-", w.precision or "-",
                      "-" if w.rss_mb is None else f"{w.rss_mb:.0f} MB", str(w.current_job_id or "-"),
                      f"{(now - w.heartbeat_at).total_seconds():.0f} s ago", printable(w.reason or "")))
     return _columns(rows)
@@ -347,4 +398,4 @@ def _columns(rows: list[tuple[str, ...]]) -> str:
 
 
 COMMANDS = {"run": cmd_run, "watch": cmd_watch, "work": cmd_work, "status": cmd_status,
-            "enqueue": cmd_enqueue, "retry": cmd_retry, "service": cmd_service}
+            "enqueue": cmd_enqueue, "retry": cmd_retry, "migrate": cmd_migrate, "service": cmd_service}

@@ -31,6 +31,8 @@ UNSET = ""  # in the environment: an optional setting (or the config file) expli
 _UNSET_WORDS = {UNSET, "none"}
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 CUES = CueRules()  # the cue_* settings' defaults
+OBSERVERS = ("auto", "native", "polling")
+POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")  # a `db` that is not a SQLite file
 
 
 class ConfigError(Exception):
@@ -41,7 +43,8 @@ class ConfigError(Exception):
 class Config:
     inbox: Path = DATA_DIR / "inbox"
     outbox: Path = DATA_DIR / "outbox"
-    db: Path = DATA_DIR / "jobs.db"
+    # The queue: a SQLite file, or postgresql://user@host/dbname for a queue several machines share.
+    db: str = str(DATA_DIR / "jobs.db")
     model: str = "base"  # multilingual; English-only users can pick tiny.en or base.en
     language: str | None = None  # None: detect per recording
     task: str = "transcribe"  # or "translate": English text from speech in any language (multilingual models)
@@ -61,9 +64,16 @@ class Config:
     beam_size: int | None = 5  # the CLI's; 2: 0.7x the time, more errors (bench/beams.py, realspeech.py); 1: greedy
     chunk_seconds: float = 30.0  # audio per window and per checkpoint (Whisper's window is 30 s)
     precision: str = "auto"  # auto | fp32 | fp16 | bf16 | int8 (an int8 decoder): the resident weights' number format
+    threads: int = 0  # torch threads of a worker; 0: one per physical core (two workers on one machine: 1 each)
     batch_size: int = 1  # > 1 decodes chunks cut at quiet points together (slower on 2-core CPUs)
     quiet_seconds: float = 2.0  # a file is complete once its size and mtime hold this long
     rescan_seconds: float = 60.0  # safety net for missed filesystem events
+    # auto | native | polling: how the watcher learns of new files. auto polls an inbox on a network
+    # mount (NFS, SMB: they send no file events) and uses the system's events elsewhere.
+    observer: str = "auto"
+    # A job's worker renews its lease at every window and heartbeat; a job whose lease ran out this
+    # long ago (its worker died, on any machine) is put back in the queue by another worker.
+    lease_seconds: float = 600.0
     max_attempts: int = 3
     min_available_mb: float = 1024.0  # pause (model kept) when free memory drops below this
     max_rss_mb: float = 4096.0  # after a job above this, exit so the service manager restarts fresh
@@ -110,6 +120,8 @@ def _coerce(name: str, hint: Any, raw: Any) -> Any:
     try:
         if target is Path:
             return Path(os.path.expanduser(str(raw))).absolute()
+        if name == "db":
+            return database(str(raw))
         if typing.get_origin(target) is tuple:  # a TOML array, or "srt,vtt" in the environment or a flag
             items = raw.split(",") if isinstance(raw, str) else raw
             if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
@@ -157,6 +169,23 @@ def load(cli: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = N
     return cfg
 
 
+def is_postgres(db: str | Path) -> bool:
+    return str(db).startswith(POSTGRES_SCHEMES)
+
+
+def database(raw: str) -> str:
+    """A PostgreSQL URL as given; a SQLite path (or sqlite:///path) as an absolute path."""
+    if is_postgres(raw):
+        return raw
+    if raw.startswith("sqlite:"):
+        if not raw.startswith("sqlite:///"):
+            raise ConfigError(f"db {raw!r}: a SQLite URL is sqlite:///relative/path or sqlite:////absolute/path")
+        raw = raw.removeprefix("sqlite:///")
+    elif "://" in raw:
+        raise ConfigError(f"db {raw!r}: give a file path for SQLite, or postgresql://user@host/dbname")
+    return str(Path(os.path.expanduser(raw)).absolute())
+
+
 def default_chinese_script(env: Mapping[str, str]) -> str:
     """Traditional for a Chinese locale of Taiwan, Hong Kong or Macau (zh_TW.UTF-8, zh_HK, zh-Hant),
     simplified for any other."""
@@ -184,8 +213,16 @@ def validate(cfg: Config) -> None:
         )
     if cfg.quiet_seconds < 0 or cfg.max_attempts < 1:
         raise ConfigError("quiet_seconds must be >= 0 and max_attempts >= 1")
+    if cfg.observer not in OBSERVERS:
+        raise ConfigError(f"observer is {cfg.observer!r}: choose {', '.join(OBSERVERS)} (polling for an inbox on a "
+                          "network share, which sends no file events; auto finds out)")
+    if cfg.lease_seconds < 10:
+        raise ConfigError(f"lease_seconds is {cfg.lease_seconds}: give at least 10 (default 600); a worker renews "
+                          "its lease every window, which can take seconds")
     if cfg.precision not in ("auto", "fp32", "fp16", "bf16", "int8"):
         raise ConfigError(f"precision is {cfg.precision!r}: choose auto, fp32, fp16, bf16 or int8")
+    if cfg.threads < 0:
+        raise ConfigError(f"threads is {cfg.threads}: give the number of torch threads, or 0 for one per physical core")
     if cfg.batch_size < 1:
         raise ConfigError("batch_size must be at least 1")
     check_task_and_script(cfg.task, cfg.chinese_script)

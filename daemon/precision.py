@@ -62,10 +62,11 @@ def fastest_tries(products: Mapping[str, Callable[[], object]], tries: int) -> d
     return best
 
 
-def use_physical_cores() -> int:
-    """Give torch one thread per physical core; returns that count."""
-    threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    torch.set_num_threads(threads)  # hyper-threads share the matmul units: no gain, more heat
+def use_threads(threads: int = 0) -> int:
+    """Give torch `threads` threads, by default (0) one per physical core; returns the count."""
+    # Hyper-threads share the matmul units: no gain, more heat.
+    threads = threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    torch.set_num_threads(threads)
     return threads
 
 

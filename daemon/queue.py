@@ -1,5 +1,5 @@
-"""The job queue: enqueue, claim under a lease, checkpoint, finish. Portable SQL only; SQLite
-specifics stay in db.py.
+"""The job queue: enqueue, claim under a lease, checkpoint, finish. Portable SQL only; what one
+backend alone speaks stays in daemon/db.
 
 A running job belongs to the worker named in `holder` until `lease_until`. Every write a worker
 makes for a job (a window, its output name, its end) is conditional on still holding it, so a
@@ -11,15 +11,17 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine, delete, func, or_, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from daemon.db import Job, JobStatus, OutputRow, SegmentRow, reading, utcnow, writing
+from daemon.db import Job, JobStatus, OutputRow, SegmentRow, announce, reading, utcnow, writing
 from daemon.folders import dumps
 from daemon.inputs import Fingerprint, as_text, canonical, fingerprint
 from daemon.outputs import existing, fits, names, output_key, paths
@@ -29,6 +31,7 @@ MAX_ATTEMPTS = 3
 # A worker renews its lease with every window and every heartbeat (at most 2 minutes apart, the
 # longest guard wait); a job whose lease has run out for this long has lost its worker.
 LEASE = timedelta(minutes=10)
+CLAIM_TRIES = 5  # claims that lost a race for the same content (see claim) before giving up this turn
 
 
 class LeaseLost(Exception):
@@ -42,9 +45,39 @@ class Enqueued:
 
 
 class JobQueue:
-    def __init__(self, engine: Engine, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, engine: Engine, clock: Callable[[], datetime] = utcnow, *, lease: timedelta = LEASE,
+                 inbox: Path | None = None) -> None:
+        """`inbox`: paths inside it are kept relative to it, so that machines that mount a shared inbox
+        at different places agree on which file a job is; without it every path is kept absolute."""
         self.engine = engine
         self.clock = clock
+        self.lease = lease
+        self.inbox = None if inbox is None else Path(os.path.realpath(inbox))
+
+    # ------------------------------------------------------------------ paths
+
+    def stored(self, path: Path) -> str:
+        """A canonical path as jobs keep it: relative to the inbox for a file inside it."""
+        if self.inbox is not None and path.is_relative_to(self.inbox):
+            return path.relative_to(self.inbox).as_posix()
+        return str(path)
+
+    def location(self, job: Job) -> Path:
+        """Where a job's file is on this machine."""
+        return Path(job.path) if self.inbox is None else self.inbox / job.path  # an absolute path stays itself
+
+    def adopt_absolute_paths(self) -> int:
+        """Make relative the paths of jobs queued inside the inbox before paths were kept relative
+        to it (or queued by `enqueue` with no inbox); how many changed."""
+        if self.inbox is None:
+            return 0
+        prefix = f"{self.inbox}{os.sep}"
+        with writing(self.engine) as session:
+            jobs = session.exec(select(Job).where(col(Job.path).startswith(prefix, autoescape=True))).all()
+            for job in jobs:
+                job.path = self.stored(Path(job.path))
+                session.add(job)
+            return len(jobs)
 
     # ------------------------------------------------------------------ adding jobs
 
@@ -59,30 +92,33 @@ class JobQueue:
         """
         stored = dumps(settings or {})
         path = canonical(path, follow_link=follow_link)
+        key = self.stored(path)
         stat = path.stat()
         with reading(self.engine) as session:
-            latest = _latest_for_path(session, path)
+            latest = _latest_for_path(session, key)
         if latest is not None and latest.sha256 and (latest.size, latest.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
             return Enqueued(latest, False)  # nobody touched it since we read it: skip hashing
         seen = fingerprint(path)  # outside the transaction: hashing a long video takes seconds
         with writing(self.engine) as session:
-            latest = _latest_for_path(session, path)
+            latest = _latest_for_path(session, key)
             if latest is not None and latest.status == JobStatus.QUEUED:
                 changed = latest.sha256 != seen.sha256
                 if changed:  # replaced before the worker got to it: transcribe the new content from the start
                     _reset_progress(session, latest)
                 _set_fingerprint(session, latest, seen)
                 latest.settings = stored
+                announce(session)
                 return Enqueued(latest, changed)
             if latest is not None and latest.status == JobStatus.RUNNING and latest.sha256 == seen.sha256:
                 return Enqueued(latest, False)
             # New, new content (a running job for the old content is superseded when this one is
             # claimed), or the same content copied in again after it was finished (its transcript may
             # have been deleted): a new job. Known content is rendered from stored segments, cheaply.
-            job = Job(path=str(path), sha256=seen.sha256, size=seen.size, mtime_ns=seen.mtime_ns, settings=stored,
+            job = Job(path=key, sha256=seen.sha256, size=seen.size, mtime_ns=seen.mtime_ns, settings=stored,
                       created_at=self.clock())
             session.add(job)
             session.flush()
+            announce(session)
             return Enqueued(job, True)
 
     def reject(self, path: Path, reason: str) -> Enqueued:
@@ -99,11 +135,11 @@ class JobQueue:
         text = Path(as_text(path))
         error = f"{text.name}: {reason}"
         with writing(self.engine) as session:
-            latest = _latest_for_path(session, text)
+            latest = _latest_for_path(session, self.stored(text))
             if latest is not None and (latest.size, latest.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
                 return Enqueued(latest, False)
             now = self.clock()
-            job = Job(path=str(text), sha256="", size=stat.st_size, mtime_ns=stat.st_mtime_ns, status=JobStatus.FAILED,
+            job = Job(path=self.stored(text), sha256="", size=stat.st_size, mtime_ns=stat.st_mtime_ns, status=JobStatus.FAILED,
                       error=error, created_at=now, finished_at=now)
             session.add(job)
             session.flush()
@@ -119,6 +155,7 @@ class JobQueue:
                 job.settings = None  # looked up again when it starts: the user may have fixed the folder's file
                 job.started_at = job.finished_at = None
                 _reset_progress(session, job)
+            announce(session)
             return list(jobs)
 
     # ------------------------------------------------------------------ a worker's side
@@ -128,6 +165,12 @@ class JobQueue:
 
         A job whose content is being transcribed right now waits, so that it becomes a
         duplicate of that job rather than a second transcription. Unknown content ("") never waits.
+
+        Workers on PostgreSQL claim concurrently: the row is locked as it is chosen, and rows other
+        claims hold are skipped (FOR UPDATE SKIP LOCKED; SQLite's single writer needs neither), then
+        its status is checked again as it is updated. Two claims of copies of one content at the same
+        moment: the database's one-running-job-per-content index fails the later commit, which then
+        claims again.
         """
         busy_content = select(Job.sha256).where(Job.status == JobStatus.RUNNING, Job.sha256 != "")
         next_id = (
@@ -135,19 +178,26 @@ class JobQueue:
             .where(Job.status == JobStatus.QUEUED, col(Job.sha256).not_in(busy_content))
             .order_by(col(Job.crashes), col(Job.id))  # a job that just killed a worker waits its turn
             .limit(1)
+            .with_for_update(skip_locked=True)
             .scalar_subquery()
         )
-        now = self.clock()
-        stmt = (
-            update(Job)
-            .where(col(Job.id) == next_id)
-            .values(status=JobStatus.RUNNING, holder=holder, lease_until=now + LEASE, attempts=Job.attempts + 1,
-                    started_at=now, finished_at=None, error=None, resumed_from=Job.processed_seconds)
-            .returning(Job.id)
-        )
-        with writing(self.engine) as session:
-            job_id = session.execute(stmt).scalar_one_or_none()
-            return None if job_id is None else session.get(Job, job_id)
+        for _ in range(CLAIM_TRIES):
+            now = self.clock()
+            stmt = (
+                update(Job)
+                .where(col(Job.id) == next_id, Job.status == JobStatus.QUEUED)
+                .values(status=JobStatus.RUNNING, holder=holder, lease_until=now + self.lease,
+                        attempts=Job.attempts + 1, started_at=now, finished_at=None, error=None,
+                        resumed_from=Job.processed_seconds)
+                .returning(Job.id)
+            )
+            try:
+                with writing(self.engine) as session:
+                    job_id = session.execute(stmt).scalar_one_or_none()
+                    return None if job_id is None else session.get(Job, job_id)
+            except IntegrityError:  # another worker claimed the same content meanwhile
+                continue
+        return None
 
     def verify(self, job_id: int, holder: str, seen: Fingerprint, model: str, precision: str,
                settings: Mapping[str, str | None]) -> tuple[Job, str | None]:
@@ -157,7 +207,9 @@ class JobQueue:
         If a newer job for the same path exists, that one has the file as it is now: this one ends
         `superseded` (check the returned job's status). Otherwise older unfinished jobs for the path
         are superseded by this one, and the checkpoint is discarded if the content changed since it
-        was queued, or if it was made with another model, precision or settings; the reason is returned."""
+        was queued, or if it was made with another model, precision or settings; the reason is returned.
+        A file that now holds what another worker is transcribing goes back to the queue (status
+        `queued`), to be that job's duplicate once it is done."""
         stored = dumps(settings)
         with writing(self.engine) as session:
             job = _held(session, job_id, holder)
@@ -171,6 +223,13 @@ class JobQueue:
                 update(Job).where(Job.path == job.path, col(Job.id) < job_id, Job.status == JobStatus.QUEUED)
                 .values(status=JobStatus.SUPERSEDED, finished_at=self.clock(),
                         error=f"the file changed again; job {job_id} has it as it is now"))
+            if seen.sha256 != job.sha256 and session.exec(select(Job.id).where(
+                    Job.sha256 == seen.sha256, Job.status == JobStatus.RUNNING, col(Job.id) != job_id)).first():
+                _reset_progress(session, job)
+                _set_fingerprint(session, job, seen)
+                job.status, job.holder, job.lease_until = JobStatus.QUEUED, None, None
+                job.attempts = max(0, job.attempts - 1)
+                return job, None
             reason = None
             if job.sha256 and job.sha256 != seen.sha256:
                 reason = "the file changed since it was queued"
@@ -216,7 +275,7 @@ class JobQueue:
             job.audio_seconds = max(audio_seconds or 0.0, window.decoded_seconds)
             job.progress = min(1.0, job.processed_seconds / job.audio_seconds) if job.audio_seconds else 0.0
             job.rtf = rtf
-            job.lease_until = self.clock() + LEASE
+            job.lease_until = self.clock() + self.lease
             session.add(job)
 
     def renew(self, job_id: int, holder: str) -> bool:
@@ -224,7 +283,7 @@ class JobQueue:
         with writing(self.engine) as session:
             result = session.execute(update(Job).where(col(Job.id) == job_id, Job.holder == holder,
                                                        Job.status == JobStatus.RUNNING)
-                                     .values(lease_until=self.clock() + LEASE))
+                                     .values(lease_until=self.clock() + self.lease))
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def reserve_outputs(self, job_id: int, holder: str, folder: Path, texts: Mapping[str, str]) -> dict[str, Path]:
@@ -259,6 +318,7 @@ class JobQueue:
             job = _held(session, job_id, holder)
             self._end(job, status, **fields)
             session.add(job)
+            announce(session)  # copies of its content may be claimed now
             return job
 
     def fail(self, job_id: int, holder: str, error: str) -> Job:
@@ -271,6 +331,7 @@ class JobQueue:
             job.status, job.holder, job.lease_until = JobStatus.QUEUED, None, None
             job.attempts = max(0, job.attempts - 1)
             session.add(job)
+            announce(session)
 
     def recover(self, holder: str | None = None, max_attempts: int = MAX_ATTEMPTS) -> list[Job]:
         """Requeue running jobs whose lease has expired, and those `holder` held in a previous life
@@ -290,6 +351,8 @@ class JobQueue:
                 else:
                     job.status = JobStatus.QUEUED
                 session.add(job)
+            if stuck:
+                announce(session)
             return list(stuck)
 
     # ------------------------------------------------------------------ reading
@@ -330,8 +393,8 @@ def _held(session: Session, job_id: int, holder: str) -> Job:
     return job
 
 
-def _latest_for_path(session: Session, path: Path) -> Job | None:
-    return session.exec(select(Job).where(Job.path == str(path)).order_by(col(Job.id).desc()).limit(1)).first()
+def _latest_for_path(session: Session, key: str) -> Job | None:
+    return session.exec(select(Job).where(Job.path == key).order_by(col(Job.id).desc()).limit(1)).first()
 
 
 def _has_segments(session: Session, job_id: int) -> bool:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.config import APP, Config
+from daemon.config import APP, Config, is_postgres
 from daemon.outputs import write_atomic
 from daemon.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL
 
@@ -176,7 +176,7 @@ def _launchd_plan(action: str, cfg: Config, home: Path, uid: int, python: str) -
 def _launchd_notes(cfg: Config, home: Path, log_dir: Path, python: str) -> list[str]:
     notes = [f"Logs: {cfg.log_dir} (watcher.log, worker.log); launchd's stdout/stderr: {log_dir}/*.out.log, *.err.log"]
     protected = [home / name for name in TCC_FOLDERS]
-    used = [cfg.inbox, cfg.outbox, cfg.db, PROJECT_DIR, Path(python)]
+    used = [cfg.inbox, cfg.outbox, PROJECT_DIR, Path(python)] + ([] if is_postgres(cfg.db) else [Path(cfg.db)])
     if any(p.is_relative_to(folder) for p in used for folder in protected):
         notes.append("Some paths are inside ~/Desktop, ~/Documents or ~/Downloads: macOS will ask whether "
                      f"{python} may access them (or deny it silently). Approve it in System Settings → "

@@ -8,18 +8,93 @@ from __future__ import annotations
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+import psutil
 from loguru import logger
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
 
 from daemon.folders import SettingsError
 from daemon.inputs import as_text, is_candidate, refusal, skipped_silently, unsupported_reason
 
 POLL_SECONDS = 0.25
+
+# How often the polling observer re-lists the inbox. Each pass stats every file in the tree, which
+# on a network share is one round trip per file, so it should not be much faster than this; and it
+# needs no more than this: a file is queued only after `quiet_seconds` (default 2 s) of stillness
+# anyway, and the 60 s rescan stays as the backstop.
+POLL_OBSERVER_SECONDS = 2.0
+
+# Network file systems, by the type psutil reports (Linux: /proc/mounts; macOS: f_fstypename). A
+# file another machine writes there never reaches inotify/FSEvents, so a native observer would
+# sit silent. Linux FUSE mounts are "fuse.<program>"; macFUSE reports every FUSE mount as
+# "macfuse"/"osxfuse", local or not, so sshfs on macOS is not recognised: set observer = "polling".
+NETWORK_FILE_SYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smbfs", "smb3", "smb2", "afpfs", "webdav", "davfs", "fuse.davfs2",
+    "fuse.sshfs", "sshfs", "9p", "v9fs", "fuse.rclone", "ceph", "fuse.ceph", "glusterfs",
+    "fuse.glusterfs", "lustre", "gpfs", "beegfs", "afs", "fuse.s3fs", "fuse.gcsfuse",
+})
+
+
+class Partition(Protocol):
+    """What network_fs needs of a mount-table entry (psutil's sdiskpart has both)."""
+
+    @property
+    def mountpoint(self) -> str: ...
+
+    @property
+    def fstype(self) -> str: ...
+
+
+def network_fs(path: Path, partitions: Iterable[Partition] | None = None) -> str | None:
+    """The file-system type of `path`'s mount if it is a network one (NETWORK_FILE_SYSTEMS), else None.
+
+    The mount is the longest mount point containing `path.resolve()`; of two entries for the same
+    point the later one is on top, as in the mount table. `partitions`: the mount table, by
+    default psutil.disk_partitions(all=True)."""
+    if partitions is None:
+        partitions = psutil.disk_partitions(all=True)
+    target = path.resolve()
+    best: Partition | None = None
+    for part in partitions:
+        point = Path(part.mountpoint)
+        if target.is_relative_to(point) and (best is None or len(point.parts) >= len(Path(best.mountpoint).parts)):
+            best = part
+    if best is None:
+        return None
+    fstype = best.fstype.lower()
+    return fstype if fstype in NETWORK_FILE_SYSTEMS else None
+
+
+def observer_for(
+    inbox: Path, choice: str = "auto", partitions: Iterable[Partition] | None = None
+) -> tuple[BaseObserver, str]:
+    """The watchdog observer for `inbox`, and why, for the log.
+
+    `choice` (config.OBSERVERS): "native" (inotify/FSEvents/...), "polling" (re-list the tree every
+    POLL_OBSERVER_SECONDS), or "auto": polling when the inbox is on a network file system, which
+    sends no file events, else native. `partitions`: as for network_fs."""
+    native = "native observer"
+    polling = f"polling observer (every {POLL_OBSERVER_SECONDS:g} s)"
+    if choice == "native":
+        return Observer(), f"{native}: set in the settings"
+    if choice == "polling":
+        return PollingObserver(timeout=POLL_OBSERVER_SECONDS), f"{polling}: set in the settings"
+    try:
+        fstype = network_fs(inbox, partitions)
+    except OSError as e:  # the mount table is unreadable: events are the better guess
+        return Observer(), f'{native}: cannot read the mount table ({e}); on a network share set observer = "polling"'
+    if fstype is not None:
+        why = f"{polling}: {inbox} is on {fstype}, which sends no file events"
+        return PollingObserver(timeout=POLL_OBSERVER_SECONDS), why
+    return Observer(), f"{native}: {inbox} is on a local file system"
+
 
 
 @dataclass
@@ -40,8 +115,10 @@ class Watcher:
         rescan_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         reject: Callable[[Path, str], object] | None = None,
+        observer: str = "auto",
     ) -> None:
         self.inbox = inbox
+        self.observer = observer  # config.OBSERVERS; see observer_for
         self.enqueue = enqueue
         self.reject = reject  # records why a file is not queued, so `status` shows it; None: log it
         self.quiet_seconds = quiet_seconds
@@ -83,10 +160,10 @@ class Watcher:
     def run(self, stop: threading.Event) -> None:
         if not self.inbox.is_dir():
             self.inbox.mkdir(parents=True)
-        observer = Observer()
+        observer, why = observer_for(self.inbox, self.observer)
         observer.schedule(_Handler(self), str(self.inbox), recursive=True)
         observer.start()
-        logger.info("watching {} (quiet period {} s)", self.inbox, self.quiet_seconds)
+        logger.info("watching {} (quiet period {} s) with the {}", self.inbox, self.quiet_seconds, why)
         try:
             self.scan()
             logger.info("start-up scan done: {} file(s) to check", len(self._pending))

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import psutil
@@ -21,7 +22,7 @@ from daemon import logs, precision
 from daemon.audio import AudioError, probe_seconds
 from daemon.config import Config, ConfigError, cue_rules
 from daemon.delivery import Delivery, Ready
-from daemon.db import Job, JobStatus, WorkerState, checkpoint, connect, slots_dir, storage_error
+from daemon.db import Job, JobStatus, Waiter, WorkerState, checkpoint, connect, describe, slots_dir, storage_error
 from daemon.engine import DecodeSettings, Engine
 from daemon.folders import SETTINGS_FILE, SettingsError, settings_for
 from daemon.formats import render
@@ -37,8 +38,11 @@ from daemon.weights import ModelError, ResolvedModel, load_resolved, resolve_mod
 
 IDLE_MIN_SECONDS = 0.2
 IDLE_MAX_SECONDS = 2.0  # worst-case pickup delay for a new job while idle
-HEARTBEAT_SECONDS = 10.0  # while idle; busy workers beat once per window
+# While idle; busy workers beat once per window. On PostgreSQL, where a new job wakes idle workers
+# (NOTIFY), they read the queue this often too, in case a notification was lost with a connection.
+HEARTBEAT_SECONDS = 10.0
 RECOVER_SECONDS = 60.0  # how often an idle worker looks for jobs whose worker died (lease expired)
+RECOVER_PER_LEASE = 2  # and at least this often per lease: a short lease is for a quick takeover
 PACE_MIN_SHARE = 0.8  # windows with less audio than this share of a window don't teach the throttle guard
 STORAGE_BACKOFF_START_SECONDS = 2.0  # disk full or I/O error: first wait before trying the job again
 STORAGE_BACKOFF_MAX_SECONDS = 300.0
@@ -50,7 +54,11 @@ class Worker:
         self.cfg = cfg
         self.stop = stop or threading.Event()
         engine = connect(cfg.db)
-        self.queue = JobQueue(engine)
+        self.queue = JobQueue(engine, lease=timedelta(seconds=cfg.lease_seconds), inbox=cfg.inbox)
+        self.queue.adopt_absolute_paths()
+        self.waiter = Waiter(engine)
+        self.idle_max = HEARTBEAT_SECONDS if self.waiter.wakes_on_work else IDLE_MAX_SECONDS
+        self.recover_seconds = min(RECOVER_SECONDS, cfg.lease_seconds / RECOVER_PER_LEASE)
         self.slot = take_slot(slots_dir(cfg.db))
         self.name = self.slot.name  # the holder of the jobs this worker runs
         self.registry = Registry(engine, self.name)
@@ -73,7 +81,7 @@ class Worker:
         resolved = resolve_model(self.cfg.model, self.cfg.cache_dir / "models")
         if not self._wait_until_model_fits(resolved):
             return  # asked to stop while waiting: run() returns at once
-        threads = precision.use_physical_cores()
+        threads = precision.use_threads(self.cfg.threads)
         model, device = precision.to_device(load_resolved(resolved), precision.pick_device())
         language = _language_code(self.cfg.language, model.is_multilingual, resolved.name)
         self.precision = precision.choose(self.cfg.precision, device)
@@ -89,9 +97,9 @@ class Worker:
             logger.info("forgetting worker {} (pid {} on {}), gone since {}", row.id, row.pid, row.host,
                         row.heartbeat_at.isoformat(timespec="seconds"))
         self.report(Status(WorkerState.IDLE))
-        logger.info("worker ready ({}): model {} from {} on {}, {} weights ({:.0f} MB), {} torch threads "
-                    "(physical cores)", self.name, resolved.name, resolved.source, device, self.precision,
-                    precision.weight_bytes(model) / MB, threads)
+        logger.info("worker ready ({}): model {} from {} on {}, {} weights ({:.0f} MB), {} torch threads; "
+                    "queue {}", self.name, resolved.name, resolved.source, device, self.precision,
+                    precision.weight_bytes(model) / MB, threads, describe(self.cfg.db))
 
     def _wait_until_model_fits(self, resolved: ResolvedModel) -> bool:
         """Whether the model fits in free memory, waiting (paused, shown in `status`) until it does;
@@ -123,7 +131,8 @@ class Worker:
         return True
 
     def run(self, exit_when_empty: bool = False) -> None:
-        """Work until stopped; idle waits back off from IDLE_MIN to IDLE_MAX and reset on work."""
+        """Work until stopped; idle waits back off from IDLE_MIN to `idle_max` and reset on work (or,
+        on PostgreSQL, when a job is announced)."""
         delay = IDLE_MIN_SECONDS
         while not self.stop.is_set():
             if self.run_once():
@@ -133,15 +142,16 @@ class Worker:
                 break
             if time.monotonic() - self._last_beat >= HEARTBEAT_SECONDS:
                 self.report(Status(WorkerState.IDLE))
-            self.stop.wait(delay)
-            delay = min(delay * 2, IDLE_MAX_SECONDS)
+            # Short enough to beat, and to look for dead workers' jobs, while no job is announced.
+            wait = min(delay, self.recover_seconds)
+            delay = IDLE_MIN_SECONDS if self.waiter.wait(self.stop, wait) else min(delay * 2, self.idle_max)
 
     def run_once(self) -> bool:
         """Claim and process one job; False when the queue had nothing to claim (or we must stop)."""
         if not self.guard.check():  # don't start a job under memory pressure
             return False
         try:
-            if time.monotonic() - self._last_recovery >= RECOVER_SECONDS:
+            if time.monotonic() - self._last_recovery >= self.recover_seconds:
                 self._recover()
             job = self.queue.claim(self.name)
         except Exception as e:
@@ -175,6 +185,7 @@ class Worker:
 
     def shutdown(self) -> None:
         self.delivery.close(DELIVERY_CLOSE_SECONDS)
+        self.waiter.close()
         self.registry.unregister()
         self.queue.engine.dispose()
         self.slot.release()
@@ -234,7 +245,7 @@ class Worker:
         """Check the file again (it may have changed or been refused before), then transcribe it, or
         render the transcript of the same content done earlier."""
         assert job.id is not None
-        path = Path(job.path)
+        path = self.queue.location(job)
         reason = refusal(path)
         seen = None
         if reason is None:
@@ -254,6 +265,10 @@ class Worker:
         if job.status == JobStatus.SUPERSEDED:
             logger.info("job {}: {}: {}", job.id, path.name, job.error)
             return
+        if job.status == JobStatus.QUEUED:
+            logger.info("job {}: {} now holds what another worker is transcribing; it waits for that job",
+                        job.id, path.name)
+            return
         if restarted:
             logger.info("job {}: {}; starting over", job.id, restarted)
         twin = self.queue.finished_twin(job, self.model_name)
@@ -270,7 +285,8 @@ class Worker:
         """The job's complete settings: what its folders asked for when it was queued (looked up now
         if they never were), this worker's settings for the rest; checked against this model."""
         assert self.engine is not None
-        asked = settings_for(Path(job.path), self.cfg.inbox) if job.settings is None else json.loads(job.settings)
+        asked = (settings_for(self.queue.location(job), self.cfg.inbox) if job.settings is None
+                 else json.loads(job.settings))
         where = f" (check {SETTINGS_FILE} in its folder)" if asked else ""
         defaults = {"language": self.cfg.language, "task": self.cfg.task, "prompt": self.cfg.prompt or "",
                     "chinese_script": self.cfg.chinese_script}
@@ -286,7 +302,7 @@ class Worker:
     def _transcribe(self, job: Job, seen: Fingerprint, settings: dict[str, str | None]) -> None:
         """Window by window, committing each window's segments with its checkpoint."""
         assert self.engine is not None and job.id is not None
-        path = Path(job.path)
+        path = self.queue.location(job)
         start = self.queue.checkpoint_of(job)
         if start.offset_seconds:
             logger.info("job {}: resuming {} at {:.1f} s", job.id, path.name, start.offset_seconds)
@@ -336,7 +352,7 @@ class Worker:
         assert job.id is not None
         rules = cue_rules(self.cfg)
         texts = {fmt: render(fmt, transcript, rules) for fmt in self.cfg.formats}
-        folder = folder_for(Path(job.path), self.cfg.inbox, self.cfg.outbox)
+        folder = folder_for(self.queue.location(job), self.cfg.inbox, self.cfg.outbox)
         written = self.queue.reserve_outputs(job.id, self.name, folder, texts)
         for fmt, path in written.items():
             write_atomic(path, texts[fmt])
@@ -347,7 +363,7 @@ class Worker:
         files' names, and announced (delivery.py: in the background, when the user asked for it)."""
         assert job.id is not None
         ended = self.queue.finish(job.id, self.name, status, **fields)
-        self.delivery.announce(Ready(job.id, Path(job.path), tuple(written.values()), ended.language,
+        self.delivery.announce(Ready(job.id, self.queue.location(job), tuple(written.values()), ended.language,
                                      ended.duplicate_of))
         files = ", ".join(str(path) for path in written.values())
         if status == JobStatus.DUPLICATE:

@@ -6,7 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +15,7 @@ import pytest
 from daemon.config import ENV_PREFIX
 from daemon.db import Job, connect
 from daemon.queue import JobQueue
+from tests.pg import Server
 
 if TYPE_CHECKING:  # importing whisper (and torch) is for the tests that run the model
     from whisper.model import Whisper
@@ -91,6 +92,23 @@ def inbox_file(tmp_path: Path, name: str, data: bytes | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(name.encode() if data is None else data)
     return path
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real PostgreSQL server for the session; the tests that need one fail (never skip) without it."""
+    try:
+        server = Server.start(tmp_path_factory.mktemp("postgres") / "pgdata")
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: Server) -> str:
+    """A new, empty database on the session's server."""
+    return pg_server.new_database()
 
 
 @pytest.fixture

@@ -23,7 +23,29 @@ from tests.speech import compose, sentences
 def test_defaults_need_no_configuration(tmp_path: Path) -> None:
     cfg = load({}, env={})
     assert cfg.model == "base" and cfg.quiet_seconds == 2.0 and cfg.language is None
-    assert cfg.inbox.is_absolute() and cfg.db.name == "jobs.db" and cfg.config is None
+    assert cfg.inbox.is_absolute() and Path(cfg.db).is_absolute() and Path(cfg.db).name == "jobs.db"
+    assert cfg.config is None and cfg.observer == "auto" and cfg.lease_seconds == 600
+
+
+def test_the_queue_is_a_sqlite_path_or_a_postgresql_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = "postgresql://transcriber@nas.local:5432/queue"
+    assert load({"db": url}, env={}).db == url  # as given: psycopg reads it
+    assert load({"db": "postgres://u@h/q"}, env={}).db == "postgres://u@h/q"
+    assert load({"db": "state/jobs.db"}, env={}).db == str(tmp_path / "state" / "jobs.db")
+    assert load({"db": "sqlite:///state/jobs.db"}, env={}).db == str(tmp_path / "state" / "jobs.db")
+    assert load({"db": "sqlite:////var/q/jobs.db"}, env={}).db == "/var/q/jobs.db"
+    for wrong, says in [("mysql://u@h/q", "postgresql://user@host/dbname"), ("sqlite:jobs.db", "sqlite:////absolute")]:
+        with pytest.raises(ConfigError, match=says):
+            load({"db": wrong}, env={})
+
+
+def test_observer_and_lease_are_checked() -> None:
+    assert load({}, env={"WHISPER_DAEMON_OBSERVER": "polling"}).observer == "polling"
+    with pytest.raises(ConfigError, match="observer is 'inotify': choose auto, native, polling"):
+        load({}, env={"WHISPER_DAEMON_OBSERVER": "inotify"})
+    with pytest.raises(ConfigError, match="lease_seconds is 2.0: give at least 10"):
+        load({}, env={"WHISPER_DAEMON_LEASE_SECONDS": "2"})
 
 
 def test_toml_then_env_then_cli(tmp_path: Path) -> None:
@@ -138,12 +160,13 @@ def test_the_tests_ignore_the_developers_own_settings(tmp_path: Path) -> None:
     (["watch", "--formats", "srt,vtt"],
      "whisper-daemon watch: --formats is not used by watch; it is used by run, work, service install"),
     (["retry", "--inbox", "x", "3"],
-     "whisper-daemon retry: --inbox is not used by retry; it is used by run, watch, work, enqueue, service install"),
+     "whisper-daemon retry: --inbox is not used by retry; it is used by run, watch, work, enqueue, migrate, "
+     "service install"),
     (["enqueue", "--language", "de", "a.wav"],
      "whisper-daemon enqueue: --language is not used by enqueue; it is used by run, work, service install"),
     (["service", "stop", "--db", "x.db"],
      "whisper-daemon service stop: --db is not used by service stop; it is used by run, watch, work, status, "
-     "enqueue, retry, service install"),
+     "enqueue, retry, migrate, service install"),
 ])
 def test_a_flag_the_subcommand_would_ignore_is_refused(argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:

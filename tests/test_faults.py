@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from daemon.db import SCHEMA_VERSION, JobStatus, connect, storage_error
+from daemon.db import HEAD, JobStatus, connect, storage_error, version
+from daemon.db.sqlite import SCHEMA_VERSION
 from daemon.queue import JobQueue
 from daemon.registry import workers
 from daemon.transcript import Checkpoint, Window
@@ -79,6 +80,7 @@ def test_a_database_of_the_previous_version_is_upgraded_without_losing_a_job(tmp
         assert conn.exec_driver_sql("PRAGMA user_version").scalar() == SCHEMA_VERSION
         assert conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
         conn.exec_driver_sql("UPDATE jobs SET status = 'superseded' WHERE id = 3")  # the new state is allowed
+    assert version(queue.engine) == HEAD  # then Alembic's migrations
     assert [j.id for j in JobQueue(connect(db)).jobs()] == [3, 2, 1]  # opening it again changes nothing
 
 

@@ -110,7 +110,7 @@ def test_silence_then_speech_on_an_idle_machine_never_backs_off(tmp_path: Path, 
     finally:
         worker.shutdown()
     assert t.waits == []
-    states = {line.split()[2] for table in shown for line in table.splitlines()[1:]}
+    states = {line.split()[3] for table in shown for line in table.splitlines()[1:]}  # WORKER HOST PID STATE
     assert states == {"busy", "idle"}, states
     done = {j.id: j for j in worker.queue.jobs()}[job.id]
     assert done.status == JobStatus.DONE and done.audio_seconds == pytest.approx(len(audio) / SAMPLE_RATE, abs=1)

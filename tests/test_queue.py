@@ -1,4 +1,5 @@
-"""The SQLite queue: pragmas, states, idempotent enqueue, leased claims, recovery, output names."""
+"""The queue, on SQLite and on a real PostgreSQL server (the `queue` fixture runs each test on both):
+states, idempotent enqueue, leased claims, recovery, output names; SQLite's pragmas and upgrades."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from daemon.db import PRAGMAS, SCHEMA_VERSION, JobStatus, connect, utcnow
+from daemon.db import HEAD, JobStatus, connect, utcnow, version
+from daemon.db.sqlite import PRAGMAS, SCHEMA_VERSION
 from daemon.formats import FORMATS
 from daemon.inputs import fingerprint
 from daemon.queue import LEASE, JobQueue, LeaseLost
@@ -20,6 +22,17 @@ from daemon.transcript import Checkpoint, Segment, Window, Word
 from tests.conftest import HOLDER, claim, inbox_file, old_database
 
 HELLO_SHA256 = "12998c017066eb0d2a70b94e6ed3192985855ce390f321bbdb832022888bd251"  # of "hello there": queue_v1.sql's
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The queue's database, each backend in turn."""
+    return str(tmp_path / "jobs.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def queue(db: str) -> JobQueue:
+    return JobQueue(connect(db))
 
 
 def test_every_connection_has_the_pragmas(tmp_path: Path) -> None:
@@ -39,6 +52,10 @@ def test_database_file_is_owner_only(tmp_path: Path) -> None:
     assert (tmp_path / "jobs.db").stat().st_mode & 0o077 == 0
 
 
+SQLITE_ONLY = pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+
+
+@SQLITE_ONLY
 def test_rows_are_readable_from_the_sqlite3_shell(queue: JobQueue, tmp_path: Path) -> None:
     queue.enqueue(inbox_file(tmp_path, "a.wav"))
     ro = sqlite3.connect(f"file:{tmp_path / 'jobs.db'}?mode=ro", uri=True)
@@ -155,19 +172,19 @@ def test_unknown_content_never_waits_and_is_never_a_twin(queue: JobQueue, tmp_pa
 
 
 def _claim_all(db: str, holder: str, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    queue = JobQueue(connect(Path(db)))
+    queue = JobQueue(connect(db))
     claimed = []
     while (job := queue.claim(holder)) is not None:
         claimed.append(job.id)
     out.put(claimed)
 
 
-def test_concurrent_claims_never_hand_out_a_job_twice(queue: JobQueue, tmp_path: Path) -> None:
+def test_concurrent_claims_never_hand_out_a_job_twice(queue: JobQueue, db: str, tmp_path: Path) -> None:
     for i in range(60):
         queue.enqueue(inbox_file(tmp_path, f"{i}.wav", i.to_bytes(2, "big")))
     out: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()  # type: ignore[type-arg]
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_claim_all, args=(str(tmp_path / "jobs.db"), f"w{i}", out)) for i in range(4)]
+    procs = [ctx.Process(target=_claim_all, args=(db, f"w{i}", out)) for i in range(4)]
     for p in procs:
         p.start()
     results = [out.get(timeout=120) for _ in procs]
@@ -195,10 +212,10 @@ def test_recover_requeues_then_fails_after_max_attempts(queue: JobQueue, tmp_pat
     assert claim(queue) is None
 
 
-def test_only_an_expired_lease_lets_another_worker_requeue_a_job(tmp_path: Path) -> None:
+def test_only_an_expired_lease_lets_another_worker_requeue_a_job(db: str, tmp_path: Path) -> None:
     """Time is injected: a lease runs out after minutes, which a test cannot wait for."""
     now = [utcnow()]
-    queue = JobQueue(connect(tmp_path / "jobs.db"), clock=lambda: now[0])
+    queue = JobQueue(connect(db), clock=lambda: now[0])
     job = queue.enqueue(inbox_file(tmp_path, "a.wav")).job
     claim(queue)
     assert queue.recover("another worker") == []  # the holder is alive as far as anyone can tell
@@ -363,9 +380,9 @@ def test_a_window_keeps_its_words(queue: JobQueue, tmp_path: Path) -> None:
     stored = queue.segments(job.id)
     assert stored == [Segment(0.1234, 1.0, "Zoë的", words=(Word(0.123, 0.568, " Zoë", 0.9877), Word(0.568, 1.0, "的", 0.5))),
                       Segment(1.0, 2.0, "no words")]
-    ro = sqlite3.connect(f"file:{tmp_path / 'jobs.db'}?mode=ro", uri=True)
-    assert ro.execute("SELECT words FROM segments ORDER BY seq").fetchall() == [
-        ('[[0.123, 0.568, " Zoë", 0.9877], [0.568, 1.0, "的", 0.5]]',), ("[]",)]  # readable in the sqlite3 shell
+    with queue.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT words FROM segments ORDER BY seq").fetchall() == [
+            ('[[0.123, 0.568, " Zoë", 0.9877], [0.568, 1.0, "的", 0.5]]',), ("[]",)]  # readable in sqlite3 and psql
 
 
 def test_a_database_of_version_1_is_upgraded_with_its_transcripts_listed(tmp_path: Path) -> None:
@@ -386,6 +403,7 @@ def test_a_database_of_version_1_is_upgraded_with_its_transcripts_listed(tmp_pat
     assert [s.text for s in queue.segments(done.id)] == ["hello there", "and goodbye"]
     assert ro.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     assert ro.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert version(queue.engine) == HEAD
     assert [j.id for j in JobQueue(connect(db)).jobs()] == [4, 3, 2, 1]  # opening it again changes nothing
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.db import READ_PRAGMAS, JobStatus, WorkerRow, WorkerState, connect, connect_readonly, utcnow, writing
+from daemon.db import JobStatus, WorkerRow, WorkerState, connect, connect_readonly, utcnow, writing
+from daemon.db.sqlite import READ_PRAGMAS
 from daemon.queue import JobQueue
 from daemon.registry import STALE_AFTER
 from tests.conftest import HOLDER, CliRunner, claim, inbox_file, old_database

@@ -6,12 +6,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from loguru import logger
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
 
 from daemon.inputs import is_candidate
-from daemon.watcher import Watcher
+from daemon.watcher import NETWORK_FILE_SYSTEMS, POLL_OBSERVER_SECONDS, Watcher, network_fs, observer_for
 from tests.speech import write_slowly
 
 
@@ -159,3 +162,83 @@ def test_slowly_written_file_is_not_queued_before_it_is_complete(
         writer.join(timeout=0.1)
     assert wait_for(lambda: running_watcher() == [path])
     assert path.stat().st_size == len(data)
+
+
+class Mount(NamedTuple):
+    """A mount-table entry as psutil.disk_partitions gives it (only the fields network_fs reads)."""
+
+    mountpoint: str
+    fstype: str
+
+
+# A made-up mount table: the sandbox cannot mount NFS, so network_fs and observer_for are handed
+# this instead of psutil's (their `partitions` parameter), the one probe they let tests replace.
+MOUNTS = [
+    Mount("/", "ext4"),
+    Mount("/mnt/nas", "nfs4"),
+    Mount("/mnt/nas/scratch", "tmpfs"),  # mounted inside the share: local again
+    Mount("/mnt/nasty", "ext4"),  # shares a string prefix with /mnt/nas, not a path prefix
+    Mount("/media/box", "ext4"),
+    Mount("/media/box", "fuse.sshfs"),  # mounted over the first: the later entry is on top
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/mnt/nas/inbox/a.wav", "nfs4"), ("/mnt/nas", "nfs4"), ("/mnt/nas/scratch/inbox", None),
+        ("/mnt/nasty/inbox", None), ("/home/me/inbox", None), ("/media/box/inbox", "fuse.sshfs"),
+    ],
+)
+def test_network_fs_goes_by_the_longest_mount_point_holding_the_path(path: str, expected: str | None) -> None:
+    assert network_fs(Path(path), MOUNTS) == expected
+
+
+def test_network_fs_reads_the_real_mount_table(tmp_path: Path) -> None:
+    assert network_fs(tmp_path) in NETWORK_FILE_SYSTEMS | {None}  # psutil's table, whatever it holds here
+
+
+def test_auto_polls_on_a_network_share_and_uses_events_elsewhere() -> None:
+    observer, why = observer_for(Path("/mnt/nas/inbox"), "auto", MOUNTS)
+    assert isinstance(observer, PollingObserver) and observer.timeout == POLL_OBSERVER_SECONDS
+    assert "/mnt/nas/inbox is on nfs4" in why
+    observer, why = observer_for(Path("/home/me/inbox"), "auto", MOUNTS)
+    assert type(observer) is Observer and why.startswith("native")
+    # an explicit choice wins over the mount table
+    assert type(observer_for(Path("/mnt/nas/inbox"), "native", MOUNTS)[0]) is Observer
+    assert isinstance(observer_for(Path("/home/me/inbox"), "polling", MOUNTS)[0], PollingObserver)
+
+
+def test_polling_watcher_queues_a_file_written_after_it_started(tmp_path: Path) -> None:
+    """The polling observer end to end, in a real watcher thread: no file events are needed."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    said: list[str] = []
+    queued: list[Path] = []
+    lock = threading.Lock()
+
+    def enqueue(path: Path) -> None:
+        with lock:
+            queued.append(path)
+
+    def snapshot() -> list[Path]:
+        with lock:
+            return list(queued)
+
+    sink = logger.add(lambda message: said.append(str(message)), level="INFO", format="{message}")
+    stop = threading.Event()
+    watcher = Watcher(inbox, enqueue, quiet_seconds=0.5, observer="polling")  # rescans only each minute
+    thread = threading.Thread(target=watcher.run, args=(stop,))
+    thread.start()
+    try:
+        # write only after the start-up scan, so the polling observer is what has to find the file
+        assert wait_for(lambda: any("start-up scan done" in line for line in said))
+        assert any("polling observer" in line and "set in the settings" in line for line in said)
+        path = inbox / "talk.m4a"
+        path.write_bytes(b"x" * 1000)
+        assert wait_for(lambda: snapshot() == [path])
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        logger.remove(sink)
+    assert not thread.is_alive()

@@ -48,12 +48,10 @@ def test_run_once_processes_jobs_in_order_and_survives_a_bad_file(
     assert wer(good.text, srt_text(srt_path)) <= 0.15
 
 
-def test_an_idle_worker_takes_over_a_job_whose_lease_ran_out(
-    tmp_path: Path, daemon_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_idle_worker_takes_over_a_job_whose_lease_ran_out(tmp_path: Path, daemon_env: dict[str, str]) -> None:
     """A worker on another machine took a job and vanished (its host name and pid mean nothing
     here). Time is injected into the queue, and the minute between recoveries is not waited for:
-    a lease runs out after ten minutes."""
+    a lease runs out after ten minutes (recover_seconds: at every turn)."""
     talk = compose(sentences()[20:23])
     talk.write(tmp_path / "inbox" / "orphan.wav")
     worker = Worker(config.load({}, env=daemon_env))
@@ -63,7 +61,7 @@ def test_an_idle_worker_takes_over_a_job_whose_lease_ran_out(
     assert worker.queue.claim("7-a-mac-that-went-away").id == job.id
     worker.initialize()
     try:
-        monkeypatch.setattr("daemon.worker.RECOVER_SECONDS", 0.0)
+        worker.recover_seconds = 0.0
         assert not worker.run_once()  # the lease still holds: nobody else may touch the job
         now[0] += LEASE + timedelta(seconds=1)
         assert worker.run_once()

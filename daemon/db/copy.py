@@ -1,0 +1,35 @@
+"""`whisper-daemon migrate --to URL`: copy a queue into another database (SQLite to PostgreSQL, as
+a team outgrows one machine), history and checkpoints included."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, func, insert, select
+
+from daemon.db.schema import Job, OutputRow, SegmentRow
+
+# Workers are not copied: their rows describe processes, which register again where they run.
+TABLES = [Job.__table__, SegmentRow.__table__, OutputRow.__table__]  # in the order their references need
+BATCH_ROWS = 1000
+
+
+class CopyError(Exception):
+    """The copy cannot be made; the message says why and what to do."""
+
+
+def copy_queue(source: Engine, target: Engine) -> dict[str, int]:
+    """Copy every job (with its checkpoint), segment and output row, ids kept, into `target`, which
+    must hold no jobs yet; one transaction, so a failed copy leaves `target` as it was. Rows copied per table."""
+    copied = dict.fromkeys((table.name for table in TABLES), 0)
+    with source.connect() as src, target.begin() as dst:
+        if dst.execute(select(func.count()).select_from(Job.__table__)).scalar():
+            raise CopyError("the target queue already has jobs: copy into a new, empty database")
+        for table in TABLES:
+            rows = src.execution_options(yield_per=BATCH_ROWS).execute(select(table).order_by(table.c.id))
+            for batch in rows.mappings().partitions():
+                dst.execute(insert(table), [dict(row) for row in batch])
+                copied[table.name] += len(batch)
+        if target.dialect.name == "postgresql":
+            from daemon.db import postgres
+
+            postgres.continue_ids(dst, [table.name for table in TABLES])
+    return copied

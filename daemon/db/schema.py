@@ -1,0 +1,168 @@
+"""The queue's tables, one SQLModel schema for SQLite and PostgreSQL. Changes to it go through a
+migration (daemon/db/migrations/versions), which both backends run at start-up."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import TIMESTAMP, BigInteger, Column, Index, String, UniqueConstraint, text
+from sqlalchemy import Enum as SAEnum
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
+from sqlmodel import Field, SQLModel
+
+
+class JobStatus(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    DUPLICATE = "duplicate"  # same content and settings as a done job: rendered from its segments
+    SUPERSEDED = "superseded"  # the file changed again before this version of it was transcribed
+
+
+class WorkerState(str, Enum):
+    IDLE = "idle"
+    BUSY = "busy"
+    PAUSED = "paused"  # memory pressure: waiting, model kept, checkpoint saved
+    BACKOFF = "backoff"  # throttling: waiting between windows
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes: `timestamptz` on PostgreSQL; ISO 8601 text on SQLite, readable
+    from the sqlite3 shell (and ordered as text, since every value is UTC to the millisecond)."""
+
+    impl = String(32)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(TIMESTAMP(timezone=True))
+        return dialect.type_descriptor(String(32))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> str | datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: timestamps must be timezone-aware UTC")
+        value = value.astimezone(timezone.utc)
+        return value if dialect.name == "postgresql" else value.isoformat(timespec="milliseconds")
+
+    def process_result_value(self, value: str | datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None or isinstance(value, datetime):
+            return value
+        return datetime.fromisoformat(value)
+
+
+def _enum_column(enum: type[Enum], default: Enum, name: str) -> Any:
+    # Store the enum's values ('queued'), not its names, and let the database reject any other.
+    return Column(
+        SAEnum(enum, values_callable=lambda e: [m.value for m in e], native_enum=False,
+               create_constraint=True, length=16, name=name),
+        nullable=False, index=True, default=default,
+    )
+
+
+# One running job per content: a second worker that claims a copy of what another is transcribing
+# at the same moment fails to commit and claims something else (the copy waits, then becomes a
+# duplicate). SQLite's single writer never gets that far; PostgreSQL's concurrent claims can.
+RUNNING_CONTENT = "status = 'running' AND sha256 <> ''"
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_one_running_per_content", "sha256", unique=True,
+                            sqlite_where=text(RUNNING_CONTENT), postgresql_where=text(RUNNING_CONTENT)),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    # inputs.canonical(), relative to the inbox for a file inside it (machines that mount a shared
+    # inbox at different places agree on it), absolute for one queued from elsewhere.
+    path: str = Field(index=True)
+    sha256: str = Field(index=True)  # "" until the worker has read the file (a refused file)
+    size: int = Field(sa_type=BigInteger)
+    mtime_ns: int = Field(sa_type=BigInteger)  # past 2**31 since 1970: PostgreSQL's `integer` is 32 bits
+    status: JobStatus = Field(default=JobStatus.QUEUED, sa_column=_enum_column(JobStatus, JobStatus.QUEUED, "job_status"))
+    error: str | None = None
+    attempts: int = 0
+    # Worker deaths in a row while holding this job without finishing a window: a file that kills
+    # the worker (a decoder crash) fails after max_attempts of them; a crash after progress does
+    # not count, so random crashes during a long job cannot fail it. Claims take these jobs last.
+    crashes: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    resumed_from: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})  # processed_seconds at claim
+    # Who holds a running job, and until when: the holder renews the lease with every window; once it
+    # has expired, any worker may put the job back in the queue.
+    holder: str | None = Field(default=None, index=True)
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    audio_seconds: float | None = None  # estimated from the container until the job is done
+    processed_seconds: float = 0.0  # audio finished and checkpointed; a restart resumes here
+    progress: float = 0.0  # processed_seconds / audio_seconds, 0.0 to 1.0
+    rtf: float | None = None
+    language: str | None = None  # the language transcribed: forced by the settings, or detected
+    # JSON: what the job's folder settings (folders.py) asked for when it was queued, completed with
+    # the worker's own settings when it starts. NULL: not looked up yet (a refused file, a retried job).
+    settings: str | None = None
+    prompt: str = "[]"  # JSON token list carried into the next window, part of the checkpoint
+    model: str | None = None  # the model and number format of the checkpoint, then of the transcript
+    precision: str | None = None  # fp32, fp16 or bf16
+    duplicate_of: int | None = Field(default=None, foreign_key="jobs.id")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class SegmentRow(SQLModel, table=True):
+    """A finished segment, committed with the checkpoint of the window that produced it."""
+
+    __tablename__ = "segments"
+    __table_args__ = (UniqueConstraint("job_id", "seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    seq: int  # order within the job
+    start: float
+    end: float
+    text: str
+    # JSON [[start, end, text, probability], …]: the segment's words (queue.py); "[]" for segments
+    # stored before word timing existed.
+    words: str = Field(default="[]", sa_column_kwargs={"server_default": "[]"})
+
+
+class OutputRow(SQLModel, table=True):
+    """A file written for a job, one row per format. Chosen when the transcript is written, from the
+    worker's outbox, never at enqueue; recorded just before the file is written."""
+
+    __tablename__ = "outputs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    format: str  # formats.FORMATS: srt, vtt, txt, json, tsv
+    path: str
+    key: str = Field(index=True)  # path as a case- and normalisation-blind file system sees it (outputs.output_key)
+    # What was written there: a file with other bytes is not ours to replace. None: written before
+    # hashes were kept (schema version 0).
+    sha256: str | None = None
+
+
+class WorkerRow(SQLModel, table=True):
+    """One row per worker, kept fresh by its heartbeat. `id` is the worker's holder name on jobs."""
+
+    __tablename__ = "workers"
+
+    id: str = Field(primary_key=True)
+    pid: int  # for people reading `status`; nothing is decided by it (pids are reused after a reboot)
+    host: str
+    state: WorkerState = Field(default=WorkerState.IDLE,
+                               sa_column=_enum_column(WorkerState, WorkerState.IDLE, "worker_state"))
+    reason: str | None = None
+    model: str | None = None
+    precision: str | None = None
+    rss_mb: float | None = None
+    current_job_id: int | None = Field(default=None, foreign_key="jobs.id")
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    heartbeat_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -1,0 +1,57 @@
+"""One active watcher per queue, across machines: the others stand by and take over when it dies.
+
+A queue has one inbox (shared by every machine that uses the queue, mounted wherever each one
+likes), so one watcher per queue is one watcher per inbox: two would race to queue each file. The
+lock is the queue's (db.try_lock: on PostgreSQL an advisory lock, held by the active watcher's own
+connection, so the server frees it when that watcher dies or its machine is cut off).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from loguru import logger
+
+from daemon.db import Lock
+
+STANDBY_SECONDS = 2.0  # how often a standby tries for the lock: the longest a dead watcher goes unreplaced
+LOCK_CHECK_SECONDS = 5.0  # how often the active watcher checks it still holds the lock
+
+
+def run_when_active(take: Callable[[], Lock | None], run: Callable[[threading.Event], None],
+                    stop: threading.Event, what: str) -> None:
+    """Stand by until `take` gets the lock, then `run(halt)` until stopped or the lock is lost (the
+    database went away: another watcher may hold it now), then stand by again."""
+    standing_by = False
+    while not stop.is_set():
+        try:
+            lock = take()
+        except Exception as e:  # the database is unreachable: nobody can be sure to be the one
+            logger.warning("cannot reach the queue to become the active {}: {}; trying again", what, e)
+            lock = None
+        if lock is None:
+            if not standing_by:
+                logger.info("another {} is active; standing by to take over", what)
+                standing_by = True
+            stop.wait(STANDBY_SECONDS)
+            continue
+        standing_by = False
+        logger.info("active {}", what)
+        halt = threading.Event()
+        monitor = threading.Thread(target=_watch_lock, args=(lock, stop, halt), daemon=True)
+        monitor.start()
+        try:
+            run(halt)
+        finally:
+            halt.set()
+            monitor.join()
+            lock.release()
+        if not stop.is_set():
+            logger.warning("lost the lock of the active {} (the queue's database went away); standing by", what)
+
+
+def _watch_lock(lock: Lock, stop: threading.Event, halt: threading.Event) -> None:
+    while not halt.is_set():
+        if stop.wait(LOCK_CHECK_SECONDS) or not lock.alive():
+            halt.set()

