@@ -59,8 +59,7 @@ def drain(server: Server, audios: list[Path], tmp: Path, workers: int, threads: 
              for o in rows(url, "SELECT path FROM outputs WHERE job_id = %s AND format = 'srt'", (j["id"],))}
     return {"workers": workers, "threads": threads, "wall_seconds": round(wall, 2),
             "after_load_seconds": round((last - first).total_seconds(), 2), "audio_seconds": round(audio, 1),
-            "x_real_time": round(audio / wall, 2), "holders": len({j["holder"] for j in jobs} - {None}),
-            "transcripts": words}
+            "x_real_time": round(audio / wall, 2), "transcripts": words}
 
 
 def throughput(server: Server, args: argparse.Namespace) -> dict[str, Any]:
@@ -87,26 +86,28 @@ def throughput(server: Server, args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------- 2. claim latency
 
 
-def _claimer(url: str, name: str, notify: bool, stop_path: str) -> None:
-    """worker.Worker.run's idle loop around a claim, without a model: a claimed job is finished at once."""
+def _claimer(url: str, name: str, notify: bool, waits: tuple[float, float], folder: str) -> None:
+    """worker.Worker.run's idle loop around a claim, without a model (nor torch: daemon.worker's
+    constants come as `waits`, (IDLE_MIN_SECONDS, idle max)): a claimed job is finished at once."""
     from daemon.db import JobStatus, Waiter, connect
     from daemon.queue import JobQueue
-    from daemon.worker import HEARTBEAT_SECONDS, IDLE_MAX_SECONDS, IDLE_MIN_SECONDS
 
     engine = connect(url)
     queue, stop = JobQueue(engine), threading.Event()
     waiter = Waiter(engine) if notify else None  # None: SQLite's wait, the stop event's timeout
-    idle_max = HEARTBEAT_SECONDS if notify else IDLE_MAX_SECONDS
-    delay = IDLE_MIN_SECONDS
-    while not Path(stop_path).exists():
+    idle_min, idle_max = waits
+    delay = idle_min
+    if waiter is not None:
+        waiter.wait(stop, 0.01)  # LISTEN now, before it says it is ready
+    (Path(folder) / f"ready-{name}").touch()
+    while not (Path(folder) / "stop").exists():
         job = queue.claim(name)
         if job is not None:
             queue.finish(job.id, name, JobStatus.DONE)
-            delay = IDLE_MIN_SECONDS
+            delay = idle_min
             continue
-        wait = delay
-        woke = waiter.wait(stop, wait) if waiter is not None else stop.wait(wait)
-        delay = IDLE_MIN_SECONDS if woke else min(delay * 2, idle_max)
+        woke = waiter.wait(stop, delay) if waiter is not None else stop.wait(delay)
+        delay = idle_min if woke else min(delay * 2, idle_max)
     if waiter is not None:
         waiter.close()
 
@@ -117,19 +118,27 @@ def _transactions(url: str) -> int:
 
 
 def claim_latency(server: Server, claimers: int, jobs: int, notify: bool, tmp: Path, seed: int) -> dict[str, Any]:
-    url = server.new_database()
     from daemon.db import connect
     from daemon.queue import JobQueue
+    from daemon.worker import HEARTBEAT_SECONDS, IDLE_MAX_SECONDS, IDLE_MIN_SECONDS
 
+    url = server.new_database()
     queue = JobQueue(connect(url))
-    stop_path = tmp / f"stop-{notify}"
+    folder = tmp / f"claimers-{notify}"
+    folder.mkdir()
+    waits = (IDLE_MIN_SECONDS, HEARTBEAT_SECONDS if notify else IDLE_MAX_SECONDS)  # as Worker.idle_max
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_claimer, args=(url, f"c{n}", notify, str(stop_path))) for n in range(claimers)]
+    procs = [ctx.Process(target=_claimer, args=(url, f"c{n}", notify, waits, str(folder))) for n in range(claimers)]
     for proc in procs:
         proc.start()
-    time.sleep(15)  # inherent: every claimer connected and backed off to its idle wait
+    deadline = time.monotonic() + 300
+    while len(list(folder.glob("ready-*"))) < claimers:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the claimers did not start")
+        time.sleep(0.2)
+    time.sleep(2 * waits[1])  # inherent: every claimer backs off to its longest idle wait
     idle_began, idle_tx = time.monotonic(), _transactions(url)
-    time.sleep(10)  # inherent: the idle cost is measured over a quiet stretch
+    time.sleep(3 * waits[1])  # inherent: the idle cost is measured over a quiet stretch
     idle_rate = (_transactions(url) - idle_tx) / (time.monotonic() - idle_began)
     rng = random.Random(seed)
     for n in range(jobs):
@@ -140,7 +149,7 @@ def claim_latency(server: Server, claimers: int, jobs: int, notify: bool, tmp: P
     deadline = time.monotonic() + 120
     while (done := settled(url, jobs)) is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    stop_path.touch()
+    (folder / "stop").touch()
     for proc in procs:
         proc.join(timeout=60)
     if done is None:
@@ -176,7 +185,7 @@ def main() -> None:
         finally:
             server.stop()
     path = common.write_result("shared_queue", result)
-    print(f"CPU: {machine['cpu']}")
+    print(f"CPU: {machine['cpu_model']}")
     if "throughput" in result:
         t = result["throughput"]
         print(common.table(["pair", "order", "1 worker x 2 threads (s)", "2 workers x 1 thread (s)", "x real time (1 / 2)",

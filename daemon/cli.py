@@ -180,7 +180,7 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
             logger.warning("job {} failed, not queued: {}", result.job.id, result.job.error)
 
     watcher = Watcher(cfg.inbox, enqueue, cfg.quiet_seconds, cfg.rescan_seconds, reject=reject, observer=cfg.observer)
-    run_when_active(lambda: try_lock(engine, cfg.db, WATCHER_LOCK), watcher.run, stop, f"watcher of {cfg.inbox}")
+    run_when_active(lambda: try_lock(engine, WATCHER_LOCK), watcher.run, stop, f"watcher of {cfg.inbox}")
     return 0
 
 

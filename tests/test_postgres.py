@@ -12,11 +12,12 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from alembic.config import Config as AlembicConfig
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -142,18 +143,18 @@ def test_an_idle_worker_wakes_when_a_job_is_queued_not_when_it_polls(pg_url: str
 def test_one_process_holds_a_named_lock_and_its_death_frees_it(pg_url: str) -> None:
     engine = connect(pg_url)
     code = ("import sys, time; from daemon.db import connect, try_lock; "
-            "lock = try_lock(connect(sys.argv[1]), sys.argv[1], 'the lock'); print(lock is not None, flush=True); "
+            "lock = try_lock(connect(sys.argv[1]), 'the lock'); print(lock is not None, flush=True); "
             "time.sleep(600)")
     holder = subprocess.Popen([sys.executable, "-c", code, pg_url], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "True"
-        assert try_lock(engine, pg_url, "the lock") is None
-        other = try_lock(engine, pg_url, "another lock")
+        assert try_lock(engine, "the lock") is None
+        other = try_lock(engine, "another lock")
         assert other is not None and other.alive()
         other.release()
         holder.kill()  # no clean-up of its own: the server sees the connection close
         holder.wait(timeout=30)
-        lock = wait_until(lambda: try_lock(engine, pg_url, "the lock"), 30, "the dead holder's lock to be freed")
+        lock = wait_until(lambda: try_lock(engine, "the lock"), 30, "the dead holder's lock to be freed")
         assert lock.alive()
         lock.release()
     finally:
@@ -235,7 +236,10 @@ def test_two_watchers_one_queue_each_file_once_and_the_standby_takes_over(
         wait_until(lambda: len(pg.rows(pg_url)) >= 5, 60, "5 jobs", first)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
-        wait_until(lambda: "active watcher" in log_text(second_log), 60, "the standby to take over", second)
+        killed = time.monotonic()
+        wait_until(lambda: "active watcher" in log_text(second_log), 60, "the standby to take over", second,
+                   interval=0.05)
+        print(f"the standby took over {time.monotonic() - killed:.2f} s after the active watcher was killed")
         for i in range(5):
             (inbox / f"after {i}.wav").write_bytes(f"later recording {i}".encode())
         wait_until(lambda: len(pg.rows(pg_url)) >= 10, 60, "10 jobs", second)
@@ -243,6 +247,8 @@ def test_two_watchers_one_queue_each_file_once_and_the_standby_takes_over(
         wait_until(lambda: log_text(second_log).count("start-up scan done") >= 1, 60, "the standby's scan", second)
         time.sleep(1.5)  # inherent: three quiet periods in which a wrong second enqueue would appear
         jobs = pg.rows(pg_url)
+        watcher = psutil.Process(second.pid)
+        rss_mb, torch = watcher.memory_info().rss / 2**20, any("torch" in m.path for m in watcher.memory_maps())
     finally:
         stop(second)
         first.kill()
@@ -250,6 +256,8 @@ def test_two_watchers_one_queue_each_file_once_and_the_standby_takes_over(
     assert sorted(j["path"] for j in jobs) == sorted([f"before {i}.wav" for i in range(5)]
                                                      + [f"after {i}.wav" for i in range(5)])
     assert "active watcher" not in log_text(second_log).split("standing by")[0]  # it waited first
+    print(f"watcher on PostgreSQL: RSS {rss_mb:.0f} MB, torch loaded: {torch}")
+    assert not torch and rss_mb < 120
 
 
 def test_migrate_copies_a_sqlite_queue_with_its_history(pg_url: str, tmp_path: Path, cli: CliRunner,

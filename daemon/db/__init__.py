@@ -17,21 +17,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-import platformdirs
 from sqlalchemy import Engine, make_url, text
 from sqlmodel import Session
 
-from daemon.config import is_postgres
+from daemon.config import DATA_DIR, is_postgres
 from daemon.db import sqlite
 from daemon.db.errors import SchemaMismatch
 from daemon.db.schema import JobStatus, Job, OutputRow, SegmentRow, WorkerRow, WorkerState, utcnow
 
-__all__ = ["Job", "JobStatus", "OutputRow", "SchemaMismatch", "SegmentRow", "WorkerRow", "WorkerState", "utcnow",
-           "connect", "connect_readonly", "storage_error", "writing", "reading", "checkpoint", "slots_dir",
-           "announce", "Waiter", "try_lock", "is_postgres", "describe"]
+__all__ = ["Job", "JobStatus", "OutputRow", "SchemaMismatch", "SegmentRow", "WorkerRow", "WorkerState",  # re-exported
+           "is_postgres", "utcnow"]
 
 # The newest migration: a reader of another version refuses the database instead of misreading it.
-# tests/test_migrations.py checks it against migrations/versions.
+# tests/test_postgres.py checks it against migrations/versions.
 HEAD = "0002"
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -116,7 +114,7 @@ def slots_dir(db: str | Path) -> Path:
     if not is_postgres(db):
         return sqlite.slots_dir(Path(db))
     digest = hashlib.sha256(describe(db).encode()).hexdigest()[:16]
-    return Path(platformdirs.user_data_dir("whisper-daemon")) / "workers" / digest
+    return DATA_DIR / "workers" / digest
 
 
 def announce(session: Session) -> None:
@@ -130,10 +128,12 @@ class Lock(Protocol):
     def release(self) -> None: ...
 
 
-def try_lock(engine: Engine, db: str | Path, name: str) -> Lock | None:
+def try_lock(engine: Engine, name: str) -> Lock | None:
     """Take the lock called `name` for this process's life, shared by every machine of the queue
     (PostgreSQL's advisory lock; on SQLite, a file lock beside the database); None if another holds it."""
-    return _postgres().try_lock(engine, name) if is_postgres(db) else sqlite.try_lock(Path(db), name)
+    if engine.dialect.name == "postgresql":
+        return _postgres().try_lock(engine, name)
+    return sqlite.try_lock(Path(str(engine.url.database)), name)
 
 
 class Waiter:
