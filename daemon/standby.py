@@ -23,13 +23,18 @@ def run_when_active(take: Callable[[], Lock | None], run: Callable[[threading.Ev
                     stop: threading.Event, what: str) -> None:
     """Stand by until `take` gets the lock, then `run(halt)` until stopped or the lock is lost (the
     database went away: another watcher may hold it now), then stand by again."""
-    standing_by = False
+    standing_by = unreachable = False
     while not stop.is_set():
         try:
             lock = take()
         except Exception as e:  # the database is unreachable: nobody can be sure to be the one
-            logger.warning("cannot reach the queue to become the active {}: {}; trying again", what, e)
-            lock = None
+            if not unreachable:
+                logger.warning("cannot reach the queue to become the active {} ({}); trying again every {:.0f} s",
+                               what, e, STANDBY_SECONDS)
+                unreachable = True
+            stop.wait(STANDBY_SECONDS)
+            continue
+        unreachable = False
         if lock is None:
             if not standing_by:
                 logger.info("another {} is active; standing by to take over", what)

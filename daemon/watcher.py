@@ -96,7 +96,6 @@ def observer_for(
     return Observer(), f"{native}: {inbox} is on a local file system"
 
 
-
 @dataclass
 class _Pending:
     size: int

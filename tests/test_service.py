@@ -222,6 +222,19 @@ def test_services_get_exactly_the_settings_of_install(tmp_path: Path, home: Path
         assert service == cfg and (service.language, service.beam_size, service.config) == (None, None, chosen)
 
 
+def test_install_with_a_shared_queue_hands_its_url_to_both_services(tmp_path: Path, home: Path) -> None:
+    """`service install --db postgresql://…` (README, Several machines): both services get the URL as
+    given, and nothing takes it for a path."""
+    url = "postgresql://transcriber@nas.local/transcripts"
+    cfg = load({"db": url, "inbox": str(tmp_path / "in"), "outbox": str(tmp_path / "out")}, env={})
+    units = [_unit_env(text) for text in systemd("install", cfg, home).files.values()]
+    agents = [plistlib.loads(text.encode())["EnvironmentVariables"]
+              for text in launchd("install", cfg, home).files.values()]
+    assert len(units + agents) == 4
+    for env in units + agents:
+        assert env["WHISPER_DAEMON_DB"] == url and load({}, env=env).db == url
+
+
 def test_exit_code_policy(cfg: Config, home: Path) -> None:
     """Exit 0 is a clean stop (left alone); non-zero is a crash (restarted); 78 is a config error."""
     for text in launchd("install", cfg, home).files.values():
