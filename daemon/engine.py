@@ -40,6 +40,11 @@ NO_SPEECH_THRESHOLD = 0.6  # above (and unsure): silence, emit nothing
 SNAP_SHARE = 0.25  # see _snap
 PROMPT_RESET_TEMPERATURE = 0.5  # text decoded this hot is not trusted as context
 PROMPT_LINE_SECONDS = 2.0  # the span the user's prompt is framed with (1–10 s gave the same text)
+# Speech after a window's last timestamp that the model did not get to (see _unsaid): it follows a
+# pause at least this long, and lasts at least as long as VAD's shortest speech.
+UNSAID_GAP_SECONDS = 0.3
+UNSAID_GAP_FRAMES = round(UNSAID_GAP_SECONDS * SAMPLE_RATE / HOP_LENGTH)
+UNSAID_SPEECH_FRAMES = round(vad.MIN_SPEECH_SECONDS * SAMPLE_RATE / HOP_LENGTH)
 
 
 @dataclass(frozen=True)
@@ -193,6 +198,7 @@ class Engine:
             result = self._decode_with_fallback(decoder, features, self._prompt(fixed, prompt))
             segments, advance = self._cut(decoder, features, result, offset / SAMPLE_RATE, content_frames,
                                           self._onset(feed, 0, content_frames))
+            advance = self._unsaid(feed, keep, segments, offset, advance, content_frames)
             kept, looped = drop_repeats(self._lines(prompt, decoder.tokenizer),
                                         [s for s in _snap(segments, keep, 0, offset) if _worth_keeping(s)])
             if looped:
@@ -296,6 +302,21 @@ class Engine:
             return (end, end) if chunking.is_silent(feed.audio[start * HOP_LENGTH:end * HOP_LENGTH]) else (start, end)
         speech = np.flatnonzero(keep[start:end])
         return (start + int(speech[0]), start + int(speech[-1]) + 1) if len(speech) else (end, end)
+
+    def _unsaid(self, feed: _Feed, keep: np.ndarray | None, segments: list[Segment], offset: int, advance: int,
+                content_frames: int) -> int:
+        """Where to seek after a window: `advance`, unless the model ended it with a lone timestamp
+        (Whisper then skips the rest of the window) that falls in a pause, and VAD hears speech after
+        that pause: then from that timestamp, so that a last sentence the model did not get to is
+        decoded in the next window instead of lost. A timestamp inside speech is the model's own
+        sentence running on past an early stamp: decoding from there would write its end twice."""
+        if keep is None or not segments or advance < content_frames:
+            return advance
+        said = round((segments[-1].end - offset / SAMPLE_RATE) * SAMPLE_RATE / HOP_LENGTH)
+        heard = feed.probs[max(said, 0):content_frames] >= self.settings.vad_threshold
+        if said <= 0 or not len(heard) or heard[:UNSAID_GAP_FRAMES].any():
+            return advance
+        return said if heard.sum() >= UNSAID_SPEECH_FRAMES else advance
 
     def _onset(self, feed: _Feed, start: int, end: int) -> float:
         """Seconds from frame `start` to the first frame of [start, end) the detector heard speech
