@@ -313,8 +313,10 @@ class Engine:
         if keep is None or not segments or advance < content_frames:
             return advance
         said = round((segments[-1].end - offset / SAMPLE_RATE) * SAMPLE_RATE / HOP_LENGTH)
-        heard = feed.probs[max(said, 0):content_frames] >= self.settings.vad_threshold
-        if said <= 0 or not len(heard) or heard[:UNSAID_GAP_FRAMES].any():
+        if said <= 0:
+            return advance
+        heard = feed.probs[said:content_frames] >= self.settings.vad_threshold
+        if heard[:UNSAID_GAP_FRAMES].any():
             return advance
         return said if heard.sum() >= UNSAID_SPEECH_FRAMES else advance
 

@@ -12,10 +12,11 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import psutil
@@ -28,7 +29,8 @@ from tests.speech import Recording, meeting, sentences, wer, write_audio, write_
 
 MB = 1 << 20
 LOCKED = "database is locked"
-READER_QUERY = "SELECT id, status, round(progress, 3), processed_seconds FROM jobs;\n"
+T = TypeVar("T")
+READER_QUERY = "SELECT id, status, round(progress, 3), processed_seconds FROM jobs;"
 
 
 def paths(env: dict[str, str]) -> tuple[Path, Path, Path, Path]:
@@ -178,46 +180,52 @@ def _reader_command(db: Path) -> list[str]:
     return [sys.executable, "-c", code, str(db)]
 
 
-def readers(root: Path, env: dict[str, str], sessions: int, oneshots: int, audio_seconds: float, *,
-            interval: float = 0.05, deadline: float = 900) -> ReadersReport:
-    """`run` transcribes one recording while `sessions` long-lived `sqlite3 -readonly` shells and
-    `oneshots` loops of one-off `sqlite3 -readonly DB "SELECT …"` poll the jobs every `interval`."""
-    inbox, _, db, logs = paths(env)
-    recording = meeting(audio_seconds, seed=11)
-    recording.write(root / "talk.m4a")
-    shutil.copyfile(root / "talk.m4a", inbox / "talk.m4a")
-    wal = db.with_name(db.name + "-wal")
-    daemon = start("run", env, output=root / "run.out")
+@dataclass
+class Polled:
+    """What the readers of poll_during got."""
+
+    answered: int  # one-shot queries that got an answer
+    outputs: list[str]  # each long-lived session's output
+    errors: list[str]  # every line any reader wrote to stderr, and sessions that went away
+
+
+def poll_during(root: Path, wait: Callable[[], T], session: list[str], oneshot: list[str], query: str,
+                sessions: int, oneshots: int, interval: float, answered: Callable[[str], bool]) -> tuple[T, Polled]:
+    """Readers polling the queue while `wait()` waits for the daemon: `sessions` long-lived `session`
+    shells fed `query` on stdin, and `oneshots` loops of `oneshot` with `query` as its last argument,
+    each every `interval`; `answered(stdout)` says whether a one-shot got its answer. Returns what
+    `wait` returned and what the readers got; every reader is stopped, however `wait` ends."""
     shells: list[subprocess.Popen[str]] = []
     errors: list[str] = []
-    answered = [0]
+    got = [0]
     halt = threading.Event()
-    wal_size = PeakSampler(lambda: wal.stat().st_size)
     try:
-        wait_until(lambda: rows(db), 120, "the job to be queued", daemon)
         for i in range(sessions):
             with (root / f"reader{i}.out").open("w") as out, (root / f"reader{i}.err").open("w") as err:
-                shells.append(subprocess.Popen(_reader_command(db), stdin=subprocess.PIPE, stdout=out, stderr=err,
-                                               text=True))
+                shells.append(subprocess.Popen(session, stdin=subprocess.PIPE, stdout=out, stderr=err, text=True))
 
         def feed() -> None:
             while not halt.wait(interval):
                 for shell in shells:
-                    shell.stdin.write(READER_QUERY)  # type: ignore[union-attr]
-                    shell.stdin.flush()  # type: ignore[union-attr]
+                    try:
+                        shell.stdin.write(query + "\n")  # type: ignore[union-attr]
+                        shell.stdin.flush()  # type: ignore[union-attr]
+                    except OSError as e:  # the session is gone
+                        errors.append(f"session {shell.pid}: {e}")
+                        return
 
         def poll_once() -> None:  # the README's one-liners, run again and again
             while not halt.wait(interval):
-                done = subprocess.run([*_reader_command(db), READER_QUERY], capture_output=True, text=True,
-                                      timeout=30, stdin=subprocess.DEVNULL)
-                answered[0] += bool(done.stdout)
+                done = subprocess.run([*oneshot, query], capture_output=True, text=True, timeout=30,
+                                      stdin=subprocess.DEVNULL)
+                got[0] += answered(done.stdout)
                 errors.extend(line for line in done.stderr.splitlines() if line.strip())
 
         threads = [threading.Thread(target=feed)] + [threading.Thread(target=poll_once) for _ in range(oneshots)]
         for thread in threads:
             thread.start()
         try:
-            (job,) = wait_until(lambda: settled(db, 1), deadline, "the transcription", daemon)
+            result = wait()
         finally:
             halt.set()
             for thread in threads:
@@ -230,14 +238,34 @@ def readers(root: Path, env: dict[str, str], sessions: int, oneshots: int, audio
                 shell.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 shell.kill()
+    for i in range(sessions):
+        errors.extend(line for line in log_text(root / f"reader{i}.err").splitlines() if line.strip())
+    return result, Polled(got[0], [log_text(root / f"reader{i}.out") for i in range(sessions)], errors)
+
+
+def readers(root: Path, env: dict[str, str], sessions: int, oneshots: int, audio_seconds: float, *,
+            interval: float = 0.05, deadline: float = 900) -> ReadersReport:
+    """`run` transcribes one recording while `sessions` long-lived `sqlite3 -readonly` shells and
+    `oneshots` loops of one-off `sqlite3 -readonly DB "SELECT …"` poll the jobs every `interval`."""
+    inbox, _, db, logs = paths(env)
+    recording = meeting(audio_seconds, seed=11)
+    recording.write(root / "talk.m4a")
+    shutil.copyfile(root / "talk.m4a", inbox / "talk.m4a")
+    wal = db.with_name(db.name + "-wal")
+    daemon = start("run", env, output=root / "run.out")
+    wal_size = PeakSampler(lambda: wal.stat().st_size)
+    try:
+        wait_until(lambda: rows(db), 120, "the job to be queued", daemon)
+        (job,), polled = poll_during(
+            root, lambda: wait_until(lambda: settled(db, 1), deadline, "the transcription", daemon),
+            _reader_command(db), _reader_command(db), READER_QUERY, sessions, oneshots, interval, bool)
+    finally:
         peak_wal = wal_size.stop()
         stop(daemon)
-    for i in range(sessions):
-        answered[0] += log_text(root / f"reader{i}.out").count("\n")
-        errors.extend(line for line in log_text(root / f"reader{i}.err").splitlines() if line.strip())
+    answered = polled.answered + sum(output.count("\n") for output in polled.outputs)
     daemon_locked = sum(log_text(log).count(LOCKED) for log in (logs / "run.log", logs / "watcher.log",
                                                                   logs / "worker.log", root / "run.out"))
-    return ReadersReport(sessions, oneshots, recording.seconds, job, answered[0], errors, daemon_locked,
+    return ReadersReport(sessions, oneshots, recording.seconds, job, answered, polled.errors, daemon_locked,
                          peak_wal, wal_size.samples)
 
 

@@ -14,9 +14,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.daemon_proc import log_text, srt_text, start, stop, wait_until
+from tests.faults import poll_during
 from tests.pg import Server, outputs, rows, settled
 from tests.speech import compose, meeting, sentences, wer, write_audio
 
@@ -237,6 +238,30 @@ def _one_worker_job(tmp_path: Path, daemon_env: dict[str, str], pg_url: str, sec
     return inbox / "talk.m4a", logs / "worker.log", worker, job
 
 
+def _through(pg_url: str, worker: subprocess.Popen[str], fault: Callable[[], object]) -> tuple[dict[str, Any], bool]:
+    """`fault` (injected) during the worker's job, then the job to its end; the job, and whether
+    the worker that finished it is the same process, still running, still registered, then stopped
+    cleanly (exit 0)."""
+    try:
+        fault()
+        (done,) = wait_until(lambda: settled(pg_url, 1), 600, "the job to finish", worker)
+        alive = worker.poll() is None
+        (registered,) = rows(pg_url, "SELECT pid FROM workers")
+    finally:
+        code, _ = stop(worker)
+    return done, alive and code == 0 and registered["pid"] == worker.pid
+
+
+def _carried_on(tmp_path: Path, daemon_env: dict[str, str], pg_url: str, source: Path, done: dict[str, Any],
+                same_process: bool, log: str) -> None:
+    """What a fault of the server must leave: the same worker process (`log`: its log, one start),
+    the job done, counted once, nothing failed, and the SRT an uninterrupted run writes."""
+    assert same_process and log.count("worker ready") == 1
+    assert done["status"] == "done" and done["error"] is None and done["attempts"] == 1, done
+    assert rows(pg_url, "SELECT id FROM jobs WHERE status <> 'done'") == []
+    assert outputs(pg_url, done["id"])["srt"].read_text(encoding="utf-8") == reference_srt(tmp_path, daemon_env, source)
+
+
 @pytest.mark.slow
 def test_a_server_restart_mid_job_loses_nothing(
     tmp_path: Path, daemon_env: dict[str, str], pg_server: Server, pg_url: str
@@ -247,20 +272,11 @@ def test_a_server_restart_mid_job_loses_nothing(
     between two writes goes unnoticed), the same process carries on: the job ends done, counted once,
     nothing failed, and the SRT is the one an uninterrupted run writes."""
     source, log, worker, checkpoint = _one_worker_job(tmp_path, daemon_env, pg_url, 60, seed=51)
-    try:
-        pg_server.restart()
-        (done,) = wait_until(lambda: settled(pg_url, 1), 600, "the job to finish", worker)
-        alive = worker.poll() is None
-        (registered,) = rows(pg_url, "SELECT pid FROM workers")
-    finally:
-        code, _ = stop(worker)
+    done, same_process = _through(pg_url, worker, pg_server.restart)
     text = log_text(log)
     print(f"server restarted at {checkpoint['processed_seconds']:.1f} s: the worker noticed "
           f"{text.count('cannot write')} time(s); then {done['status']} with {done['attempts']} attempt(s)")
-    assert alive and code == 0 and registered["pid"] == worker.pid and text.count("worker ready") == 1
-    assert done["status"] == "done" and done["error"] is None and done["attempts"] == 1, done
-    assert rows(pg_url, "SELECT id FROM jobs WHERE status <> 'done'") == []
-    assert outputs(pg_url, done["id"])["srt"].read_text(encoding="utf-8") == reference_srt(tmp_path, daemon_env, source)
+    _carried_on(tmp_path, daemon_env, pg_url, source, done, same_process, text)
 
 
 @pytest.mark.slow
@@ -272,27 +288,22 @@ def test_a_server_restart_that_outlasts_a_write_pauses_the_worker_then_it_carrie
     the job, and once the server is back puts the job back with its checkpoint and resumes it there,
     in the same process. Done, counted once, nothing failed, the SRT of an uninterrupted run."""
     source, log, worker, checkpoint = _one_worker_job(tmp_path, daemon_env, pg_url, 60, seed=52)
-    try:
+
+    def down_for_two_writes() -> None:
         with pg_server.down():
             wait_until(lambda: log_text(log).count("cannot write") >= 2, 120, "the worker to fail to write twice",
                        worker)
-        (done,) = wait_until(lambda: settled(pg_url, 1), 600, "the job to finish", worker)
-        alive = worker.poll() is None
-        (registered,) = rows(pg_url, "SELECT pid FROM workers")
-    finally:
-        code, _ = stop(worker)
+
+    done, same_process = _through(pg_url, worker, down_for_two_writes)
     text = log_text(log)
     resumed = re.search(rf"job {done['id']}: resuming talk\.m4a at ([0-9.]+) s", text)
     print(f"server down from {checkpoint['processed_seconds']:.1f} s for two failed writes "
           f"({text.count('cannot write')} in all), then {done['status']} with {done['attempts']} attempt(s), "
           f"resumed at {resumed and resumed.group(1)} s")
-    assert alive and code == 0 and registered["pid"] == worker.pid and text.count("worker ready") == 1
     for wait in (2, 4):  # the storage back-off: nothing marked failed, the job put back each time
         assert f"job {done['id']} is put back and tried again in {wait} s" in text, text
     assert resumed is not None and float(resumed.group(1)) >= checkpoint["processed_seconds"] - 0.05, text
-    assert done["status"] == "done" and done["error"] is None and done["attempts"] == 1, done
-    assert rows(pg_url, "SELECT id FROM jobs WHERE status <> 'done'") == []
-    assert outputs(pg_url, done["id"])["srt"].read_text(encoding="utf-8") == reference_srt(tmp_path, daemon_env, source)
+    _carried_on(tmp_path, daemon_env, pg_url, source, done, same_process, text)
 
 
 # --------------------------------------------------------------------------- 4. psql readers
@@ -318,69 +329,31 @@ def test_psql_readers_never_disturb_the_daemon(
     shutil.copyfile(tmp_path / "talk.m4a", inbox / "talk.m4a")
     logs = tmp_path / "logs"
     proc = start("run", pg_env(daemon_env, pg_url, logs), output=tmp_path / "run.out")
-    shells: list[subprocess.Popen[str]] = []
-    errors: list[str] = []
-    answered = [0]
-    halt = threading.Event()
     try:
         wait_until(lambda: rows(pg_url), 180, "the job to be queued", proc)
-        for i in range(sessions):
-            with (tmp_path / f"reader{i}.out").open("w") as out, (tmp_path / f"reader{i}.err").open("w") as err:
-                shells.append(subprocess.Popen(_psql(pg_server, pg_url), stdin=subprocess.PIPE, stdout=out,
-                                               stderr=err, text=True))
-
-        def feed() -> None:
-            while not halt.wait(interval):
-                for shell in shells:
-                    try:
-                        shell.stdin.write(READER_QUERY + "\n")  # type: ignore[union-attr]
-                        shell.stdin.flush()  # type: ignore[union-attr]
-                    except OSError as e:  # the session is gone
-                        errors.append(f"session {shell.pid}: {e}")
-                        return
-
-        def poll_once() -> None:
-            while not halt.wait(interval):
-                done = subprocess.run(_psql(pg_server, pg_url, "-c", READER_QUERY), capture_output=True, text=True,
-                                      timeout=30, stdin=subprocess.DEVNULL)
-                answered[0] += bool(re.search(r"^\d+\|", done.stdout, re.M))
-                errors.extend(line for line in done.stderr.splitlines() if line.strip())
-
-        threads = [threading.Thread(target=feed)] + [threading.Thread(target=poll_once) for _ in range(oneshots)]
-        for thread in threads:
-            thread.start()
-        try:
-            (job,) = wait_until(lambda: settled(pg_url, 1), 600, "the transcription", proc)
-        finally:
-            halt.set()
-            for thread in threads:
-                thread.join(timeout=60)
+        (job,), polled = poll_during(
+            tmp_path, lambda: wait_until(lambda: settled(pg_url, 1), 600, "the transcription", proc),
+            _psql(pg_server, pg_url), _psql(pg_server, pg_url, "-c"), READER_QUERY, sessions, oneshots, interval,
+            lambda stdout: bool(re.search(r"^\d+\|", stdout, re.M)))
     finally:
-        for shell in shells:
-            if shell.stdin:
-                shell.stdin.close()  # EOF: psql exits
-            try:
-                shell.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                shell.kill()
         code, _ = stop(proc)
+    answered, errors = polled.answered, polled.errors
     seen: set[tuple[str, float]] = set()  # (status, progress) as the sessions saw them
-    for i in range(sessions):
-        answers = re.findall(r"^\d+\|(\w+)\|([0-9.]+)\|", log_text(tmp_path / f"reader{i}.out"), re.M)
-        answered[0] += len(answers)
+    for output in polled.outputs:
+        answers = re.findall(r"^\d+\|(\w+)\|([0-9.]+)\|", output, re.M)
+        answered += len(answers)
         seen.update((status, float(progress)) for status, progress in answers)
-        errors.extend(line for line in log_text(tmp_path / f"reader{i}.err").splitlines() if line.strip())
     daemon_logs = "".join(log_text(path) for path in (logs / "run.log", logs / "watcher.log", logs / "worker.log",
                                                        tmp_path / "run.out"))
     complaints = [line for line in daemon_logs.splitlines() if re.search(r"\b(WARNING|ERROR|CRITICAL)\b", line)
                   or "cannot write" in line or "Traceback" in line]
     print(f"psql readers: {sessions} sessions + {oneshots} one-shot pollers every {interval * 1000:.0f} ms during "
-          f"{recording.seconds:.0f} s of transcription ({job['status']}); {answered[0]} answered queries; "
+          f"{recording.seconds:.0f} s of transcription ({job['status']}); {answered} answered queries; "
           f"{len(errors)} reader errors; {len(complaints)} daemon warnings")
     assert code == 0
     assert job["status"] == "done", job["error"]
     assert errors == []
-    assert answered[0] > 100
+    assert answered > 100
     assert any(status == "running" and 0 < progress < 1 for status, progress in seen), "read while it ran"
     assert complaints == []
     assert wer(recording.text, srt_text(outputs(pg_url, job["id"])["srt"])) <= MAX_WER

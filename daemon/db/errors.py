@@ -1,4 +1,4 @@
-"""What the backends raise and how their failures are told apart."""
+"""What the backends raise."""
 
 
 class SchemaMismatch(Exception):
