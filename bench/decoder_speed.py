@@ -15,18 +15,17 @@ import copy
 import sys
 import time
 
-import torch
-
 import common
+import torch
 import whisper
 from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
 from whisper.decoding import DecodingOptions
 from whisper.tokenizer import get_tokenizer
 
-from daemon import precision
-from daemon.audio import stream_audio
-from daemon.decoder import Decoder
-from daemon.weights import load_model
+from daemon.engine import precision
+from daemon.engine.audio import stream_audio
+from daemon.engine.decoder import Decoder
+from daemon.engine.weights import load_model
 
 
 def main() -> None:

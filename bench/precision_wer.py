@@ -12,12 +12,11 @@ import argparse
 import copy
 import time
 
-
 import common
 
-from daemon import precision
-from daemon.engine import Engine
-from daemon.weights import load_model
+from daemon.engine import precision
+from daemon.engine.transcribe import Engine
+from daemon.engine.weights import load_model
 
 TARGET_POINTS = 0.5
 

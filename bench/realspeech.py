@@ -36,6 +36,7 @@ from typing import Any
 
 import common
 from common import pct
+
 from tests.daemon_proc import srt_cues
 from tests.speech import edit_distance, mandarin_characters, words
 
@@ -77,7 +78,7 @@ def _is_han(c: str) -> bool:
 def traditional_characters(text: str) -> tuple[int, int]:
     """(Han characters, how many of them t2s changes). t2s maps character for character, so the
     edit distance between the text and its simplified form counts the changed ones."""
-    from daemon.chinese import convert
+    from daemon.engine.chinese import convert
 
     han = [c for c in text if _is_han(c)]
     return len(han), edit_distance(han, list(convert("".join(han), "simplified")))

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import srt
-
 from common import daemon_env, daemon_transcribe, enqueue, recording, table, write_result
 
 from daemon.config import Config

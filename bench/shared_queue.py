@@ -87,10 +87,10 @@ def throughput(server: Server, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _claimer(url: str, name: str, notify: bool, waits: tuple[float, float], folder: str) -> None:
-    """worker.Worker.run's idle loop around a claim, without a model (nor torch: daemon.worker's
+    """worker.Worker.run's idle loop around a claim, without a model (nor torch: daemon.processes.worker's
     constants come as `waits`, (IDLE_MIN_SECONDS, idle max)): a claimed job is finished at once."""
-    from daemon.db import JobStatus, Waiter, connect
-    from daemon.queue import JobQueue
+    from daemon.queue.db import JobStatus, Waiter, connect
+    from daemon.queue.jobs import JobQueue
 
     engine = connect(url)
     queue, stop = JobQueue(engine), threading.Event()
@@ -118,9 +118,9 @@ def _transactions(url: str) -> int:
 
 
 def claim_latency(server: Server, claimers: int, jobs: int, notify: bool, tmp: Path, seed: int) -> dict[str, Any]:
-    from daemon.db import connect
-    from daemon.queue import JobQueue
-    from daemon.worker import HEARTBEAT_SECONDS, IDLE_MAX_SECONDS, IDLE_MIN_SECONDS
+    from daemon.processes.worker import HEARTBEAT_SECONDS, IDLE_MAX_SECONDS, IDLE_MIN_SECONDS
+    from daemon.queue.db import connect
+    from daemon.queue.jobs import JobQueue
 
     url = server.new_database()
     queue = JobQueue(connect(url))

@@ -37,12 +37,12 @@ import whisper
 from realspeech import MORE, SHARED
 from whisper.normalizers import EnglishTextNormalizer
 
-from daemon import precision, timing
-from daemon.engine import DecodeSettings, Engine
+from daemon.engine import precision, timing
+from daemon.engine.transcribe import DecodeSettings, Engine
+from daemon.engine.weights import load_model
 from daemon.formats import cues as shaping
 from daemon.formats.cues import Cue
 from daemon.transcript import Segment
-from daemon.weights import load_model
 from tests.speech import edit_distance, mandarin_characters, meeting
 
 normalise = EnglishTextNormalizer()

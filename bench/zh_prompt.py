@@ -7,7 +7,7 @@ combination of:
 
 - beam: 2 or 5 (our default, and the openai-whisper CLI's);
 - way: `pass` (our default: the decoding has no style prompt, a second pass over its tokens adds
-  marks, prompted with daemon/chinese.PUNCTUATION_PROMPT; Decoder.punctuate), `prompt` (the same
+  marks, prompted with daemon/engine/chinese.PUNCTUATION_PROMPT; Decoder.punctuate), `prompt` (the same
   sample also given to the decoding itself, as the user's `prompt` setting is) or `none`
   (`chinese_script = "as-is"`: no sample, no pass, no conversion; the model's own punctuation).
 
@@ -26,9 +26,9 @@ import unicodedata
 import common
 from realspeech import MORE, SHARED
 
-from daemon import chinese
-from daemon.engine import DecodeSettings, Engine
-from daemon.weights import load_model
+from daemon.engine import chinese
+from daemon.engine.transcribe import DecodeSettings, Engine
+from daemon.engine.weights import load_model
 from tests.speech import edit_distance, mandarin_characters
 
 WAYS = {"pass": {}, "prompt": {"prompt": chinese.PUNCTUATION_PROMPT}, "none": {"chinese_script": "as-is"}}

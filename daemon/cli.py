@@ -18,13 +18,12 @@ from loguru import logger
 from sqlalchemy.exc import OperationalError
 
 from daemon import config, logs
-from daemon.config import Config, ConfigError
-from daemon.db import Job, JobStatus, SchemaMismatch, WorkerRow, connect, connect_readonly, describe
-from daemon.folders import SettingsError, settings_for
-from daemon.formats import FORMATS
-from daemon.registry import gone, workers
-from daemon.service import ACTIONS, add_service_parser, cmd_service
-from daemon.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL, PARENT_PID_ENV
+from daemon.config import FORMATS, Config, ConfigError
+from daemon.files.folders import SettingsError, settings_for
+from daemon.processes.service import ACTIONS, add_service_parser, cmd_service
+from daemon.processes.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL, PARENT_PID_ENV
+from daemon.queue.db import Job, JobStatus, SchemaMismatch, WorkerRow, connect, connect_readonly, describe
+from daemon.queue.registry import gone, workers
 
 EXIT_USAGE = 2
 WATCHER_LOCK = "the queue's watcher"  # one active watcher per queue, across machines (standby.py)
@@ -148,7 +147,7 @@ def _stop_when_orphaned(parent: int, stop: threading.Event) -> None:
 
 
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
-    from daemon.supervisor import Supervisor
+    from daemon.processes.supervisor import Supervisor
 
     logs.setup(cfg.log_dir, "run", foreground=True)
     cfg.inbox.mkdir(parents=True, exist_ok=True)
@@ -158,10 +157,10 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
-    from daemon.db import try_lock
-    from daemon.queue import JobQueue
-    from daemon.standby import run_when_active
-    from daemon.watcher import Watcher
+    from daemon.processes.watcher import Watcher
+    from daemon.queue.db import try_lock
+    from daemon.queue.jobs import JobQueue
+    from daemon.queue.standby import run_when_active
 
     logs.setup(cfg.log_dir, "watcher", foreground=sys.stderr.isatty() or PARENT_PID_ENV in os.environ)
     stop = _stop_on_signals()
@@ -185,8 +184,8 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_work(cfg: Config, args: argparse.Namespace) -> int:
-    from daemon.weights import ModelError, ModelUnavailable
-    from daemon.worker import Worker
+    from daemon.engine.weights import ModelError, ModelUnavailable
+    from daemon.processes.worker import Worker
 
     logs.setup(cfg.log_dir, "worker", foreground=sys.stderr.isatty() or PARENT_PID_ENV in os.environ)
     worker = Worker(cfg, _stop_on_signals())
@@ -205,7 +204,7 @@ def cmd_work(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_enqueue(cfg: Config, args: argparse.Namespace) -> int:
-    from daemon.queue import JobQueue
+    from daemon.queue.jobs import JobQueue
 
     queue = JobQueue(connect(cfg.db), inbox=cfg.inbox)
     code = 0
@@ -227,7 +226,7 @@ def cmd_enqueue(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_retry(cfg: Config, args: argparse.Namespace) -> int:
-    from daemon.queue import JobQueue
+    from daemon.queue.jobs import JobQueue
 
     queue = JobQueue(connect(cfg.db))
     jobs = queue.retry(args.ids, failed=args.failed)
@@ -247,8 +246,8 @@ def cmd_retry(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
     """Copy the queue of `cfg.db` into `--to`, once no worker or watcher uses it any more."""
-    from daemon.db.copy import CopyError, copy_queue
-    from daemon.queue import JobQueue
+    from daemon.queue.db.copy import CopyError, copy_queue
+    from daemon.queue.jobs import JobQueue
 
     try:
         target_db = config.database(args.to)
@@ -281,7 +280,7 @@ def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
-    from daemon.queue import JobQueue
+    from daemon.queue.jobs import JobQueue
 
     try:
         engine = connect_readonly(cfg.db)

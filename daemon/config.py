@@ -17,9 +17,6 @@ from typing import Any
 
 import platformdirs
 
-from daemon.formats import FORMATS
-from daemon.formats.cues import CueRules
-
 APP = "whisper-daemon"
 ENV_PREFIX = "WHISPER_DAEMON_"
 DATA_DIR = Path(platformdirs.user_data_dir(APP))
@@ -30,13 +27,31 @@ CHINESE_SCRIPTS = ("simplified", "traditional", "as-is")  # as-is: the model's o
 UNSET = ""  # in the environment: an optional setting (or the config file) explicitly left unset
 _UNSET_WORDS = {UNSET, "none"}
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
-CUES = CueRules()  # the cue_* settings' defaults
 OBSERVERS = ("auto", "native", "polling")
 POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")  # a `db` that is not a SQLite file
 
 
+FORMATS = ("srt", "vtt", "txt", "json", "tsv")  # the files formats/ writes; each is also its files' suffix
+
+
 class ConfigError(Exception):
     """Settings that cannot work; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class CueRules:
+    """How subtitle cues are cut (formats/cues.py): the cue_* settings, defaults from the style guides."""
+
+    line_chars: int = 42  # Netflix, Latin scripts
+    cjk_line_chars: int = 16  # Netflix, Chinese and Japanese
+    lines: int = 2
+    max_seconds: float = 7.0
+    min_seconds: float = 5 / 6  # Netflix: 20 frames at 24 fps
+    chars_per_second: float = 20.0  # Netflix's adult reading speed for English
+    gap_seconds: float = 2 / 25  # two frames at 25 fps between cues
+
+
+CUES = CueRules()  # the cue_* settings' defaults
 
 
 @dataclass(frozen=True)
@@ -51,7 +66,7 @@ class Config:
     prompt: str | None = None  # names, jargon and spellings the model should know; given to it on every window
     chinese_script: str = "simplified"  # simplified | traditional | as-is; load() picks the default from the locale
     formats: tuple[str, ...] = ("srt",)  # the files written for each recording: srt, vtt, txt, json, tsv
-    # How subtitle cues (srt, vtt) are cut: see formats/cues.py's CueRules.
+    # How subtitle cues (srt, vtt) are cut: see CueRules above.
     cue_line_chars: int = CUES.line_chars
     cue_cjk_line_chars: int = CUES.cjk_line_chars
     cue_lines: int = CUES.lines

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from daemon.config import ENV_PREFIX
-from daemon.db import Job, connect
-from daemon.queue import JobQueue
+from daemon.queue.db import Job, connect
+from daemon.queue.jobs import JobQueue
 from tests.pg import Server
 
 if TYPE_CHECKING:  # importing whisper (and torch) is for the tests that run the model
@@ -45,7 +45,7 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fp32_model(model_cache: Path) -> Whisper:
     """The test model in fp32, loaded once, from the cache the daemon processes use. Shared: tests
     that convert it take a copy."""
-    from daemon.weights import load_model
+    from daemon.engine.weights import load_model
 
     model, _ = load_model(TEST_MODEL, model_cache / "models")
     return model
@@ -55,7 +55,7 @@ def fp32_model(model_cache: Path) -> Whisper:
 def base_model(model_cache: Path) -> Whisper:
     """The default model, base (multilingual), in fp32, loaded once: for the tests of what only a
     multilingual model does (languages, Chinese script, translation)."""
-    from daemon.weights import load_model
+    from daemon.engine.weights import load_model
 
     model, _ = load_model("base", model_cache / "models")
     return model

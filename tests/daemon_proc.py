@@ -41,11 +41,11 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float 
         proc.send_signal(sig)
     try:
         out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as e:
         proc.kill()
         out, _ = proc.communicate()
         out = out if out is not None else output_of(proc)
-        raise AssertionError(f"did not exit within {timeout} s of signal {sig}:\n{out}")
+        raise AssertionError(f"did not exit within {timeout} s of signal {sig}:\n{out}") from e
     return proc.returncode, out if out is not None else output_of(proc)
 
 
@@ -181,7 +181,7 @@ def log_text(path: Path) -> str:
 def warm_model_cache(cache_dir: Path, model: str = "tiny.en") -> Path:
     """Resolve (converting once) the model into `cache_dir`/models the way the worker does, so a test
     can then watch a worker that needs neither a conversion nor the network."""
-    code = ("import sys; from pathlib import Path; from daemon.weights import resolve_model; "
+    code = ("import sys; from pathlib import Path; from daemon.engine.weights import resolve_model; "
             "print(resolve_model(sys.argv[1], Path(sys.argv[2])).checkpoint)")
     done = subprocess.run([sys.executable, "-c", code, model, str(cache_dir / "models")], cwd=REPO,
                           capture_output=True, text=True, timeout=300, check=True)

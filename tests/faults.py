@@ -23,7 +23,16 @@ import psutil
 
 from daemon.config import ENV_PREFIX
 from tests.daemon_proc import (
-    PeakSampler, log_text, outputs, percentile, rows, settled, srt_text, start, stop, wait_until,
+    PeakSampler,
+    log_text,
+    outputs,
+    percentile,
+    rows,
+    settled,
+    srt_text,
+    start,
+    stop,
+    wait_until,
 )
 from tests.speech import Recording, meeting, sentences, wer, write_audio, write_slowly
 

@@ -1,5 +1,5 @@
 """Which number format `precision = "auto"` may rightly pick on this CPU, judged by a measurement of
-its own: the same matrix product as daemon/precision.py's probe, timed by torch.utils.benchmark, so a
+its own: the same matrix product as daemon/engine/precision.py's probe, timed by torch.utils.benchmark, so a
 probe that timed the wrong thing could not vouch for itself."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import torch
 from torch.utils import benchmark
 
-from daemon import precision
+from daemon.engine import precision
 
 NOISE = 2.0  # two timings of one product on a busy 2-core machine can differ this much
 HALVES = ("bf16", "fp16")

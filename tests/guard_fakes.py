@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from daemon.guards import Memory
+from daemon.processes.guards import Memory
 
 
 class FakeTime:

@@ -440,7 +440,7 @@ def wer(reference: str, hypothesis: str) -> float:
 
 def mandarin_characters(text: str) -> str:
     """What a Mandarin character error rate compares: no punctuation, no spaces, simplified script."""
-    from daemon.chinese import convert  # OpenCC: only for the Mandarin scorers
+    from daemon.engine.chinese import convert  # OpenCC: only for the Mandarin scorers
 
     return "".join(c for c in convert(text, "simplified")
                    if not unicodedata.category(c).startswith(("P", "Z", "S", "C")))

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.audio import SAMPLE_RATE, AudioError, stream_audio
-from daemon.inputs import AUDIO_EXTENSIONS
+from daemon.engine.audio import SAMPLE_RATE, AudioError, stream_audio
+from daemon.files.inputs import AUDIO_EXTENSIONS
 from tests.speech import VIDEO_FORMATS, compose, sentences
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from whisper.model import Whisper
 
-from daemon.engine import Engine
+from daemon.engine.transcribe import Engine
 from daemon.transcript import Checkpoint, Segment
 from tests.speech import compose, meeting, sentences, wer
 

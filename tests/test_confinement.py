@@ -14,12 +14,21 @@ from typing import Any
 import psutil
 import pytest
 
+from daemon.files.outputs import folder_for, names
 from daemon.formats import FORMATS
-from daemon.outputs import folder_for, names
-from daemon.queue import JobQueue
+from daemon.queue.jobs import JobQueue
 from tests.conftest import CliRunner
 from tests.daemon_proc import (
-    REPO, PeakSampler, log_text, outputs, rows, settled, srt_text, stop, wait_until, warm_model_cache,
+    REPO,
+    PeakSampler,
+    log_text,
+    outputs,
+    rows,
+    settled,
+    srt_text,
+    stop,
+    wait_until,
+    warm_model_cache,
 )
 from tests.speech import compose, sentences
 

@@ -17,8 +17,8 @@ from whisper.decoding import DecodingOptions
 from whisper.model import Whisper
 from whisper.tokenizer import get_tokenizer
 
-from daemon import precision
-from daemon.decoder import Decoder
+from daemon.engine import precision
+from daemon.engine.decoder import Decoder
 from tests.speech import compose, sentences, wer
 
 pytestmark = pytest.mark.slow

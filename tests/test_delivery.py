@@ -22,7 +22,7 @@ import pytest
 from loguru import logger
 
 from daemon.config import ConfigError, load
-from daemon.delivery import Delivery, Ready
+from daemon.formats.delivery import Delivery, Ready
 from tests.daemon_proc import wait_until
 
 DEADLINE = 30.0  # generous: starting a Python process on a busy 2-core machine can take seconds

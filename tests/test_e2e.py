@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import srt
 
-from daemon import precision
 from daemon.config import ENV_PREFIX, Config
+from daemon.engine import precision
 from daemon.formats import FORMATS
 from tests import formats
 from tests.conftest import TEST_MODEL, CliRunner

@@ -18,15 +18,25 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from daemon.db import HEAD, JobStatus, connect, storage_error, version
-from daemon.db.sqlite import SCHEMA_VERSION
-from daemon.queue import JobQueue
-from daemon.registry import workers
+from daemon.processes.watcher import Watcher
+from daemon.queue.db import HEAD, JobStatus, connect, storage_error, version
+from daemon.queue.db.sqlite import SCHEMA_VERSION
+from daemon.queue.jobs import JobQueue
+from daemon.queue.registry import workers
 from daemon.transcript import Checkpoint, Window
-from daemon.watcher import Watcher
 from tests.conftest import HOLDER, CliRunner, claim, inbox_file, old_database
 from tests.daemon_proc import (
-    REPO, Lines, checkpointed, log_text, outputs, rows, settled, srt_text, start, stop, wait_until,
+    REPO,
+    Lines,
+    checkpointed,
+    log_text,
+    outputs,
+    rows,
+    settled,
+    srt_text,
+    start,
+    stop,
+    wait_until,
 )
 from tests.faults import flood, kill_batch, kill_loop, paths, readers
 from tests.speech import compose, meeting, sentences, wer
@@ -164,7 +174,7 @@ def test_full_disk_during_an_srt_write_leaves_the_old_file_and_no_temp(tmp_path:
     target.write_text("1\n00:00:00,000 --> 00:00:01,000\nthe earlier transcript\n", encoding="utf-8")
     before = target.read_bytes()
     code = ("import sys; from pathlib import Path; from daemon.formats import render; "
-            "from daemon.formats.cues import CueRules; from daemon.outputs import write_atomic; "
+            "from daemon.formats.cues import CueRules; from daemon.files.outputs import write_atomic; "
             "from daemon.transcript import Segment, Transcript; "
             "segments = tuple(Segment(i, i + 1.0, 'spoken words') for i in range(5000)); "
             "write_atomic(Path(sys.argv[1]), render('srt', Transcript(segments), CueRules()))")

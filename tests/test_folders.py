@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.chinese import convert
-from daemon.folders import SETTINGS_FILE, SettingsError, settings_for
-from daemon.queue import JobQueue
+from daemon.engine.chinese import convert
+from daemon.files.folders import SETTINGS_FILE, SettingsError, settings_for
+from daemon.queue.jobs import JobQueue
 from tests.conftest import CliRunner, claim, inbox_file
 from tests.daemon_proc import rows, settled, srt_text, start, stop, wait_until
 
@@ -66,7 +66,7 @@ def test_a_job_keeps_the_settings_it_was_queued_with_until_it_is_retried(queue: 
 
 
 def test_the_settings_file_is_not_an_input(tmp_path: Path) -> None:
-    from daemon.inputs import is_candidate, skipped_silently
+    from daemon.files.inputs import is_candidate, skipped_silently
 
     assert skipped_silently(tmp_path / SETTINGS_FILE) and not is_candidate(tmp_path / SETTINGS_FILE)
 

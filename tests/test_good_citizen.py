@@ -15,11 +15,11 @@ import pytest
 
 from daemon import config
 from daemon.cli import _table, _workers_table
-from daemon.db import JobStatus, WorkerState, utcnow
-from daemon.guards import MB, Guard, Memory
-from daemon.registry import workers
-from daemon.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL
-from daemon.worker import Worker
+from daemon.processes.guards import MB, Guard, Memory
+from daemon.processes.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL
+from daemon.processes.worker import Worker
+from daemon.queue.db import JobStatus, WorkerState, utcnow
+from daemon.queue.registry import workers
 from tests.conftest import TEST_MODEL, CliRunner
 from tests.daemon_proc import rows, srt_text
 from tests.guard_fakes import FakeTime, memory_sequence

@@ -15,9 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.db import WorkerState
-from daemon.guards import (BACKOFF_MAX_SECONDS, MB, Guard, Memory, Status, _read_memory_macos, model_fits, read_memory,
-                           rss_mb)
+from daemon.processes.guards import (
+    BACKOFF_MAX_SECONDS,
+    MB,
+    Guard,
+    Memory,
+    Status,
+    _read_memory_macos,
+    model_fits,
+    read_memory,
+    rss_mb,
+)
+from daemon.queue.db import WorkerState
 from tests.guard_fakes import FakeTime, memory_sequence
 
 PLENTY = Memory(available_mb=8000, psi_some_avg10=0.0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from daemon import precision
+from daemon.engine import precision
 
 REPO = Path(__file__).resolve().parent.parent
 X86 = platform.machine().lower() in ("x86_64", "amd64")
@@ -53,7 +53,7 @@ def test_int8_logits_stay_close_to_the_embedding() -> None:
 
 SATURATING_PRODUCT = """
 import torch
-from daemon import precision
+from daemon.engine import precision
 print(precision.reduce_range())
 # every pair of 8-bit products adds up past 16 bits: 2 × 255 × 127 > 32767
 linear = precision.Int8Linear(*precision.int8_rows(torch.ones(1, 64)), None)

@@ -16,10 +16,10 @@ from whisper.audio import N_FRAMES, log_mel_spectrogram, pad_or_trim
 from whisper.model import Whisper
 from whisper.tokenizer import get_tokenizer
 
-from daemon.chinese import MARKS, PUNCTUATION_PROMPT, convert
 from daemon.config import ConfigError
-from daemon.decoder import Decoder
-from daemon.engine import DecodeSettings, Engine
+from daemon.engine.chinese import MARKS, PUNCTUATION_PROMPT, convert
+from daemon.engine.decoder import Decoder
+from daemon.engine.transcribe import DecodeSettings, Engine
 from daemon.transcript import Checkpoint, Segment, Window
 from tests.conftest import CliRunner
 from tests.speech import cer, read_audio, words, write_audio

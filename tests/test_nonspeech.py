@@ -19,7 +19,7 @@ from tests.speech import wer
 if TYPE_CHECKING:
     from whisper.model import Whisper
 
-    from daemon.engine import Engine
+    from daemon.engine.transcribe import Engine
     from daemon.transcript import Segment
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ WER_MARGIN = 0.05  # speech in noise or music may cost this much WER over the sa
 
 @pytest.fixture(scope="module")
 def engine(base_model: Whisper) -> Engine:
-    from daemon.engine import DecodeSettings, Engine
+    from daemon.engine.transcribe import DecodeSettings, Engine
 
     return Engine(base_model, DecodeSettings())
 

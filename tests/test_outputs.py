@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from daemon.files.outputs import NAME_MAX, names, write_atomic
 from daemon.formats import FORMATS
-from daemon.outputs import NAME_MAX, names, write_atomic
 from tests.conftest import REPO
 
 
@@ -54,7 +54,7 @@ def test_write_atomic_failure_keeps_the_old_file(tmp_path: Path, monkeypatch: py
 def test_transcripts_get_the_users_umask(tmp_path: Path, umask: int, mode: int) -> None:
     """In a process of its own: the umask is process-wide, and read once at import."""
     target = tmp_path / "out" / "a.srt"
-    code = ("import os, sys; from pathlib import Path; from daemon.outputs import _umask, write_atomic; "
+    code = ("import os, sys; from pathlib import Path; from daemon.files.outputs import _umask, write_atomic; "
             "write_atomic(Path(sys.argv[1]), 'words'); "
             "print(_umask(), _umask('/no/such/status'), os.umask(0))")  # /proc, then the fallback
     out = subprocess.run([sys.executable, "-c", code, str(target)], cwd=REPO, umask=umask, capture_output=True,

@@ -18,9 +18,9 @@ import pytest
 from loguru import logger
 
 from daemon import config
-from daemon.db import JobStatus
-from daemon.guards import Guard
-from daemon.worker import Worker
+from daemon.processes.guards import Guard
+from daemon.processes.worker import Worker
+from daemon.queue.db import JobStatus
 from tests.conftest import CliRunner
 from tests.daemon_proc import srt_text
 from tests.speech import Recording, compose, meeting, sentences, wer

@@ -21,13 +21,23 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from daemon.db import (
-    HEAD, MIGRATIONS, JobStatus, SchemaMismatch, Waiter, connect, connect_readonly, describe, storage_error,
-    try_lock, version, writing,
+from daemon.queue.db import (
+    HEAD,
+    MIGRATIONS,
+    JobStatus,
+    SchemaMismatch,
+    Waiter,
+    connect,
+    connect_readonly,
+    describe,
+    storage_error,
+    try_lock,
+    version,
+    writing,
 )
-from daemon.db.postgres import SETTINGS
-from daemon.db.schema import SQLModel
-from daemon.queue import JobQueue
+from daemon.queue.db.postgres import SETTINGS
+from daemon.queue.db.schema import SQLModel
+from daemon.queue.jobs import JobQueue
 from daemon.transcript import Checkpoint, Segment, Window
 from tests import pg
 from tests.conftest import HOLDER, CliRunner, claim, inbox_file, old_database
@@ -67,7 +77,7 @@ def test_head_is_the_newest_migration_and_the_migrated_schema_is_the_models(tmp_
 def test_machines_starting_together_migrate_once(pg_url: str) -> None:
     """Four processes open a new database at the same moment: the migration lock lets one make the
     tables; the others wait for it and find them made."""
-    code = "import sys; from daemon.db import connect, version; print(version(connect(sys.argv[1])))"
+    code = "import sys; from daemon.queue.db import connect, version; print(version(connect(sys.argv[1])))"
     procs = [subprocess.Popen([sys.executable, "-c", code, pg_url], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(4)]
     results = [proc.communicate(timeout=120) for proc in procs]
@@ -122,7 +132,7 @@ def test_an_idle_worker_wakes_when_a_job_is_queued_not_when_it_polls(pg_url: str
         assert not waiter.wait(stop_event, 0.5)
         assert time.monotonic() - began >= 0.5
         path = inbox_file(tmp_path, "new.wav")
-        code = ("import sys; from pathlib import Path; from daemon.db import connect; from daemon.queue import JobQueue; "
+        code = ("import sys; from pathlib import Path; from daemon.queue.db import connect; from daemon.queue.jobs import JobQueue; "
                 "JobQueue(connect(sys.argv[1])).enqueue(Path(sys.argv[2]))")
         proc = subprocess.Popen([sys.executable, "-c", code, pg_url, str(path)], cwd=REPO)
         began = time.monotonic()
@@ -142,7 +152,7 @@ def test_an_idle_worker_wakes_when_a_job_is_queued_not_when_it_polls(pg_url: str
 
 def test_one_process_holds_a_named_lock_and_its_death_frees_it(pg_url: str) -> None:
     engine = connect(pg_url)
-    code = ("import sys, time; from daemon.db import connect, try_lock; "
+    code = ("import sys, time; from daemon.queue.db import connect, try_lock; "
             "lock = try_lock(connect(sys.argv[1]), 'the lock'); print(lock is not None, flush=True); "
             "time.sleep(600)")
     holder = subprocess.Popen([sys.executable, "-c", code, pg_url], cwd=REPO, stdout=subprocess.PIPE, text=True)
@@ -300,7 +310,7 @@ def test_migrate_copies_a_sqlite_queue_with_its_history(pg_url: str, tmp_path: P
 
 def test_migrate_waits_for_the_daemon_to_stop(pg_url: str, tmp_path: Path, cli: CliRunner,
                                               daemon_env: dict[str, str]) -> None:
-    from daemon.registry import Registry
+    from daemon.queue.registry import Registry
 
     Registry(connect(Path(daemon_env["WHISPER_DAEMON_DB"])), "0-live").register("tiny.en", "fp32")
     refused = cli("migrate", "--to", pg_url, timeout=120, check=False)
@@ -309,7 +319,7 @@ def test_migrate_waits_for_the_daemon_to_stop(pg_url: str, tmp_path: Path, cli: 
 
 
 def test_status_shows_every_machines_workers(pg_url: str, cli: CliRunner) -> None:
-    from daemon.registry import Registry
+    from daemon.queue.registry import Registry
 
     engine = connect(pg_url)
     for name, host in (("0-mini", "studio-mini.local"), ("0-box", "nas-box")):

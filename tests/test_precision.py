@@ -13,10 +13,10 @@ import pytest
 import torch
 from whisper.audio import N_FRAMES, log_mel_spectrogram, pad_or_trim
 
-from daemon import precision
-from daemon.decoder import Decoder
-from daemon.engine import DecodeSettings, Engine
-from daemon.guards import Guard, Memory
+from daemon.engine import precision
+from daemon.engine.decoder import Decoder
+from daemon.engine.transcribe import DecodeSettings, Engine
+from daemon.processes.guards import Guard, Memory
 from daemon.transcript import Segment
 from tests import formats
 from tests.speech import compose, meeting, read_audio, sentences, wer, write_silence

@@ -9,7 +9,7 @@ import pytest
 from whisper.model import Whisper
 
 from daemon.config import ConfigError
-from daemon.engine import DecodeSettings, Engine
+from daemon.engine.transcribe import DecodeSettings, Engine
 from daemon.transcript import Window
 from tests.speech import Sentence, compose, sentences
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from daemon.db import HEAD, JobStatus, connect, utcnow, version
-from daemon.db.sqlite import PRAGMAS, SCHEMA_VERSION
+from daemon.files.inputs import fingerprint
 from daemon.formats import FORMATS
-from daemon.inputs import fingerprint
-from daemon.queue import LEASE, JobQueue, LeaseLost
+from daemon.queue.db import HEAD, JobStatus, connect, utcnow, version
+from daemon.queue.db.sqlite import PRAGMAS, SCHEMA_VERSION
+from daemon.queue.jobs import LEASE, JobQueue, LeaseLost
 from daemon.transcript import Checkpoint, Segment, Window, Word
 from tests.conftest import HOLDER, claim, inbox_file, old_database
 

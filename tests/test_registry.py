@@ -7,8 +7,8 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from daemon.db import WorkerState, connect, utcnow
-from daemon.registry import FORGET_AFTER, STALE_AFTER, Registry, gone, take_slot, workers
+from daemon.queue.db import WorkerState, connect, utcnow
+from daemon.queue.registry import FORGET_AFTER, STALE_AFTER, Registry, gone, take_slot, workers
 from tests.daemon_proc import REPO
 
 
@@ -19,7 +19,7 @@ def test_each_live_worker_has_its_own_slot_and_a_restart_takes_the_dead_ones(tmp
     again = take_slot(tmp_path)
     assert again.name == first.name  # its successor can take its jobs back at once
     # Another process sees the same slots (flock is per open file, across processes).
-    code = (f"from daemon.registry import take_slot; from pathlib import Path; "
+    code = (f"from daemon.queue.registry import take_slot; from pathlib import Path; "
             f"print(take_slot(Path({str(tmp_path)!r})).name)")
     other = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert other.stdout.strip() not in {again.name, second.name} and other.returncode == 0, other.stderr

@@ -15,10 +15,19 @@ import pytest
 
 from daemon import config
 from daemon.config import Config, load
-from daemon.service import (
-    ACTIONS, EXIT_UNSUPPORTED, Plan, Remove, ServiceError, Step, add_service_parser, cmd_service, execute, plan,
+from daemon.processes.service import (
+    ACTIONS,
+    EXIT_UNSUPPORTED,
+    Plan,
+    Remove,
+    ServiceError,
+    Step,
+    add_service_parser,
+    cmd_service,
+    execute,
+    plan,
 )
-from daemon.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL, RESTART_MIN_SECONDS, Supervisor, _Child
+from daemon.processes.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL, RESTART_MIN_SECONDS, Supervisor, _Child
 
 UID = 501
 PYTHON = "/opt/whisper daemon/.venv/bin/python"  # a space, to prove nothing goes through a shell

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.db import JobStatus, WorkerRow, WorkerState, connect, connect_readonly, utcnow, writing
-from daemon.db.sqlite import READ_PRAGMAS
-from daemon.queue import JobQueue
-from daemon.registry import STALE_AFTER
+from daemon.queue.db import JobStatus, WorkerRow, WorkerState, connect, connect_readonly, utcnow, writing
+from daemon.queue.db.sqlite import READ_PRAGMAS
+from daemon.queue.jobs import JobQueue
+from daemon.queue.registry import STALE_AFTER
 from tests.conftest import HOLDER, CliRunner, claim, inbox_file, old_database
 
 
@@ -118,7 +118,7 @@ def test_retry_says_why_a_job_cannot_be_retried(tmp_path: Path, cli: CliRunner) 
 def test_an_unexpected_error_names_the_log_file(tmp_path: Path, daemon_env: dict[str, str]) -> None:
     """An unexpected error cannot be produced on demand by a real file: the engine is made to raise one."""
     from daemon import config
-    from daemon.worker import Worker
+    from daemon.processes.worker import Worker
 
     cfg = config.load({}, env=daemon_env)
     worker = Worker(cfg)

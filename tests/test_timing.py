@@ -15,9 +15,9 @@ from whisper.timing import dtw_cpu
 from whisper.timing import find_alignment as whisper_alignment
 from whisper.tokenizer import get_tokenizer
 
-from daemon import timing, vad
-from daemon.decoder import Decoder
-from daemon.engine import CHUNK_SECONDS, DecodeSettings, Engine
+from daemon.engine import timing, vad
+from daemon.engine.decoder import Decoder
+from daemon.engine.transcribe import CHUNK_SECONDS, DecodeSettings, Engine
 from daemon.transcript import Segment
 from tests.speech import compose, read_audio, real_speech, sentences
 

@@ -15,10 +15,11 @@ import pytest
 from whisper.audio import HOP_LENGTH
 from whisper.model import Whisper
 
-from daemon import config, vad
-from daemon.audio import SAMPLE_RATE
-from daemon.engine import DecodeSettings, Engine
-from daemon.repeats import drop_repeats
+from daemon import config
+from daemon.engine import vad
+from daemon.engine.audio import SAMPLE_RATE
+from daemon.engine.repeats import drop_repeats
+from daemon.engine.transcribe import DecodeSettings, Engine
 from daemon.transcript import Segment
 from tests.speech import meeting, read_audio, real_speech, wer, write_audio
 
@@ -74,7 +75,7 @@ def _frames_of_speech(audio: np.ndarray) -> np.ndarray:
 def test_loading_the_detector_leaves_torch_its_threads() -> None:
     """silero_vad sets torch to one thread when imported; Whisper must keep every core it was given.
     In a fresh process: the import's side effect happens once per process."""
-    code = ("import torch; torch.set_num_threads(2); from daemon.vad import SpeechDetector; SpeechDetector(); "
+    code = ("import torch; torch.set_num_threads(2); from daemon.engine.vad import SpeechDetector; SpeechDetector(); "
             "print(torch.get_num_threads())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.split() == ["2"], done.stderr
@@ -172,7 +173,7 @@ def test_a_last_sentence_the_model_did_not_get_to_is_not_lost(fp32_model: Whispe
     again, everyone, …" at 56 s, and the last sentence (57–61 s), which VAD hears, was lost. It is
     decoded again from that timestamp now. A CPU whose int8 or bf16 kernels round differently may
     not end the window early: then this test passes either way, as it did without the fix in fp32."""
-    from daemon import precision
+    from daemon.engine import precision
 
     talk = meeting(60.0, seed=5)
     path = talk.write(tmp_path / "meeting.m4a")

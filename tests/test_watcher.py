@@ -13,8 +13,8 @@ from loguru import logger
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from daemon.inputs import is_candidate
-from daemon.watcher import NETWORK_FILE_SYSTEMS, POLL_OBSERVER_SECONDS, Watcher, network_fs, observer_for
+from daemon.files.inputs import is_candidate
+from daemon.processes.watcher import NETWORK_FILE_SYSTEMS, POLL_OBSERVER_SECONDS, Watcher, network_fs, observer_for
 from tests.speech import write_slowly
 
 

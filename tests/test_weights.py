@@ -14,8 +14,8 @@ import pytest
 import torch
 import whisper
 
-from daemon import weights
-from daemon.weights import ModelError, load_model, resolve_model
+from daemon.engine import weights
+from daemon.engine.weights import ModelError, load_model, resolve_model
 
 _real_network_reachable = weights._network_reachable
 

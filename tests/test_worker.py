@@ -13,10 +13,10 @@ import pytest
 import srt
 
 from daemon import config
-from daemon.db import JobStatus, utcnow
-from daemon.queue import LEASE
-from daemon.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL
-from daemon.worker import Worker
+from daemon.processes.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL
+from daemon.processes.worker import Worker
+from daemon.queue.db import JobStatus, utcnow
+from daemon.queue.jobs import LEASE
 from tests.conftest import REPO, CliRunner
 from tests.daemon_proc import checkpointed, rows, srt_text, start, stop, wait_until
 from tests.speech import compose, meeting, sentences, wer
@@ -114,7 +114,7 @@ def test_a_language_name_is_taken_as_its_code(daemon_env: dict[str, str]) -> Non
 # (and on a developer's machine the model would be downloaded).
 OFFLINE_WORKER = """
 import sys
-from daemon import weights
+from daemon.engine import weights
 weights._network_reachable = lambda url, timeout: False
 from daemon.cli import main
 sys.exit(main(["work"]))

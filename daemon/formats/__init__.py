@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+from daemon.config import FORMATS, CueRules
 from daemon.formats import cues, data, subtitles, text
-from daemon.formats.cues import CueRules
 from daemon.transcript import Transcript
-
-FORMATS = ("srt", "vtt", "txt", "json", "tsv")  # each is also its files' suffix
 
 
 def render(fmt: str, transcript: Transcript, rules: CueRules) -> str:

@@ -17,18 +17,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
+from daemon.config import CueRules
 from daemon.transcript import Segment, Word
-
-
-@dataclass(frozen=True)
-class CueRules:
-    line_chars: int = 42  # Netflix, Latin scripts
-    cjk_line_chars: int = 16  # Netflix, Chinese and Japanese
-    lines: int = 2
-    max_seconds: float = 7.0
-    min_seconds: float = 5 / 6  # Netflix: 20 frames at 24 fps
-    chars_per_second: float = 20.0  # Netflix's adult reading speed for English
-    gap_seconds: float = 2 / 25  # two frames at 25 fps between cues
 
 
 @dataclass(frozen=True)

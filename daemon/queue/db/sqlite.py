@@ -16,8 +16,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import SQLModel, create_engine
 
-from daemon.db.errors import SchemaMismatch
-from daemon.outputs import output_key
+from daemon.files.outputs import output_key
+from daemon.queue.db.errors import SchemaMismatch
 
 BUSY_TIMEOUT_MS = 30_000
 # Pragmas applied to every connection; tests read them back.

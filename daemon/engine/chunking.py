@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from daemon.audio import SAMPLE_RATE
+from daemon.engine.audio import SAMPLE_RATE
 
 FRAME_SAMPLES = SAMPLE_RATE // 10  # 100 ms energy frames
 SEARCH_SECONDS = 8.0  # look for the quietest frame in this stretch before the window limit

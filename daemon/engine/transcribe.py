@@ -25,11 +25,11 @@ from whisper.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram, 
 from whisper.decoding import DecodingResult
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
-from daemon import chinese, chunking, timing, vad
-from daemon.audio import SAMPLE_RATE, stream_audio
 from daemon.config import ConfigError
-from daemon.decoder import Decoder
-from daemon.repeats import drop_repeats
+from daemon.engine import chinese, chunking, timing, vad
+from daemon.engine.audio import SAMPLE_RATE, stream_audio
+from daemon.engine.decoder import Decoder
+from daemon.engine.repeats import drop_repeats
 from daemon.transcript import Checkpoint, Segment, Window, Word
 
 CHUNK_SECONDS = 30  # Whisper's own window; shorter chunks checkpoint more often but cost speed

@@ -37,7 +37,7 @@ from whisper.model import MultiHeadAttention, ResidualAttentionBlock, Whisper
 from whisper.tokenizer import Tokenizer
 from whisper.utils import compression_ratio
 
-from daemon.precision import Int8Embedding, Int8Linear
+from daemon.engine.precision import Int8Embedding, Int8Linear
 
 MAX_INITIAL_TIMESTAMP = 1.0  # seconds; whisper's default: the first cue starts within a second
 

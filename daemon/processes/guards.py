@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 from loguru import logger
 
-from daemon.db import WorkerState
+from daemon.queue.db import WorkerState
 
 MB = 1 << 20
 LOW_MEMORY_MB = 1024  # below this available, pause; resume above 1.5× (hysteresis)

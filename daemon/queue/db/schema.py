@@ -1,5 +1,5 @@
 """The queue's tables, one SQLModel schema for SQLite and PostgreSQL. Changes to it go through a
-migration (daemon/db/migrations/versions), which both backends run at start-up."""
+migration (daemon/queue/db/migrations/versions), which both backends run at start-up."""
 
 from __future__ import annotations
 

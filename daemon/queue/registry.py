@@ -23,7 +23,7 @@ from pathlib import Path
 from sqlalchemy import Engine, delete
 from sqlmodel import col, select
 
-from daemon.db import WorkerRow, WorkerState, reading, utcnow, writing
+from daemon.queue.db import WorkerRow, WorkerState, reading, utcnow, writing
 
 # The longest a live worker goes without a heartbeat: the guard's longest wait (2 minutes), or one
 # slow window, with room to spare. Past this, `status` shows it as gone.

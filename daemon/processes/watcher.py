@@ -20,8 +20,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from daemon.folders import SettingsError
-from daemon.inputs import as_text, is_candidate, refusal, skipped_silently, unsupported_reason
+from daemon.files.folders import SettingsError
+from daemon.files.inputs import as_text, is_candidate, refusal, skipped_silently, unsupported_reason
 
 POLL_SECONDS = 0.25
 

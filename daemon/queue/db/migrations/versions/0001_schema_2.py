@@ -1,4 +1,4 @@
-"""Schema 2, the last one made by hand (daemon/db/sqlite.py upgrades older SQLite databases to it
+"""Schema 2, the last one made by hand (daemon/queue/db/sqlite.py upgrades older SQLite databases to it
 and marks them with this revision).
 
 Revision ID: 0001
@@ -9,7 +9,7 @@ Create Date: 2026-12-06
 import sqlalchemy as sa
 from alembic import op
 
-from daemon.db.schema import UTCDateTime
+from daemon.queue.db.schema import UTCDateTime
 
 revision = "0001"
 down_revision = None

@@ -1,5 +1,5 @@
 """The job queue: enqueue, claim under a lease, checkpoint, finish. Portable SQL only; what one
-backend alone speaks stays in daemon/db.
+backend alone speaks stays in daemon/queue/db.
 
 A running job belongs to the worker named in `holder` until `lease_until`. Every write a worker
 makes for a job (a window, its output name, its end) is conditional on still holding it, so a
@@ -21,10 +21,10 @@ from sqlalchemy import Engine, delete, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from daemon.db import Job, JobStatus, OutputRow, SegmentRow, announce, reading, utcnow, writing
-from daemon.folders import dumps
-from daemon.inputs import Fingerprint, as_text, canonical, fingerprint
-from daemon.outputs import existing, fits, names, output_key, paths
+from daemon.files.folders import dumps
+from daemon.files.inputs import Fingerprint, as_text, canonical, fingerprint
+from daemon.files.outputs import existing, fits, names, output_key, paths
+from daemon.queue.db import Job, JobStatus, OutputRow, SegmentRow, announce, reading, utcnow, writing
 from daemon.transcript import Checkpoint, Segment, Window, Word
 
 MAX_ATTEMPTS = 3

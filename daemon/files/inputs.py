@@ -12,7 +12,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.folders import SETTINGS_FILE
+from daemon.files.folders import SETTINGS_FILE
 
 AUDIO_EXTENSIONS = frozenset({
     ".m4a", ".mp3", ".wav", ".flac", ".ogg", ".opus", ".aac",  # voice memos and meeting recordings

@@ -21,9 +21,9 @@ from sqlalchemy import Engine, make_url, text
 from sqlmodel import Session
 
 from daemon.config import DATA_DIR, is_postgres
-from daemon.db import sqlite
-from daemon.db.errors import SchemaMismatch
-from daemon.db.schema import JobStatus, Job, OutputRow, SegmentRow, WorkerRow, WorkerState, utcnow
+from daemon.queue.db import sqlite
+from daemon.queue.db.errors import SchemaMismatch
+from daemon.queue.db.schema import Job, JobStatus, OutputRow, SegmentRow, WorkerRow, WorkerState, utcnow
 
 __all__ = ["Job", "JobStatus", "OutputRow", "SchemaMismatch", "SegmentRow", "WorkerRow", "WorkerState",  # re-exported
            "is_postgres", "utcnow"]
@@ -35,7 +35,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 def _postgres() -> Any:
-    from daemon.db import postgres  # psycopg only for a PostgreSQL queue
+    from daemon.queue.db import postgres  # psycopg only for a PostgreSQL queue
 
     return postgres
 
@@ -99,7 +99,7 @@ def storage_error(e: BaseException) -> bool:
     orig = getattr(e, "orig", e)  # SQLAlchemy wraps the driver's exception
     if isinstance(orig, sqlite3.Error):
         return sqlite.storage_error(orig)
-    postgres = sys.modules.get("daemon.db.postgres")  # loaded if this process ever spoke to PostgreSQL
+    postgres = sys.modules.get("daemon.queue.db.postgres")  # loaded if this process ever spoke to PostgreSQL
     return postgres is not None and postgres.storage_error(orig)
 
 

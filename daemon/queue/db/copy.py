@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, func, insert, select
 
-from daemon.db.schema import Job, OutputRow, SegmentRow
+from daemon.queue.db.schema import Job, OutputRow, SegmentRow
 
 # Workers are not copied: their rows describe processes, which register again where they run.
 TABLES = [Job.__table__, SegmentRow.__table__, OutputRow.__table__]  # in the order their references need
@@ -29,7 +29,7 @@ def copy_queue(source: Engine, target: Engine) -> dict[str, int]:
                 dst.execute(insert(table), [dict(row) for row in batch])
                 copied[table.name] += len(batch)
         if target.dialect.name == "postgresql":
-            from daemon.db import postgres
+            from daemon.queue.db import postgres
 
             postgres.continue_ids(dst, [table.name for table in TABLES])
     return copied

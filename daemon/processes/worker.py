@@ -18,23 +18,32 @@ import psutil
 from loguru import logger
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE  # in the worker only: importing whisper loads torch
 
-from daemon import logs, precision
-from daemon.audio import AudioError, probe_seconds
+from daemon import logs
 from daemon.config import Config, ConfigError, cue_rules
-from daemon.delivery import Delivery, Ready
-from daemon.db import Job, JobStatus, Waiter, WorkerState, checkpoint, connect, describe, slots_dir, storage_error
-from daemon.engine import DecodeSettings, Engine
-from daemon.folders import SETTINGS_FILE, SettingsError, settings_for
+from daemon.engine import precision
+from daemon.engine.audio import AudioError, probe_seconds
+from daemon.engine.transcribe import DecodeSettings, Engine
+from daemon.engine.weights import ModelError, ResolvedModel, load_resolved, resolve_model, smaller_models
+from daemon.files.folders import SETTINGS_FILE, SettingsError, settings_for
+from daemon.files.inputs import Fingerprint, fingerprint, refusal
+from daemon.files.outputs import folder_for, write_atomic
 from daemon.formats import render
-from daemon.guards import (
-    BACKOFF_MAX_SECONDS, BACKOFF_START_SECONDS, MB, Guard, Memory, Status, model_fits, release_memory, rss_mb,
+from daemon.formats.delivery import Delivery, Ready
+from daemon.processes.guards import (
+    BACKOFF_MAX_SECONDS,
+    BACKOFF_START_SECONDS,
+    MB,
+    Guard,
+    Memory,
+    Status,
+    model_fits,
+    release_memory,
+    rss_mb,
 )
-from daemon.inputs import Fingerprint, fingerprint, refusal
-from daemon.outputs import folder_for, write_atomic
-from daemon.queue import JobQueue, LeaseLost
-from daemon.registry import Registry, take_slot
+from daemon.queue.db import Job, JobStatus, Waiter, WorkerState, checkpoint, connect, describe, slots_dir, storage_error
+from daemon.queue.jobs import JobQueue, LeaseLost
+from daemon.queue.registry import Registry, take_slot
 from daemon.transcript import Transcript
-from daemon.weights import ModelError, ResolvedModel, load_resolved, resolve_model, smaller_models
 
 IDLE_MIN_SECONDS = 0.2
 IDLE_MAX_SECONDS = 2.0  # worst-case pickup delay for a new job while idle

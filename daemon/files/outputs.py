@@ -16,7 +16,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from daemon.inputs import canonical
+from daemon.files.inputs import canonical
 
 NAME_MAX = 255  # bytes in one file name on APFS, ext4 and most other file systems
 

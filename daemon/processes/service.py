@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import APP, Config, is_postgres
-from daemon.outputs import write_atomic
-from daemon.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL
+from daemon.files.outputs import write_atomic
+from daemon.processes.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL
 
 ACTIONS = ("install", "uninstall", "start", "stop", "restart", "status")
 EXIT_UNSUPPORTED = 2  # like a usage error: nothing was attempted
-PROJECT_DIR = Path(__file__).resolve().parent.parent  # cwd for `-m daemon`: importable even if not installed
+PROJECT_DIR = Path(__file__).resolve().parents[2]  # cwd for `-m daemon`: importable even if not installed
 TEMPLATE_DIR = PROJECT_DIR / "launchd"
 TEMPLATES = ("io.github.whisper-daemon.watcher.plist.in", "io.github.whisper-daemon.worker.plist.in")
 UNITS = {"watch": "whisper-daemon-watcher.service", "work": "whisper-daemon-worker.service"}

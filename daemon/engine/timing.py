@@ -13,13 +13,14 @@ match what `whisper --word_timestamps True` gives on the same audio and weights.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import Tensor
 from whisper.audio import TOKENS_PER_SECOND
 from whisper.timing import WordTiming, median_filter, merge_punctuations
 
-from daemon.decoder import Decoder
+from daemon.engine.decoder import Decoder
 
 MEDIAN_FILTER_WIDTH = 7  # audio positions (140 ms): whisper's default
 PREPENDED = "\"'“¿([{-"  # punctuation that joins the word after it (whisper's defaults)

@@ -1,9 +1,9 @@
-"""Alembic's entry point. daemon.db.upgrade runs it with a connection already inside the
+"""Alembic's entry point. daemon.queue.db.upgrade runs it with a connection already inside the
 transaction that holds the migration lock, so every revision commits (or fails) as one."""
 
 from alembic import context
 
-from daemon.db.schema import SQLModel
+from daemon.queue.db.schema import SQLModel
 
 connection = context.config.attributes["connection"]
 # Batch mode: SQLite changes a table by rebuilding it; PostgreSQL alters it in place.

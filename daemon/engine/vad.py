@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from whisper.audio import HOP_LENGTH
 
-from daemon.audio import SAMPLE_RATE
+from daemon.engine.audio import SAMPLE_RATE
 
 FRAME_SAMPLES = 512  # Silero's frame at 16 kHz (32 ms)
 # A piece is scored as parallel streams of ~3 s, each started 1 s early so its recurrent state has

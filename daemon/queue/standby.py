@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from loguru import logger
 
-from daemon.db import Lock
+from daemon.queue.db import Lock
 
 STANDBY_SECONDS = 2.0  # how often a standby tries for the lock: the longest a dead watcher goes unreplaced
 LOCK_CHECK_SECONDS = 5.0  # how often the active watcher checks it still holds the lock
