@@ -1,4 +1,4 @@
-"""Command line: `whisper-daemon run|watch|work|status|enqueue|retry|migrate|service`."""
+"""Command line: `whisper-daemon run|watch|work|status|web|enqueue|retry|migrate|service`."""
 
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ from daemon.processes.service import ACTIONS, add_service_parser, cmd_service
 from daemon.processes.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL, PARENT_PID_ENV
 from daemon.queue.db import Job, JobStatus, SchemaMismatch, WorkerRow, connect, connect_readonly, describe
 from daemon.queue.registry import gone, workers
+from daemon.queue.standby import WATCHER_LOCK
+from daemon.queue.summary import clock, eta_seconds, language, worker_state
 
 EXIT_USAGE = 2
-WATCHER_LOCK = "the queue's watcher"  # one active watcher per queue, across machines (standby.py)
 
 
 # The settings flags, and which subcommands use each: a flag a subcommand would ignore is refused.
@@ -38,6 +39,10 @@ SETTINGS_FLAGS: dict[str, dict[str, Any]] = {
     "language": dict(help="spoken language, a code (en) or a name (english); default: detect"),
     "formats": dict(help=f"files written per recording, comma-separated: {','.join(FORMATS)} (default srt)"),
     "quiet_seconds": dict(type=float, help="how long a new file must stay unchanged before it is queued (default 2)"),
+    "web": dict(action="store_const", const="true", help="also serve the status page (see `whisper-daemon web`)"),
+    "host": dict(help="the status page's address (default 127.0.0.1; any other needs web_token)"),
+    "port": dict(type=int, help=f"the status page's port (default {config.WEB_PORT}; 0: any free one)"),
+    "web_actions": dict(action="store_const", const="true", help="the status page may retry and re-transcribe jobs"),
     "config": dict(help=f"TOML settings file (default {config.default_config_file()} if present; \"\" for none)"),
 }
 SETTINGS_USED: dict[str, tuple[str, ...]] = {
@@ -45,6 +50,7 @@ SETTINGS_USED: dict[str, tuple[str, ...]] = {
     "watch": ("inbox", "outbox", "db", "quiet_seconds", "config"),
     "work": ("inbox", "outbox", "db", "model", "language", "formats", "config"),
     "status": ("db", "config"),
+    "web": ("inbox", "db", "host", "port", "web_actions", "config"),
     "enqueue": ("inbox", "db", "config"),
     "retry": ("db", "config"),
     "migrate": ("inbox", "db", "config"),
@@ -78,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[_settings("status")], help="show the jobs")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--limit", type=int, default=50)
+    sub.add_parser("web", parents=[_settings("web")], help=f"serve the status page (http://127.0.0.1:{config.WEB_PORT})",
+                   description="The queue, the workers and every transcript in a browser. Read-only unless "
+                               "web_actions is set; the token for other machines is the web_token setting (TOML "
+                               "or WHISPER_DAEMON_WEB_TOKEN: a flag would show it to every user in `ps`).")
     enqueue = sub.add_parser("enqueue", parents=[_settings("enqueue")], help="queue files directly")
     enqueue.add_argument("files", nargs="+", type=Path)
     retry = sub.add_parser("retry", parents=[_settings("retry")], help="queue finished or failed jobs again")
@@ -203,6 +213,13 @@ def cmd_work(cfg: Config, args: argparse.Namespace) -> int:
     return EXIT_TEMPFAIL if worker.recycle else 0
 
 
+def cmd_web(cfg: Config, args: argparse.Namespace) -> int:
+    from daemon.web.serve import serve
+
+    logs.setup(cfg.log_dir, "web", foreground=sys.stderr.isatty() or PARENT_PID_ENV in os.environ)
+    return serve(cfg, _stop_on_signals())
+
+
 def cmd_enqueue(cfg: Config, args: argparse.Namespace) -> int:
     from daemon.queue.jobs import JobQueue
 
@@ -295,13 +312,13 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
         return 1
     queue = JobQueue(engine)
     jobs = queue.jobs(args.limit)
-    outputs = {job.id: queue.outputs(job.id) for job in jobs}
+    outputs = queue.outputs_of(job.id for job in jobs if job.id is not None)
     rows = workers(engine)
     engine.dispose()
     now = datetime.now(timezone.utc)
     if args.json:
-        print(json.dumps({"workers": [_plain(w.model_dump()) | {"state": _worker_state(w, now)} for w in rows],
-                          "jobs": [_job_dict(j, outputs[j.id]) for j in jobs]}, indent=2, ensure_ascii=False))
+        print(json.dumps({"workers": [_plain(w.model_dump()) | {"state": worker_state(w, now)} for w in rows],
+                          "jobs": [_job_dict(j, outputs.get(j.id, [])) for j in jobs]}, indent=2, ensure_ascii=False))
     else:
         print(_workers_table(rows, now))
         print()
@@ -327,27 +344,15 @@ def _job_dict(job: Job, outputs: list[Path]) -> dict[str, Any]:
     return data | {"outputs": [str(path) for path in outputs]}
 
 
-def _worker_state(w: WorkerRow, now: datetime) -> str:
-    return "gone" if gone(w, now) else w.state.value
-
-
 def _workers_table(registered: list[WorkerRow], now: datetime) -> str:
     if not registered:
         return "no worker running"
     rows = [("WORKER", "HOST", "PID", "STATE", "MODEL", "PRECISION", "RSS", "JOB", "HEARTBEAT", "REASON")]
     for w in registered:
-        rows.append((w.id, printable(w.host), str(w.pid), _worker_state(w, now), w.model or "-", w.precision or "-",
+        rows.append((w.id, printable(w.host), str(w.pid), worker_state(w, now), w.model or "-", w.precision or "-",
                      "-" if w.rss_mb is None else f"{w.rss_mb:.0f} MB", str(w.current_job_id or "-"),
                      f"{(now - w.heartbeat_at).total_seconds():.0f} s ago", printable(w.reason or "")))
     return _columns(rows)
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 PROGRESS_WIDTH = 20
@@ -357,9 +362,9 @@ def progress_line(job: Job) -> str:
     """`[########------------]  40%  1:12 of 3:00, ETA 0:25` for a running job."""
     filled = round(job.progress * PROGRESS_WIDTH)
     bar = "#" * filled + "-" * (PROGRESS_WIDTH - filled)
-    line = f"[{bar}] {job.progress:4.0%}  {_duration(job.processed_seconds)} of {_duration(job.audio_seconds)}"
-    if job.rtf and job.audio_seconds:
-        line += f", ETA {_duration(max(0.0, job.audio_seconds - job.processed_seconds) * job.rtf)}"
+    line = f"[{bar}] {job.progress:4.0%}  {clock(job.processed_seconds)} of {clock(job.audio_seconds)}"
+    if (eta := eta_seconds(job)) is not None:
+        line += f", ETA {clock(eta)}"
     return line
 
 
@@ -375,19 +380,11 @@ def _table(jobs: list[Job], outputs: Mapping[int | None, list[Path]]) -> str:
             detail = ", ".join(path.name for path in outputs[job.id])
         else:
             detail = job.error or ""
-        rows.append((str(job.id), job.status.value, _duration(job.audio_seconds),
-                     "-" if job.rtf is None else f"{job.rtf:.2f}", str(job.attempts), _language(job),
+        rows.append((str(job.id), job.status.value, clock(job.audio_seconds),
+                     "-" if job.rtf is None else f"{job.rtf:.2f}", str(job.attempts), printable(language(job)),
                      printable(Path(job.path).name),
                      printable(detail)))
     return _columns(rows)
-
-
-def _language(job: Job) -> str:
-    """The language transcribed (detected, or set), or the one asked for until it is known;
-    "ja→en" for a translation."""
-    settings = json.loads(job.settings or "{}")
-    language = printable(job.language or settings.get("language") or "-")
-    return f"{language}→en" if settings.get("task") == "translate" else language
 
 
 def _columns(rows: list[tuple[str, ...]]) -> str:
@@ -396,5 +393,5 @@ def _columns(rows: list[tuple[str, ...]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
 
 
-COMMANDS = {"run": cmd_run, "watch": cmd_watch, "work": cmd_work, "status": cmd_status,
+COMMANDS = {"run": cmd_run, "watch": cmd_watch, "work": cmd_work, "status": cmd_status, "web": cmd_web,
             "enqueue": cmd_enqueue, "retry": cmd_retry, "migrate": cmd_migrate, "service": cmd_service}

@@ -28,6 +28,8 @@ UNSET = ""  # in the environment: an optional setting (or the config file) expli
 _UNSET_WORDS = {UNSET, "none"}
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 OBSERVERS = ("auto", "native", "polling")
+WEB_PORT = 8470  # the status page's default port; 0 lets the system pick a free one (printed at start)
+MIN_TOKEN_CHARS = 12  # a guessable password on a page that serves transcripts is worse than none
 POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")  # a `db` that is not a SQLite file
 
 
@@ -95,6 +97,12 @@ class Config:
     notify: bool = False  # a desktop notification for each transcript ready (osascript, notify-send)
     on_done: str | None = None  # a command (no shell) run with each transcript's file paths appended
     webhook: str | None = None  # an http(s) URL that gets a JSON POST for each transcript ready
+    # The status page (`whisper-daemon web`; `web = true` serves it beside `run` and the services too).
+    web: bool = False
+    host: str = "127.0.0.1"  # loopback only; any other address needs web_token
+    port: int = WEB_PORT
+    web_actions: bool = False  # retry and re-transcribe buttons; read-only without them
+    web_token: str | None = None  # the page's password; required to serve it beyond this machine
     log_dir: Path = Path(platformdirs.user_log_dir(APP))
     cache_dir: Path = Path(platformdirs.user_cache_dir(APP))
     config: Path | None = None  # the TOML file these settings were read from
@@ -246,6 +254,11 @@ def validate(cfg: Config) -> None:
                           "(0.5 by default; lower keeps more quiet speech, higher drops more noise)")
     if not 1 <= cfg.chunk_seconds <= 30:
         raise ConfigError(f"chunk_seconds is {cfg.chunk_seconds}: it must be between 1 and 30 (Whisper's window)")
+    if not 0 <= cfg.port <= 65535:
+        raise ConfigError(f"port is {cfg.port}: give a TCP port, 1 to 65535 (0: any free one; default {WEB_PORT})")
+    if cfg.web_token is not None and len(cfg.web_token) < MIN_TOKEN_CHARS:
+        raise ConfigError(f"web_token has {len(cfg.web_token)} characters: give at least {MIN_TOKEN_CHARS} (e.g. the "
+                          "output of `python3 -c 'import secrets; print(secrets.token_urlsafe())'`)")
     check_formats(cfg.formats)
     check_cues(cfg)
     check_delivery(cfg)

@@ -160,12 +160,12 @@ def test_the_tests_ignore_the_developers_own_settings(tmp_path: Path) -> None:
     (["watch", "--formats", "srt,vtt"],
      "whisper-daemon watch: --formats is not used by watch; it is used by run, work, service install"),
     (["retry", "--inbox", "x", "3"],
-     "whisper-daemon retry: --inbox is not used by retry; it is used by run, watch, work, enqueue, migrate, "
+     "whisper-daemon retry: --inbox is not used by retry; it is used by run, watch, work, web, enqueue, migrate, "
      "service install"),
     (["enqueue", "--language", "de", "a.wav"],
      "whisper-daemon enqueue: --language is not used by enqueue; it is used by run, work, service install"),
     (["service", "stop", "--db", "x.db"],
-     "whisper-daemon service stop: --db is not used by service stop; it is used by run, watch, work, status, "
+     "whisper-daemon service stop: --db is not used by service stop; it is used by run, watch, work, status, web, "
      "enqueue, retry, migrate, service install"),
 ])
 def test_a_flag_the_subcommand_would_ignore_is_refused(argv: list[str], message: str, capsys: pytest.CaptureFixture[str],

@@ -28,8 +28,10 @@ ACTIONS = ("install", "uninstall", "start", "stop", "restart", "status")
 EXIT_UNSUPPORTED = 2  # like a usage error: nothing was attempted
 PROJECT_DIR = Path(__file__).resolve().parents[2]  # cwd for `-m daemon`: importable even if not installed
 TEMPLATE_DIR = PROJECT_DIR / "launchd"
-TEMPLATES = ("io.github.whisper-daemon.watcher.plist.in", "io.github.whisper-daemon.worker.plist.in")
-UNITS = {"watch": "whisper-daemon-watcher.service", "work": "whisper-daemon-worker.service"}
+TEMPLATES = {"watch": "io.github.whisper-daemon.watcher.plist.in", "work": "io.github.whisper-daemon.worker.plist.in",
+             "web": "io.github.whisper-daemon.web.plist.in"}
+UNITS = {"watch": "whisper-daemon-watcher.service", "work": "whisper-daemon-worker.service",
+         "web": "whisper-daemon-web.service"}
 # `launchctl bootout` of a service that is not loaded: 3 (ESRCH) or 113 ("Could not find service").
 LAUNCHD_NOT_LOADED = frozenset({3, 113})
 # `systemctl disable` of a unit that is not there: 1 ("Unit file … does not exist") or 5 (not loaded).
@@ -37,6 +39,7 @@ SYSTEMD_NO_UNIT = frozenset({1, 5})
 WAIT_UNLOADED_SECONDS = 30.0  # bootout returns before the job has exited; ExitTimeOut (20 s) + margin
 TCC_FOLDERS = ("Desktop", "Documents", "Downloads")  # reading these prompts for permission on macOS
 OK = frozenset({0})
+DESCRIPTIONS = {"watch": "inbox watcher", "work": "transcription worker", "web": "status page"}
 
 
 class ServiceError(Exception):
@@ -96,6 +99,15 @@ def plan(action: str, cfg: Config, platform: str | None = None, home: Path | Non
                               "run `whisper-daemon run` under your own service manager instead")
 
 
+def _services(action: str, cfg: Config, installed: Callable[[str], bool]) -> tuple[list[str], list[str]]:
+    """The commands served, and those to take down: the status page (`web`) is one when `install`
+    is given `web`, or when it is installed already (for the other actions, which take no settings).
+    An install without `web` takes down a status page installed earlier."""
+    web = cfg.web if action == "install" else installed("web")
+    return ["watch", "work", *(["web"] if web else [])], ["web"] if action == "install" and not web and \
+        installed("web") else []
+
+
 def _search_path(python: str, *system: str) -> str:
     # Services start with a bare PATH; put the venv's bin first so tools it installs are found.
     return ":".join(dict.fromkeys([os.path.dirname(python), *system]))
@@ -138,12 +150,19 @@ def _launchd_plan(action: str, cfg: Config, home: Path, uid: int, python: str) -
     values = {"PYTHON": python, "WORKDIR": str(PROJECT_DIR), "LOGDIR": str(log_dir),
               "PATH": _search_path(python, "/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin",
                                    "/usr/sbin", "/sbin")}
+    agents = home / "Library" / "LaunchAgents"
+
+    def agent(command: str) -> Path:
+        return agents / TEMPLATES[command].removesuffix(".in")
+
+    served, retired = _services(action, cfg, lambda command: agent(command).exists())
     files: dict[Path, str] = {}
     targets: list[str] = []
-    for template in TEMPLATES:
-        data = render_plist(TEMPLATE_DIR / template, values, cfg.to_env())
-        files[home / "Library" / "LaunchAgents" / f"{data['Label']}.plist"] = plistlib.dumps(data).decode()
+    for command in served:
+        data = render_plist(TEMPLATE_DIR / TEMPLATES[command], values, cfg.to_env())
+        files[agents / f"{data['Label']}.plist"] = plistlib.dumps(data).decode()
         targets.append(f"{domain}/{data['Label']}")
+    old = [(f"{domain}/{agent(command).stem}", agent(command)) for command in retired]
 
     def probe(target: str) -> list[str]:
         return ["launchctl", "print", target]
@@ -156,7 +175,8 @@ def _launchd_plan(action: str, cfg: Config, home: Path, uid: int, python: str) -
 
     if action == "install":
         # Bootout first so a reinstall restarts with the new settings.
-        return Plan(files, [log_dir], [*map(bootout, targets), *map(bootstrap, files)],
+        return Plan(files, [log_dir], [*(s for target, path in old for s in (bootout(target), Remove(path))),
+                                       *map(bootout, targets), *map(bootstrap, files)],
                     _install_notes(cfg) + _launchd_notes(cfg, home, log_dir, python))
     if action == "uninstall":
         return Plan(steps=[*map(bootout, targets), *map(Remove, files)])
@@ -201,7 +221,7 @@ def render_unit(command: str, python: str, env: Mapping[str, str]) -> str:
     lines = [
         "# Written by `whisper-daemon service install`; run that again instead of editing this file.",
         "[Unit]",
-        f"Description=whisper-daemon {'inbox watcher' if command == 'watch' else 'transcription worker'}",
+        f"Description=whisper-daemon {DESCRIPTIONS[command]}",
         "",
         "[Service]",
         f"ExecStart={exec_start}",
@@ -227,14 +247,18 @@ def render_unit(command: str, python: str, env: Mapping[str, str]) -> str:
 def _systemd_plan(action: str, cfg: Config, home: Path, python: str) -> Plan:
     unit_dir = home / ".config" / "systemd" / "user"
     env = {**cfg.to_env(), "PATH": _search_path(python, "/usr/local/bin", "/usr/bin", "/bin")}
-    files = {unit_dir / unit: render_unit(command, python, env) for command, unit in UNITS.items()}
-    units = list(UNITS.values())
+    served, retired = _services(action, cfg, lambda command: (unit_dir / UNITS[command]).exists())
+    files = {unit_dir / UNITS[command]: render_unit(command, python, env) for command in served}
+    units = [UNITS[command] for command in served]
     systemctl = ["systemctl", "--user"]
     if action == "install":
         # Stop first so a reinstall restarts with the new settings; `enable --now` then starts them.
         steps: list[Step | Remove] = [Step([*systemctl, "daemon-reload"]),
                                       Step([*systemctl, "stop", *units], OK | {5}),
                                       Step([*systemctl, "enable", "--now", *units])]
+        for command in retired:  # a status page installed earlier, not asked for now
+            steps += [Step([*systemctl, "disable", "--now", UNITS[command]], OK | SYSTEMD_NO_UNIT),
+                      Remove(unit_dir / UNITS[command]), Step([*systemctl, "daemon-reload"])]
         notes = _install_notes(cfg) + [
             f"Logs: {cfg.log_dir} (watcher.log, worker.log), and `journalctl --user -u {units[1]} -f`",
             "To keep the services running with nobody logged in (and start them at boot), run once: "

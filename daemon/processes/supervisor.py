@@ -1,4 +1,5 @@
-"""`run`: the watcher and the worker as two child processes of one foreground process.
+"""`run`: the watcher and the worker (and the status page, with `web`) as child processes of one
+foreground process.
 
 Separate processes keep the always-on watcher free of torch, and let a crashed worker be
 restarted without losing the watcher. Children get every resolved setting through the
@@ -44,7 +45,7 @@ class Supervisor:
     def __init__(self, cfg: Config, stop: threading.Event) -> None:
         self.env = {**os.environ, **cfg.to_env(), PARENT_PID_ENV: str(os.getpid())}
         self.stop = stop
-        self.children = [_Child("watch"), _Child("work")]
+        self.children = [_Child("watch"), _Child("work"), *([_Child("web")] if cfg.web else [])]
 
     def run(self) -> int:
         for child in self.children:

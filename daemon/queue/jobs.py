@@ -20,6 +20,7 @@ from pathlib import Path
 from sqlalchemy import Engine, delete, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from daemon.files.folders import dumps
 from daemon.files.inputs import Fingerprint, as_text, canonical, fingerprint
@@ -364,17 +365,32 @@ class JobQueue:
 
     def outputs(self, job_id: int) -> list[Path]:
         """The files written for a job, in the order they were written."""
+        return self.outputs_of([job_id]).get(job_id, [])
+
+    def outputs_of(self, ids: Iterable[int]) -> dict[int, list[Path]]:
+        """The files of each of these jobs that has any, in the order they were written: one query."""
+        found: dict[int, list[Path]] = {}
         with reading(self.engine) as session:
-            return [Path(p) for p in session.exec(select(OutputRow.path).where(OutputRow.job_id == job_id)
-                                                  .order_by(col(OutputRow.id)))]
+            for job_id, path in session.exec(select(OutputRow.job_id, OutputRow.path)
+                                             .where(col(OutputRow.job_id).in_(list(ids))).order_by(col(OutputRow.id))):
+                found.setdefault(job_id, []).append(Path(path))
+        return found
 
     @staticmethod
     def checkpoint_of(job: Job) -> Checkpoint:
         return Checkpoint(job.processed_seconds, tuple(json.loads(job.prompt)), job.language)
 
-    def jobs(self, limit: int = 50) -> list[Job]:
+    def jobs(self, limit: int = 50, *, status: JobStatus | None = None, search: str = "", offset: int = 0) -> list[Job]:
+        """The newest jobs first; `status` and `search` (in the path, any case) narrow them down."""
         with reading(self.engine) as session:
-            return list(session.exec(select(Job).order_by(col(Job.id).desc()).limit(limit)).all())
+            query = _matching(select(Job), status, search).order_by(col(Job.id).desc())
+            return list(session.exec(query.offset(offset).limit(limit)).all())
+
+    def counts(self, search: str = "") -> dict[JobStatus, int]:
+        """How many jobs are in each state (those `search` finds); states with none are left out."""
+        with reading(self.engine) as session:
+            query = _matching(select(Job.status, func.count()), None, search).group_by(col(Job.status))
+            return {JobStatus(status): count for status, count in session.exec(query).all()}
 
     def get(self, ids: Iterable[int]) -> list[Job]:
         with reading(self.engine) as session:
@@ -391,6 +407,14 @@ def _held(session: Session, job_id: int, holder: str) -> Job:
     if job.status != JobStatus.RUNNING or job.holder != holder:
         raise LeaseLost(f"job {job_id} is no longer held by this worker (now {job.status.value})")
     return job
+
+
+def _matching(query: SelectOfScalar, status: JobStatus | None, search: str) -> SelectOfScalar:
+    if status is not None:
+        query = query.where(Job.status == status)
+    if search:
+        query = query.where(col(Job.path).icontains(search, autoescape=True))
+    return query
 
 
 def _latest_for_path(session: Session, key: str) -> Job | None:

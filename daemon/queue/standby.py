@@ -12,9 +12,11 @@ import threading
 from collections.abc import Callable
 
 from loguru import logger
+from sqlalchemy import Engine
 
-from daemon.queue.db import Lock
+from daemon.queue.db import Lock, lock_held
 
+WATCHER_LOCK = "the queue's watcher"  # the lock's name (db.try_lock), the same on every machine
 STANDBY_SECONDS = 2.0  # how often a standby tries for the lock: the longest a dead watcher goes unreplaced
 LOCK_CHECK_SECONDS = 5.0  # how often the active watcher checks it still holds the lock
 
@@ -60,3 +62,9 @@ def _watch_lock(lock: Lock, stop: threading.Event, halt: threading.Event) -> Non
     while not halt.is_set():
         if stop.wait(LOCK_CHECK_SECONDS) or not lock.alive():
             halt.set()
+
+
+def watcher_active(db: str, engine: Engine) -> bool:
+    """Whether a watcher of this queue is active (holds the lock), for the status page. Standby
+    watchers hold nothing, so nothing shows them."""
+    return lock_held(db, engine, WATCHER_LOCK)

@@ -136,6 +136,13 @@ def try_lock(engine: Engine, name: str) -> Lock | None:
     return sqlite.try_lock(Path(str(engine.url.database)), name)
 
 
+def lock_held(db: str | Path, engine: Engine, name: str) -> bool:
+    """Whether some process holds the lock `name` (try_lock), asked without keeping it."""
+    if engine.dialect.name == "postgresql":
+        return _postgres().lock_held(engine, name)
+    return sqlite.lock_held(Path(db), name)
+
+
 class Waiter:
     """An idle worker's wait: on PostgreSQL it ends early when a job is announced (LISTEN)."""
 

@@ -99,6 +99,18 @@ def try_lock(engine: Engine, name: str) -> AdvisoryLock | None:
     return None
 
 
+def lock_held(engine: Engine, name: str) -> bool:
+    """Whether a session of this database holds try_lock's lock (pg_locks: a bigint key is split
+    into classid, its high 32 bits, and objid, its low ones)."""
+    key = _key(name) & 0xFFFFFFFFFFFFFFFF
+    with engine.connect() as conn:
+        return bool(conn.execute(text(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND classid::bigint = :high AND objid::bigint = :low)"), {"high": key >> 32, "low": key & 0xFFFFFFFF}
+        ).scalar())
+
+
 class Listener:
     """Waits for NOTIFY on CHANNEL, for a while at most. A lost connection is made again on the next
     wait; meanwhile waits simply time out, and the worker's slow poll finds the work."""

@@ -80,16 +80,36 @@ class FileLock:
         os.close(self.fd)
 
 
+def _lock_file(db_path: Path, name: str) -> Path:
+    return db_path.with_name(db_path.name + ".locks") / hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
 def try_lock(db_path: Path, name: str) -> FileLock | None:
-    folder = db_path.with_name(db_path.name + ".locks")
-    folder.mkdir(mode=0o700, exist_ok=True)
-    fd = os.open(folder / hashlib.sha256(name.encode()).hexdigest()[:16], os.O_RDWR | os.O_CREAT, 0o600)
+    path = _lock_file(db_path, name)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
     return FileLock(fd)
+
+
+def lock_held(db_path: Path, name: str) -> bool:
+    """Whether a process holds try_lock's lock: a shared lock is refused while it does. Taken for an
+    instant otherwise, which a standby watcher trying then meets as "held" and tries again 2 s later."""
+    try:
+        fd = os.open(_lock_file(db_path, name), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # and with it the shared lock, if taken
+    return False
 
 
 def _engine(url: str, pragmas: dict[str, object], **kwargs: Any) -> Engine:
