@@ -356,7 +356,7 @@ def test_the_page_on_postgresql(pg_url: str, tmp_path: Path) -> None:
 # ------------------------------------------------------------------ the command
 
 def test_web_command_prints_its_address_and_serves(daemon_env: dict[str, str], tmp_path: Path) -> None:
-    import httpx
+    import httpx2  # what Starlette's TestClient uses (the test extra installs it)
 
     make_site(tmp_path).done("meeting.wav", WORDS)  # the queue daemon_env names is another; this one has a job
     env = {**daemon_env, "WHISPER_DAEMON_DB": str(tmp_path / "jobs.db"), "WHISPER_DAEMON_INBOX": str(tmp_path / "inbox")}
@@ -369,9 +369,9 @@ def test_web_command_prints_its_address_and_serves(daemon_env: dict[str, str], t
         deadline = time.monotonic() + 30
         while True:
             try:
-                page = httpx.get(found.group(1) + "/", timeout=5)
+                page = httpx2.get(found.group(1) + "/", timeout=5)
                 break
-            except httpx.ConnectError:
+            except httpx2.ConnectError:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
         assert page.status_code == 200 and "meeting.wav" in page.text
