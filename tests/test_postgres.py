@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from daemon.queue.db import (
     HEAD,
     MIGRATIONS,
     JobStatus,
+    LockLost,
     SchemaMismatch,
     Waiter,
     connect,
@@ -35,7 +37,7 @@ from daemon.queue.db import (
     version,
     writing,
 )
-from daemon.queue.db.postgres import SETTINGS
+from daemon.queue.db.postgres import LOCK_STALE_SECONDS, SETTINGS
 from daemon.queue.db.schema import SQLModel
 from daemon.queue.jobs import JobQueue
 from daemon.transcript import Checkpoint, Segment, Window
@@ -268,6 +270,73 @@ def test_two_watchers_one_queue_each_file_once_and_the_standby_takes_over(
     assert "active watcher" not in log_text(second_log).split("standing by")[0]  # it waited first
     print(f"watcher on PostgreSQL: RSS {rss_mb:.0f} MB, torch loaded: {torch}")
     assert not torch and rss_mb < 120
+
+
+def test_a_frozen_active_watcher_is_replaced_and_stands_by_when_it_wakes(
+        pg_url: str, tmp_path: Path, daemon_env: dict[str, str]) -> None:
+    """Issue 22, point 3: SIGSTOP the active `watch` process (its session stays open: a stopped
+    process's kernel still answers the server). The standby takes over within 30 s; files dropped
+    meanwhile are queued by it; SIGCONT, and the old watcher finds it lost the role and stands by,
+    queueing nothing (each file one job, none in its log)."""
+    env = {**daemon_env, "WHISPER_DAEMON_DB": pg_url}
+    inbox = Path(env["WHISPER_DAEMON_INBOX"])
+    first, first_log = _watch(env, tmp_path / "first")
+    second = None
+    try:
+        wait_until(lambda: "active watcher" in log_text(first_log), 60, "the first watcher to be active", first)
+        second, second_log = _watch(env, tmp_path / "second")
+        wait_until(lambda: "standing by" in log_text(second_log), 60, "the second watcher to stand by", second)
+        (inbox / "before.wav").write_bytes(b"recording before")
+        wait_until(lambda: len(pg.rows(pg_url)) >= 1, 60, "the first file's job", first)
+        first.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        wait_until(lambda: "active watcher" in log_text(second_log), 60, "the standby to take over", second,
+                   interval=0.05)
+        takeover = time.monotonic() - stopped
+        print(f"the standby took over {takeover:.1f} s after the active watcher was stopped (SIGSTOP)")
+        (inbox / "while stopped.wav").write_bytes(b"recording while stopped")
+        wait_until(lambda: len(pg.rows(pg_url)) >= 2, 60, "the standby to queue a file", second)
+        woken_at = len(log_text(first_log))
+        first.send_signal(signal.SIGCONT)
+        wait_until(lambda: "standing by" in log_text(first_log)[woken_at:], 60, "the woken watcher to stand by", first)
+        (inbox / "after.wav").write_bytes(b"recording after")
+        wait_until(lambda: len(pg.rows(pg_url)) >= 3, 60, "the third file's job", second)
+        time.sleep(1.5)  # inherent: three quiet periods in which a wrong second enqueue would appear
+        jobs = pg.rows(pg_url)
+        holder = pg.rows(pg_url, "SELECT * FROM locks")
+    finally:
+        first.send_signal(signal.SIGCONT)
+        stop(first)
+        if second is not None:
+            stop(second)
+    assert sorted(j["path"] for j in jobs) == ["after.wav", "before.wav", "while stopped.wav"]
+    assert "queued job" not in log_text(first_log)[woken_at:]
+    assert [(h["pid"], h["host"]) for h in holder] == [(second.pid, socket.gethostname())]
+    assert takeover < 30
+
+
+def test_a_holder_whose_heartbeat_went_stale_loses_the_lock_and_cannot_queue(pg_url: str, tmp_path: Path) -> None:
+    """A holder that stops renewing its heartbeat (as a frozen one does) keeps the lock until it is
+    LOCK_STALE_SECONDS old, then another process ends its session and takes it; the old holder's
+    writes are refused from then on (the fence inside each transaction), the new one's are not."""
+    engine = connect(pg_url)
+    first = try_lock(engine, "the lock")
+    assert first is not None and first.alive()
+    renewed = time.monotonic()
+    assert try_lock(engine, "the lock") is None  # a live heartbeat
+    second = wait_until(lambda: try_lock(engine, "the lock"), LOCK_STALE_SECONDS + 30, "the stale lock to be taken")
+    assert time.monotonic() - renewed >= LOCK_STALE_SECONDS
+    try:
+        stale = JobQueue(engine, inbox=tmp_path / "inbox", fence=first.check)
+        with pytest.raises(LockLost):
+            stale.enqueue(inbox_file(tmp_path, "a.wav"))
+        with pytest.raises(LockLost):
+            stale.reject(inbox_file(tmp_path, "b.wav"), "a reason")
+        assert pg.rows(pg_url) == [] and not first.alive()
+        assert JobQueue(engine, inbox=tmp_path / "inbox", fence=second.check).enqueue(tmp_path / "inbox" / "a.wav").created
+    finally:
+        first.release()
+        second.release()
 
 
 def test_migrate_copies_a_sqlite_queue_with_its_history(pg_url: str, tmp_path: Path, cli: CliRunner,

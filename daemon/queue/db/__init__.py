@@ -22,15 +22,15 @@ from sqlmodel import Session
 
 from daemon.config import DATA_DIR, is_postgres
 from daemon.queue.db import sqlite
-from daemon.queue.db.errors import SchemaMismatch
+from daemon.queue.db.errors import LockLost, SchemaMismatch
 from daemon.queue.db.schema import Job, JobStatus, OutputRow, SegmentRow, WorkerRow, WorkerState, utcnow
 
-__all__ = ["Job", "JobStatus", "OutputRow", "SchemaMismatch", "SegmentRow", "WorkerRow", "WorkerState",  # re-exported
+__all__ = ["Job", "JobStatus", "LockLost", "OutputRow", "SchemaMismatch", "SegmentRow", "WorkerRow", "WorkerState",  # re-exported
            "is_postgres", "utcnow"]
 
 # The newest migration: a reader of another version refuses the database instead of misreading it.
 # tests/test_postgres.py checks it against migrations/versions.
-HEAD = "0002"
+HEAD = "0003"
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -124,7 +124,10 @@ def announce(session: Session) -> None:
 
 
 class Lock(Protocol):
-    def alive(self) -> bool: ...
+    def alive(self) -> bool:
+        """Still held (on PostgreSQL this renews its heartbeat)."""
+    def check(self, session: Session) -> None:
+        """Inside the caller's write transaction: raise LockLost unless still held."""
     def release(self) -> None: ...
 
 
