@@ -168,28 +168,41 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
     from daemon.processes.watcher import Watcher
-    from daemon.queue.db import try_lock
+    from daemon.queue.db import Lock, LockLost, try_lock
     from daemon.queue.jobs import JobQueue
     from daemon.queue.standby import run_when_active
 
     logs.setup(cfg.log_dir, "watcher", foreground=sys.stderr.isatty() or PARENT_PID_ENV in os.environ)
     stop = _stop_on_signals()
     engine = connect(cfg.db)
-    queue = JobQueue(engine, inbox=cfg.inbox)
-    queue.adopt_absolute_paths()
+    JobQueue(engine, inbox=cfg.inbox).adopt_absolute_paths()
 
-    def enqueue(path: Path) -> None:
-        result = queue.enqueue(path, settings=settings_for(path, cfg.inbox))
-        if result.created:
-            logger.info("queued job {}: {}", result.job.id, path.name)
+    def watch(halt: threading.Event, lock: Lock) -> None:
+        """Watch while this watcher is the active one; every write checks it still is (lock.check)."""
+        queue = JobQueue(engine, inbox=cfg.inbox, fence=lock.check)
 
-    def reject(path: Path, reason: str) -> None:
-        result = queue.reject(path, reason)
-        if result.created:
-            logger.warning("job {} failed, not queued: {}", result.job.id, result.job.error)
+        def enqueue(path: Path, arrived: bool) -> None:
+            try:
+                result = queue.enqueue(path, settings=settings_for(path, cfg.inbox), arrived=arrived)
+            except LockLost:  # another watcher took over while this one was stopped: it queues the file
+                halt.set()
+                return
+            if result.created:
+                logger.info("queued job {}: {}", result.job.id, path.name)
 
-    watcher = Watcher(cfg.inbox, enqueue, cfg.quiet_seconds, cfg.rescan_seconds, reject=reject, observer=cfg.observer)
-    run_when_active(lambda: try_lock(engine, WATCHER_LOCK), watcher.run, stop, f"watcher of {cfg.inbox}")
+        def reject(path: Path, reason: str) -> None:
+            try:
+                result = queue.reject(path, reason)
+            except LockLost:
+                halt.set()
+                return
+            if result.created:
+                logger.warning("job {} failed, not queued: {}", result.job.id, result.job.error)
+
+        Watcher(cfg.inbox, enqueue, cfg.quiet_seconds, cfg.rescan_seconds, reject=reject,
+                observer=cfg.observer).run(halt)
+
+    run_when_active(lambda: try_lock(engine, WATCHER_LOCK), watch, stop, f"watcher of {cfg.inbox}")
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,7 +49,7 @@ class FakeClock:
 def test_file_is_queued_only_after_a_quiet_period(tmp_path: Path) -> None:
     clock = FakeClock()
     queued: list[Path] = []
-    watcher = Watcher(tmp_path, queued.append, quiet_seconds=2.0, clock=clock)
+    watcher = Watcher(tmp_path, lambda path, _arrived: queued.append(path), quiet_seconds=2.0, clock=clock)
     path = tmp_path / "a.wav"
     path.write_bytes(b"x" * 10)
     watcher.notice(path)
@@ -66,7 +68,7 @@ def test_file_is_queued_only_after_a_quiet_period(tmp_path: Path) -> None:
 def test_ignored_and_vanished_files_are_dropped(tmp_path: Path) -> None:
     clock = FakeClock()
     queued: list[Path] = []
-    watcher = Watcher(tmp_path, queued.append, quiet_seconds=0, clock=clock)
+    watcher = Watcher(tmp_path, lambda path, _arrived: queued.append(path), quiet_seconds=0, clock=clock)
     (tmp_path / "x.mp3.part").write_bytes(b"x")
     watcher.notice(tmp_path / "x.mp3.part")
     gone = tmp_path / "gone.wav"
@@ -85,7 +87,7 @@ def test_startup_scan_finds_files_that_arrived_while_down(tmp_path: Path) -> Non
     (tmp_path / "sub").mkdir()
     for name in ("a.m4a", "sub/b.mp3", ".DS_Store", "c.txt"):
         (tmp_path / name).write_bytes(b"x")
-    watcher = Watcher(tmp_path, queued.append, quiet_seconds=1.0, clock=clock)
+    watcher = Watcher(tmp_path, lambda path, _arrived: queued.append(path), quiet_seconds=1.0, clock=clock)
     watcher.scan()
     clock.now += 1.0
     assert sorted(watcher.poll()) == [tmp_path / "a.m4a", tmp_path / "sub" / "b.mp3"]
@@ -95,7 +97,7 @@ def test_a_format_we_do_not_take_is_logged_once_with_the_reason(tmp_path: Path) 
     said: list[str] = []
     sink = logger.add(lambda message: said.append(str(message)), level="INFO", format="{message}")
     try:
-        watcher = Watcher(tmp_path, [].append, quiet_seconds=0, clock=FakeClock())
+        watcher = Watcher(tmp_path, lambda _path, _arrived: None, quiet_seconds=0, clock=FakeClock())
         (tmp_path / "talk.m4b").write_bytes(b"x")
         (tmp_path / ".DS_Store").write_bytes(b"x")
         for _ in range(3):  # events, then rescans
@@ -107,6 +109,67 @@ def test_a_format_we_do_not_take_is_logged_once_with_the_reason(tmp_path: Path) 
     assert "talk.m4b" in line and ".m4b is not a recording format" in line and ".m4a" in line
 
 
+def test_a_rescan_queues_only_what_changed(tmp_path: Path) -> None:
+    """Issue 22, point 5: a rescan hands `enqueue` only the files that changed since (size, mtime, or
+    a settings file of their folders); the rest cost a stat. A file that could not be queued is
+    tried again, and a file that is gone is forgotten."""
+    clock = FakeClock()
+    queued: list[Path] = []
+    failing: set[Path] = set()
+
+    def enqueue(path: Path, _arrived: bool) -> None:
+        if path in failing:
+            raise OSError("the database is unwritable")
+        queued.append(path)
+
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    names = ["a.wav", "b.wav", "c.wav", "sub/d.wav", "sub/deeper/e.wav", "f.wav"]
+    for name in names:
+        (tmp_path / name).write_bytes(name.encode())
+    settings = tmp_path / "sub" / "whisper-daemon.toml"
+    settings.write_text('language = "de"\n')
+    failing.add(tmp_path / "f.wav")
+    watcher = Watcher(tmp_path, enqueue, quiet_seconds=0, clock=clock)
+
+    def rescan() -> list[str]:
+        queued.clear()
+        watcher.scan()
+        watcher.poll()
+        return sorted(path.relative_to(tmp_path).as_posix() for path in queued)
+
+    assert rescan() == sorted(names[:-1])  # the first scan: every file but the one that failed
+    failing.clear()
+    assert rescan() == ["f.wav"]  # the unchanged ones are passed over, the failed one tried again
+    assert rescan() == []
+    with (tmp_path / "a.wav").open("ab") as f:  # a new size
+        f.write(b" and more")
+    st = (tmp_path / "b.wav").stat()
+    os.utime(tmp_path / "b.wav", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a new mtime, same size
+    st = settings.stat()
+    settings.write_text('language = "fr"\n')  # same size, mtime put back: the inode's ctime still moves
+    os.utime(settings, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert rescan() == ["a.wav", "b.wav", "sub/d.wav", "sub/deeper/e.wav"]
+    (tmp_path / "c.wav").unlink()
+    assert rescan() == [] and tmp_path / "c.wav" not in watcher._seen  # forgotten: the memory holds the inbox
+    (tmp_path / "c.wav").write_bytes(b"c.wav")  # back again
+    assert rescan() == ["c.wav"]
+
+
+def test_the_unsupported_files_it_remembers_are_those_in_the_inbox(tmp_path: Path) -> None:
+    """The set of files already said to be of a format we do not take does not grow for the life
+    of the watcher: a rescan forgets those that are gone."""
+    watcher = Watcher(tmp_path, lambda _path, _arrived: None, quiet_seconds=0, clock=FakeClock())
+    for batch in range(3):
+        files = [tmp_path / f"notes {batch} {i}.txt" for i in range(50)]
+        for path in files:
+            path.write_text("x")
+        watcher.scan()
+        for path in files:
+            path.unlink()
+    watcher.scan()
+    assert len(watcher._unsupported) == 0
+
+
 @pytest.fixture
 def running_watcher(tmp_path: Path) -> Iterator[Callable[[], list[Path]]]:
     """A real watcher thread on tmp_path/inbox with a 1 s quiet period."""
@@ -115,7 +178,7 @@ def running_watcher(tmp_path: Path) -> Iterator[Callable[[], list[Path]]]:
     queued: list[Path] = []
     lock = threading.Lock()
 
-    def enqueue(path: Path) -> None:
+    def enqueue(path: Path, _arrived: bool) -> None:
         with lock:
             queued.append(path)
 
@@ -162,6 +225,41 @@ def test_slowly_written_file_is_not_queued_before_it_is_complete(
         writer.join(timeout=0.1)
     assert wait_for(lambda: running_watcher() == [path])
     assert path.stat().st_size == len(data)
+
+
+def test_a_file_copied_or_moved_in_is_an_arrival_and_a_rescan_find_is_not(tmp_path: Path) -> None:
+    """`enqueue` is told which files appeared at their path while watched (created, copied in with
+    their mtime kept, moved in, or inside a moved-in folder): a copy that keeps the mtime may be a
+    recording copied in again after its transcript was deleted (JobQueue.enqueue)."""
+    inbox, elsewhere = tmp_path / "inbox", tmp_path / "elsewhere"
+    (elsewhere / "folder").mkdir(parents=True)
+    inbox.mkdir()
+    (inbox / "already here.wav").write_bytes(b"x" * 100)
+    for name in ("copied.wav", "moved.wav", "folder/inside.wav"):
+        (elsewhere / name).write_bytes(name.encode())
+    seen: dict[str, bool] = {}
+    lock = threading.Lock()
+
+    def enqueue(path: Path, arrived: bool) -> None:
+        with lock:
+            seen[path.relative_to(inbox).as_posix()] = arrived
+
+    said: list[str] = []
+    sink = logger.add(lambda message: said.append(str(message)), level="INFO", format="{message}")
+    stop = threading.Event()
+    thread = threading.Thread(target=Watcher(inbox, enqueue, quiet_seconds=0.5).run, args=(stop,))
+    thread.start()
+    try:
+        assert wait_for(lambda: any("start-up scan done" in line for line in said))
+        shutil.copy2(elsewhere / "copied.wav", inbox / "copied.wav")  # cp -p: the mtime kept
+        (elsewhere / "moved.wav").rename(inbox / "moved.wav")
+        (elsewhere / "folder").rename(inbox / "folder")
+        assert wait_for(lambda: len(seen) == 4)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        logger.remove(sink)
+    assert seen == {"already here.wav": False, "copied.wav": True, "moved.wav": True, "folder/inside.wav": True}
 
 
 class Mount(NamedTuple):
@@ -217,7 +315,7 @@ def test_polling_watcher_queues_a_file_written_after_it_started(tmp_path: Path) 
     queued: list[Path] = []
     lock = threading.Lock()
 
-    def enqueue(path: Path) -> None:
+    def enqueue(path: Path, _arrived: bool) -> None:
         with lock:
             queued.append(path)
 
