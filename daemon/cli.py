@@ -234,24 +234,31 @@ def cmd_web(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_enqueue(cfg: Config, args: argparse.Namespace) -> int:
-    from daemon.queue.jobs import JobQueue
+    from daemon.files.inputs import as_text, refusal
+    from daemon.queue.jobs import JobQueue, OutsideInbox
 
     queue = JobQueue(connect(cfg.db), inbox=cfg.inbox)
     code = 0
     for path in args.files:
-        try:
-            # A link the user names is followed; the folders of the file as named give its settings.
-            result = queue.enqueue(path, follow_link=True, settings=settings_for(path, cfg.inbox))
-        except OSError as e:
-            print(f"{path}: cannot read it ({e.strerror})", file=sys.stderr)
+        shown = printable(as_text(path))
+        # A link the user names is followed: what it points to must be a file the watcher would take.
+        if os.path.lexists(path) and (reason := refusal(Path(os.path.realpath(path)))):
+            print(f"{shown}: not queued: {reason}", file=sys.stderr)
             code = 1
             continue
-        except SettingsError as e:
-            print(f"{path}: not queued: {e}", file=sys.stderr)
+        try:
+            # The folders of the file as named give its settings.
+            result = queue.enqueue(path, follow_link=True, settings=settings_for(path, cfg.inbox))
+        except OSError as e:
+            print(f"{shown}: cannot read it ({e.strerror})", file=sys.stderr)
+            code = 1
+            continue
+        except (SettingsError, OutsideInbox) as e:
+            print(f"{shown}: not queued: {e}", file=sys.stderr)
             code = 1
             continue
         state = "queued as" if result.created else "already known as"
-        print(f"{path}: {state} job {result.job.id}")
+        print(f"{shown}: {state} job {result.job.id}")
     return code
 
 

@@ -43,7 +43,7 @@ from daemon.queue.jobs import JobQueue
 from daemon.transcript import Checkpoint, Segment, Window
 from tests import pg
 from tests.conftest import HOLDER, CliRunner, claim, inbox_file, old_database
-from tests.daemon_proc import REPO, log_text, start, stop, wait_until
+from tests.daemon_proc import REPO, log_text, rows, start, stop, wait_until
 from tests.pg import Server
 
 
@@ -210,6 +210,26 @@ def test_machines_that_mount_the_inbox_at_different_places_agree_on_each_file(pg
     job = on_linux.claim(HOLDER)
     assert on_linux.location(job) == linux / "team a" / "standup.m4a"
     assert on_mac.location(job) == mac / "team a" / "standup.m4a"
+
+
+def test_enqueue_of_a_file_outside_the_inbox_is_refused_on_a_shared_queue_only(
+        pg_url: str, tmp_path: Path, cli: CliRunner, daemon_env: dict[str, str]) -> None:
+    """Issue 22, point 6: `enqueue FILE` from outside the inbox would store this machine's absolute
+    path, which another machine's worker would read on its own disk. On PostgreSQL it is refused
+    with what to do instead; a file in the inbox is queued. On SQLite (one machine) it is queued."""
+    outside = inbox_file(tmp_path / "Downloads", "call.m4a")
+    inside = Path(daemon_env["WHISPER_DAEMON_INBOX"]) / "talk.m4a"
+    inside.write_bytes(b"a talk")
+    on_pg = {"WHISPER_DAEMON_DB": pg_url}
+    refused = cli("enqueue", str(outside), check=False, env_extra=on_pg)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"{outside}: not queued: it is outside the inbox" in refused.stderr
+    assert "Copy it into the inbox" in refused.stderr and "PostgreSQL" in refused.stderr
+    assert pg.rows(pg_url) == []
+    assert "queued as job" in cli("enqueue", str(inside), env_extra=on_pg).stdout
+    assert [j["path"] for j in pg.rows(pg_url)] == ["talk.m4a"]
+    assert "queued as job" in cli("enqueue", str(outside)).stdout  # the default SQLite queue
+    assert [j["path"] for j in rows(Path(daemon_env["WHISPER_DAEMON_DB"]))] == [str(outside)]
 
 
 def test_jobs_queued_with_absolute_paths_are_adopted(tmp_path: Path) -> None:

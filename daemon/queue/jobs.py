@@ -25,7 +25,7 @@ from sqlmodel.sql.expression import SelectOfScalar
 from daemon.files.folders import dumps
 from daemon.files.inputs import Fingerprint, as_text, canonical, fingerprint
 from daemon.files.outputs import existing, fits, names, output_key, paths
-from daemon.queue.db import Job, JobStatus, OutputRow, SegmentRow, announce, reading, utcnow, writing
+from daemon.queue.db import Job, JobStatus, OutputRow, SegmentRow, announce, reading, shared, utcnow, writing
 from daemon.transcript import Checkpoint, Segment, Window, Word
 
 MAX_ATTEMPTS = 3
@@ -33,6 +33,10 @@ MAX_ATTEMPTS = 3
 # longest guard wait); a job whose lease has run out for this long has lost its worker.
 LEASE = timedelta(minutes=10)
 CLAIM_TRIES = 5  # claims that lost a race for the same content (see claim) before giving up this turn
+
+
+class OutsideInbox(Exception):
+    """A file outside the inbox named for a queue several machines share; the message says what to do."""
 
 
 class LeaseLost(Exception):
@@ -101,6 +105,12 @@ class JobQueue:
         stored = dumps(settings or {})
         path = canonical(path, follow_link=follow_link)
         key = self.stored(path)
+        if self.inbox is not None and Path(key).is_absolute() and shared(self.engine):
+            # Its path means a file on this machine only; another machine's worker that claimed the
+            # job would transcribe whatever lies at that path on its own disk.
+            raise OutsideInbox(f"it is outside the inbox ({self.inbox}), and this "
+                               "queue is shared by several machines (PostgreSQL): another machine's worker could not "
+                               "read it. Copy it into the inbox instead; the watcher queues it from there")
         stat = path.stat()
         with reading(self.engine) as session:
             latest = _latest_for_path(session, key)

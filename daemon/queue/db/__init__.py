@@ -103,6 +103,11 @@ def storage_error(e: BaseException) -> bool:
     return postgres is not None and postgres.storage_error(orig)
 
 
+def shared(engine: Engine) -> bool:
+    """Whether several machines may use this queue (PostgreSQL); a SQLite queue is one machine's."""
+    return engine.dialect.name == "postgresql"
+
+
 def checkpoint(engine: Engine) -> None:
     """Between jobs: let SQLite's WAL start over (sqlite.checkpoint); PostgreSQL needs nothing."""
     if engine.dialect.name == "sqlite":
