@@ -107,10 +107,32 @@ class Config:
     cache_dir: Path = Path(platformdirs.user_cache_dir(APP))
     config: Path | None = None  # the TOML file these settings were read from
 
-    def to_env(self) -> dict[str, str]:
+    def to_env(self, *, masked: bool = False) -> dict[str, str]:
         """Every setting as a WHISPER_DAEMON_* variable, unset ones and the config file included, so a
-        child process or a service builds exactly this config whatever the default config.toml says."""
-        return {ENV_PREFIX + f.name.upper(): _env_value(getattr(self, f.name)) for f in fields(self)}
+        child process or a service builds exactly this config whatever the default config.toml says.
+        `masked`: as printed for people, the passwords and tokens of SECRET_SETTINGS hidden (masked_url)."""
+        env = {ENV_PREFIX + f.name.upper(): _env_value(getattr(self, f.name)) for f in fields(self)}
+        if masked:
+            for name in SECRET_SETTINGS:
+                if "://" in (value := env[ENV_PREFIX + name.upper()]):
+                    env[ENV_PREFIX + name.upper()] = masked_url(value)
+        return env
+
+
+# Settings that are URLs and may carry a password (postgresql://user:password@host/db, a webhook's
+# https://user:password@host/…) or a token in the query (https://host/hook?token=…).
+SECRET_SETTINGS = ("db", "webhook")
+
+
+def masked_url(url: str) -> str:
+    """`url` as printed: the password and the query replaced by ***, as the logs show them."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query="***" if parts.query else "",
+                                                  fragment="***" if parts.fragment else ""))
 
 
 def _env_value(value: Any) -> str:
