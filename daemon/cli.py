@@ -127,7 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"whisper-daemon: {e}", file=sys.stderr)
         return EXIT_CONFIG
     handler = COMMANDS[args.command]
-    return handler(cfg, args)
+    try:
+        return handler(cfg, args)
+    except SchemaMismatch as e:  # a newer whisper-daemon's database: restarting cannot help
+        if command in ("watch", "work"):  # their log (and stderr, under a service manager)
+            logger.error("{}", e)
+        else:
+            print(f"whisper-daemon {command}: {e}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def _stop_on_signals() -> threading.Event:
@@ -283,6 +290,7 @@ def cmd_retry(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
     """Copy the queue of `cfg.db` into `--to`, once no worker or watcher uses it any more."""
+    from daemon.queue.db import try_lock
     from daemon.queue.db.copy import CopyError, copy_queue
     from daemon.queue.jobs import JobQueue
 
@@ -296,12 +304,17 @@ def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     source = connect(cfg.db)
     live = [w for w in workers(source) if not gone(w, datetime.now(timezone.utc))]
-    if live:
-        print(f"whisper-daemon migrate: {len(live)} worker(s) still use {describe(cfg.db)} (see `whisper-daemon "
-              "status`): stop the daemon first (`whisper-daemon service stop`), then migrate", file=sys.stderr)
+    # Held while copying: a watcher that starts meanwhile stands by instead of queueing into the old queue.
+    watcher = try_lock(source, WATCHER_LOCK)
+    if live or watcher is None:
+        users = f"{len(live)} worker(s) still use" if live else "a watcher still uses"
+        print(f"whisper-daemon migrate: {users} {describe(cfg.db)} (see `whisper-daemon status`): stop the "
+              "daemon first (`whisper-daemon service stop`), then migrate", file=sys.stderr)
+        if watcher is not None:
+            watcher.release()
         return 1
-    JobQueue(source, inbox=cfg.inbox).adopt_absolute_paths()  # as every machine sharing the inbox will read them
     try:
+        JobQueue(source, inbox=cfg.inbox).adopt_absolute_paths()  # as every machine sharing the inbox will read them
         copied = copy_queue(source, connect(target_db))
     except CopyError as e:
         print(f"whisper-daemon migrate: {e}", file=sys.stderr)
@@ -309,6 +322,8 @@ def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
     except OperationalError as e:
         print(f"whisper-daemon migrate: cannot reach {describe(target_db)}: {e.orig}", file=sys.stderr)
         return 1
+    finally:
+        watcher.release()
     print(f"copied {copied['jobs']} jobs, {copied['segments']} segments and {copied['outputs']} output records "
           f"from {describe(cfg.db)} to {describe(target_db)}.\nNow use the new queue everywhere: db = "
           f"\"{describe(target_db)}\" in config.toml, or `whisper-daemon service install --db {describe(target_db)}`. "

@@ -407,6 +407,21 @@ def test_migrate_waits_for_the_daemon_to_stop(pg_url: str, tmp_path: Path, cli: 
     assert pg.rows(pg_url) == []
 
 
+def test_migrate_refuses_while_a_watcher_is_active(pg_url: str, tmp_path: Path, cli: CliRunner,
+                                                  daemon_env: dict[str, str]) -> None:
+    """Issue 22: a watcher, not only a worker, keeps `migrate` from copying a queue that is still
+    being written; once it stops, the copy goes ahead."""
+    watcher, log = _watch(daemon_env, tmp_path / "watcher")
+    try:
+        wait_until(lambda: "active watcher" in log_text(log), 60, "the watcher to be active", watcher)
+        refused = cli("migrate", "--to", pg_url, timeout=120, check=False)
+    finally:
+        stop(watcher)
+    assert refused.returncode == 1 and "a watcher still uses" in refused.stderr and "stop the daemon first" in refused.stderr
+    assert pg.rows(pg_url) == []
+    assert "copied 0 jobs" in cli("migrate", "--to", pg_url, timeout=120).stdout
+
+
 def test_status_shows_every_machines_workers(pg_url: str, cli: CliRunner) -> None:
     from daemon.queue.registry import Registry
 

@@ -166,6 +166,27 @@ def test_enqueue_refuses_a_pipe_a_folder_and_a_name_that_is_not_utf8_plainly(tmp
     assert rows(Path(daemon_env["WHISPER_DAEMON_DB"])) == []
 
 
+def test_a_daemon_older_than_its_database_says_so_and_exits_78(tmp_path: Path, cli: CliRunner,
+                                                               daemon_env: dict[str, str]) -> None:
+    """Issue 22: a database a newer whisper-daemon migrated (a revision this one does not know) gets
+    the SchemaMismatch message and exit 78 (a configuration error: not restarted), not an Alembic
+    traceback; the database is left as it is."""
+    db = Path(daemon_env["WHISPER_DAEMON_DB"])
+    connect(db).dispose()
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0099'")
+    conn.close()
+    recording = inbox_file(tmp_path, "a.wav")
+    for command in (["watch"], ["work"], ["enqueue", str(recording)], ["retry", "--failed"]):
+        done = cli(*command, check=False, timeout=120)
+        said = done.stdout + done.stderr
+        assert done.returncode == 78 and "Traceback" not in said, (command, said)
+        assert f"has schema 0099, which this whisper-daemon (schema {HEAD}) does not know" in said
+        assert "Upgrade whisper-daemon" in said
+    assert rows(db, "SELECT version_num FROM alembic_version") == [{"version_num": "0099"}]
+
+
 def test_claim_is_fifo_and_sets_running_under_a_lease(queue: JobQueue, tmp_path: Path) -> None:
     ids = [queue.enqueue(inbox_file(tmp_path, f"{i}.wav", bytes([i]))).job.id for i in range(3)]
     job = claim(queue)

@@ -46,11 +46,31 @@ def describe(db: str | Path) -> str:
 
 
 def connect(db: str | Path) -> Engine:
-    """Open the queue database, creating it or bringing its schema up to date."""
+    """Open the queue database, creating it or bringing its schema up to date; SchemaMismatch for a
+    database of a newer whisper-daemon (a revision this one's migrations do not know)."""
     engine = _postgres().engine(str(db)) if is_postgres(db) else sqlite.engine(Path(db))
-    if version(engine) != HEAD:
+    found = version(engine)
+    if found != HEAD:
+        if found is not None and not _known(found):
+            engine.dispose()
+            raise _newer(found)
         _migrate(engine)
     return engine
+
+
+def _known(revision: str) -> bool:
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    try:
+        return ScriptDirectory(str(MIGRATIONS)).get_revision(revision) is not None
+    except CommandError:  # "Can't locate revision"
+        return False
+
+
+def _newer(found: str | None) -> SchemaMismatch:
+    return SchemaMismatch(f"the queue database has schema {found}, which this whisper-daemon (schema {HEAD}) does "
+                          "not know: a newer whisper-daemon has used it. Upgrade whisper-daemon on this machine")
 
 
 def connect_readonly(db: str | Path) -> Engine:
@@ -87,8 +107,7 @@ def _migrate(engine: Engine) -> None:
         command.upgrade(config, "head")
     newer = version(engine)
     if newer != HEAD:
-        raise SchemaMismatch(f"the queue database has schema {newer}, which this whisper-daemon (schema {HEAD}) does "
-                             "not know: upgrade whisper-daemon")
+        raise _newer(newer)
 
 
 def storage_error(e: BaseException) -> bool:
