@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 from daemon import config, logs
 from daemon.config import FORMATS, Config, ConfigError
 from daemon.files.folders import SettingsError, settings_for
+from daemon.logs import printable
 from daemon.processes.service import ACTIONS, add_service_parser, cmd_service
 from daemon.processes.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL, PARENT_PID_ENV
 from daemon.queue.db import Job, JobStatus, SchemaMismatch, WorkerRow, connect, connect_readonly, describe
@@ -359,12 +360,6 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
         print()
         print(_table(jobs, outputs))
     return 0
-
-
-def printable(text: str) -> str:
-    """`text` safe for one line of a terminal table: control characters (a newline, an escape
-    sequence in a file name) are shown as escapes instead of acting."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _plain(data: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 import time
@@ -17,6 +18,7 @@ from watchdog.observers.polling import PollingObserver
 
 from daemon.files.inputs import is_candidate
 from daemon.processes.watcher import NETWORK_FILE_SYSTEMS, POLL_OBSERVER_SECONDS, Watcher, network_fs, observer_for
+from tests.daemon_proc import log_text, start, stop, wait_until
 from tests.speech import write_slowly
 
 
@@ -340,3 +342,24 @@ def test_polling_watcher_queues_a_file_written_after_it_started(tmp_path: Path) 
         thread.join(timeout=10)
         logger.remove(sink)
     assert not thread.is_alive()
+
+
+def test_a_file_name_cannot_forge_a_log_line(tmp_path: Path, daemon_env: dict[str, str]) -> None:
+    """Issue 22: a real `watch` process queues files whose names hold a newline (followed by what
+    looks like a log line of its own), a carriage return and an escape sequence: each message stays
+    one line of watcher.log, starting with its own timestamp, the name shown with escapes."""
+    inbox = Path(daemon_env["WHISPER_DAEMON_INBOX"])
+    forged = "talk.wav\n2026-01-01T00:00:00.000+00:00 WARNING pid=1 the queue was deleted"
+    for name in (f"{forged}.wav", "carriage\rreturn.wav", "bell \x1b[31mred.wav"):
+        (inbox / name).write_bytes(name.encode())
+    log = Path(daemon_env["WHISPER_DAEMON_LOG_DIR"]) / "watcher.log"
+    watcher = start("watch", daemon_env)
+    try:
+        wait_until(lambda: log_text(log).count("queued job") >= 3, 60, "three files queued", watcher)
+    finally:
+        stop(watcher)
+    lines = log_text(log).splitlines()
+    assert lines and all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d{4} [A-Z]+ pid=", line) for line in lines)
+    assert not any("the queue was deleted" in line and "queued job" not in line for line in lines)
+    assert any("talk.wav\\n2026-01-01" in line for line in lines) and any("carriage\\rreturn" in line for line in lines)
+    assert "\x1b" not in log_text(log) and "\\x1b[31mred" in log_text(log)
