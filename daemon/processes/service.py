@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import APP, Config, is_postgres
-from daemon.files.outputs import write_atomic
+from daemon.files.outputs import FILE_MODE, write_atomic
 from daemon.processes.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL
 
 ACTIONS = ("install", "uninstall", "start", "stop", "restart", "status")
@@ -351,7 +351,7 @@ def execute(plan: Plan, run: Runner = _run, sleep: Callable[[float], None] = tim
         folder.mkdir(parents=True, exist_ok=True)
     for path, text in plan.files.items():
         # Atomic: a service manager never reads a half-written file. A private one is never readable by others.
-        write_atomic(path, text, *([PRIVATE_MODE] if path in plan.private else []))
+        write_atomic(path, text, PRIVATE_MODE if path in plan.private else FILE_MODE)
         print(f"wrote {path}")
     code = 0
     for step in plan.steps:

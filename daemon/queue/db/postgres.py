@@ -110,7 +110,7 @@ class AdvisoryLock:
     def check(self, session: Any) -> None:
         """Inside the caller's transaction: raise LockLost unless this session still holds the lock, so
         that a holder that was frozen while a standby took over cannot write once it runs again."""
-        held = session.execute(text(f"SELECT 1 FROM pg_locks WHERE {_HELD} AND pid = :pid"),
+        held = session.execute(text(f"SELECT 1 FROM pg_locks l WHERE {_held(':high', ':low')} AND l.pid = :pid"),
                                {**_lock_ids(self.name), "pid": self.session_pid}).first()
         if held is None:
             raise LockLost(f"{self.name}: another process holds the lock now")
@@ -119,8 +119,10 @@ class AdvisoryLock:
         self.conn.close()
 
 
-# A granted advisory lock on a bigint key, as pg_locks shows it: the key's high and low 32 bits.
-_HELD = "locktype = 'advisory' AND granted AND classid = :high AND objid = :low AND objsubid = 1"
+def _held(high: str, low: str) -> str:
+    """SQL: row `l` of pg_locks is a granted advisory lock on the bigint key whose high and low 32 bits
+    are the parameters `high` and `low` (written in the driver's style)."""
+    return f"l.locktype = 'advisory' AND l.granted AND l.classid = {high} AND l.objid = {low} AND l.objsubid = 1"
 
 
 def _lock_ids(name: str) -> dict[str, int]:
@@ -160,7 +162,7 @@ def _end_stale_holder(conn: psycopg.Connection[Any], name: str) -> bool:
         ended = conn.execute(
             "SELECT pg_terminate_backend(h.session_pid, %(wait_ms)s) FROM locks h JOIN pg_locks l ON l.pid = h.session_pid "
             "WHERE h.name = %(name)s AND h.heartbeat_at < now() - make_interval(secs => %(stale)s) AND "
-            "l.locktype = 'advisory' AND l.granted AND l.classid = %(high)s AND l.objid = %(low)s AND l.objsubid = 1",
+            + _held("%(high)s", "%(low)s"),
             {**ids, "name": name, "stale": LOCK_STALE_SECONDS, "wait_ms": TERMINATE_WAIT_MS}).fetchall()
     except psycopg.errors.InsufficientPrivilege as e:
         raise LockLost(f"{name}: its holder's heartbeat is more than {LOCK_STALE_SECONDS:g} s old, but this "
