@@ -18,7 +18,7 @@ from loguru import logger
 from sqlalchemy.exc import OperationalError
 
 from daemon import config, logs
-from daemon.config import FORMATS, Config, ConfigError
+from daemon.config import FORMATS, Config, ConfigError, is_postgres
 from daemon.files.folders import SettingsError, settings_for
 from daemon.logs import printable
 from daemon.processes.service import ACTIONS, add_service_parser, cmd_service
@@ -315,7 +315,13 @@ def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
             watcher.release()
         return 1
     try:
-        JobQueue(source, inbox=cfg.inbox).adopt_absolute_paths()  # as every machine sharing the inbox will read them
+        queue = JobQueue(source, inbox=cfg.inbox)
+        queue.adopt_absolute_paths()  # as every machine sharing the inbox will read them
+        if is_postgres(target_db) and (elsewhere := queue.unfinished_outside_inbox()):
+            print(f"whisper-daemon migrate: job(s) {', '.join(str(job.id) for job in elsewhere)} are for files outside "
+                  f"the inbox, which only this machine can read ({printable(elsewhere[0].path)}, …): let the daemon "
+                  "finish them first, or copy the files into the inbox and retry, then migrate", file=sys.stderr)
+            return 1
         copied = copy_queue(source, connect(target_db))
     except CopyError as e:
         print(f"whisper-daemon migrate: {e}", file=sys.stderr)

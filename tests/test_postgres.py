@@ -232,6 +232,18 @@ def test_enqueue_of_a_file_outside_the_inbox_is_refused_on_a_shared_queue_only(
     assert [j["path"] for j in rows(Path(daemon_env["WHISPER_DAEMON_DB"]))] == [str(outside)]
 
 
+def test_migrate_to_a_shared_queue_refuses_unfinished_jobs_from_outside_the_inbox(
+        pg_url: str, tmp_path: Path, cli: CliRunner) -> None:
+    """Issue 22, point 6, by the other way in: a job `enqueue` queued from outside the inbox on one
+    machine's SQLite queue would be claimable by every machine once copied to PostgreSQL."""
+    outside = inbox_file(tmp_path / "Downloads", "call.m4a")
+    job_id = cli("enqueue", str(outside)).stdout.split()[-1]
+    refused = cli("migrate", "--to", pg_url, timeout=120, check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"job(s) {job_id} are for files outside the inbox" in refused.stderr and str(outside) in refused.stderr
+    assert pg.rows(pg_url) == []
+
+
 def test_jobs_queued_with_absolute_paths_are_adopted(tmp_path: Path) -> None:
     """A queue of the versions that kept absolute paths: the inbox's own files become relative (a
     rescan finds them known), files queued from elsewhere keep theirs."""

@@ -87,6 +87,13 @@ class JobQueue:
                 session.add(job)
             return len(jobs)
 
+    def unfinished_outside_inbox(self) -> list[Job]:
+        """Queued or running jobs for files outside the inbox (absolute paths): only this machine can
+        read them, so they may not move to a queue several machines share (see enqueue)."""
+        with reading(self.engine) as session:
+            jobs = session.exec(select(Job).where(col(Job.status).in_([JobStatus.QUEUED, JobStatus.RUNNING]))).all()
+        return [job for job in jobs if Path(job.path).is_absolute()]
+
     # ------------------------------------------------------------------ adding jobs
 
     def enqueue(self, path: Path, *, follow_link: bool = False, settings: Mapping[str, str] | None = None,
