@@ -18,8 +18,9 @@ from loguru import logger
 from sqlalchemy.exc import OperationalError
 
 from daemon import config, logs
-from daemon.config import FORMATS, Config, ConfigError
+from daemon.config import FORMATS, Config, ConfigError, is_postgres
 from daemon.files.folders import SettingsError, settings_for
+from daemon.logs import printable
 from daemon.processes.service import ACTIONS, add_service_parser, cmd_service
 from daemon.processes.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL, PARENT_PID_ENV
 from daemon.queue.db import Job, JobStatus, SchemaMismatch, WorkerRow, connect, connect_readonly, describe
@@ -127,7 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"whisper-daemon: {e}", file=sys.stderr)
         return EXIT_CONFIG
     handler = COMMANDS[args.command]
-    return handler(cfg, args)
+    try:
+        return handler(cfg, args)
+    except SchemaMismatch as e:  # a newer whisper-daemon's database: restarting cannot help
+        if command in ("watch", "work"):  # their log (and stderr, under a service manager)
+            logger.error("{}", e)
+        else:
+            print(f"whisper-daemon {command}: {e}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def _stop_on_signals() -> threading.Event:
@@ -168,28 +176,41 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
     from daemon.processes.watcher import Watcher
-    from daemon.queue.db import try_lock
+    from daemon.queue.db import Lock, LockLost, try_lock
     from daemon.queue.jobs import JobQueue
     from daemon.queue.standby import run_when_active
 
     logs.setup(cfg.log_dir, "watcher", foreground=sys.stderr.isatty() or PARENT_PID_ENV in os.environ)
     stop = _stop_on_signals()
     engine = connect(cfg.db)
-    queue = JobQueue(engine, inbox=cfg.inbox)
-    queue.adopt_absolute_paths()
+    JobQueue(engine, inbox=cfg.inbox).adopt_absolute_paths()
 
-    def enqueue(path: Path) -> None:
-        result = queue.enqueue(path, settings=settings_for(path, cfg.inbox))
-        if result.created:
-            logger.info("queued job {}: {}", result.job.id, path.name)
+    def watch(halt: threading.Event, lock: Lock) -> None:
+        """Watch while this watcher is the active one; every write checks it still is (lock.check)."""
+        queue = JobQueue(engine, inbox=cfg.inbox, fence=lock.check)
 
-    def reject(path: Path, reason: str) -> None:
-        result = queue.reject(path, reason)
-        if result.created:
-            logger.warning("job {} failed, not queued: {}", result.job.id, result.job.error)
+        def enqueue(path: Path, arrived: bool) -> None:
+            try:
+                result = queue.enqueue(path, settings=settings_for(path, cfg.inbox), arrived=arrived)
+            except LockLost:  # another watcher took over while this one was stopped: it queues the file
+                halt.set()
+                return
+            if result.created:
+                logger.info("queued job {}: {}", result.job.id, path.name)
 
-    watcher = Watcher(cfg.inbox, enqueue, cfg.quiet_seconds, cfg.rescan_seconds, reject=reject, observer=cfg.observer)
-    run_when_active(lambda: try_lock(engine, WATCHER_LOCK), watcher.run, stop, f"watcher of {cfg.inbox}")
+        def reject(path: Path, reason: str) -> None:
+            try:
+                result = queue.reject(path, reason)
+            except LockLost:
+                halt.set()
+                return
+            if result.created:
+                logger.warning("job {} failed, not queued: {}", result.job.id, result.job.error)
+
+        Watcher(cfg.inbox, enqueue, cfg.quiet_seconds, cfg.rescan_seconds, reject=reject,
+                observer=cfg.observer).run(halt)
+
+    run_when_active(lambda: try_lock(engine, WATCHER_LOCK), watch, stop, f"watcher of {cfg.inbox}")
     return 0
 
 
@@ -221,24 +242,31 @@ def cmd_web(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_enqueue(cfg: Config, args: argparse.Namespace) -> int:
-    from daemon.queue.jobs import JobQueue
+    from daemon.files.inputs import as_text, refusal
+    from daemon.queue.jobs import JobQueue, OutsideInbox
 
     queue = JobQueue(connect(cfg.db), inbox=cfg.inbox)
     code = 0
     for path in args.files:
-        try:
-            # A link the user names is followed; the folders of the file as named give its settings.
-            result = queue.enqueue(path, follow_link=True, settings=settings_for(path, cfg.inbox))
-        except OSError as e:
-            print(f"{path}: cannot read it ({e.strerror})", file=sys.stderr)
+        shown = printable(as_text(path))
+        # A link the user names is followed: what it points to must be a file the watcher would take.
+        if os.path.lexists(path) and (reason := refusal(Path(os.path.realpath(path)))):
+            print(f"{shown}: not queued: {reason}", file=sys.stderr)
             code = 1
             continue
-        except SettingsError as e:
-            print(f"{path}: not queued: {e}", file=sys.stderr)
+        try:
+            # The folders of the file as named give its settings.
+            result = queue.enqueue(path, follow_link=True, settings=settings_for(path, cfg.inbox))
+        except OSError as e:
+            print(f"{shown}: cannot read it ({e.strerror})", file=sys.stderr)
+            code = 1
+            continue
+        except (SettingsError, OutsideInbox) as e:
+            print(f"{shown}: not queued: {e}", file=sys.stderr)
             code = 1
             continue
         state = "queued as" if result.created else "already known as"
-        print(f"{path}: {state} job {result.job.id}")
+        print(f"{shown}: {state} job {result.job.id}")
     return code
 
 
@@ -263,6 +291,7 @@ def cmd_retry(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
     """Copy the queue of `cfg.db` into `--to`, once no worker or watcher uses it any more."""
+    from daemon.queue.db import try_lock
     from daemon.queue.db.copy import CopyError, copy_queue
     from daemon.queue.jobs import JobQueue
 
@@ -276,12 +305,23 @@ def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     source = connect(cfg.db)
     live = [w for w in workers(source) if not gone(w, datetime.now(timezone.utc))]
-    if live:
-        print(f"whisper-daemon migrate: {len(live)} worker(s) still use {describe(cfg.db)} (see `whisper-daemon "
-              "status`): stop the daemon first (`whisper-daemon service stop`), then migrate", file=sys.stderr)
+    # Held while copying: a watcher that starts meanwhile stands by instead of queueing into the old queue.
+    watcher = try_lock(source, WATCHER_LOCK)
+    if live or watcher is None:
+        users = f"{len(live)} worker(s) still use" if live else "a watcher still uses"
+        print(f"whisper-daemon migrate: {users} {describe(cfg.db)} (see `whisper-daemon status`): stop the "
+              "daemon first (`whisper-daemon service stop`), then migrate", file=sys.stderr)
+        if watcher is not None:
+            watcher.release()
         return 1
-    JobQueue(source, inbox=cfg.inbox).adopt_absolute_paths()  # as every machine sharing the inbox will read them
     try:
+        queue = JobQueue(source, inbox=cfg.inbox)
+        queue.adopt_absolute_paths()  # as every machine sharing the inbox will read them
+        if is_postgres(target_db) and (elsewhere := queue.unfinished_outside_inbox()):
+            print(f"whisper-daemon migrate: job(s) {', '.join(str(job.id) for job in elsewhere)} are for files outside "
+                  f"the inbox, which only this machine can read ({printable(elsewhere[0].path)}, …): let the daemon "
+                  "finish them first, or copy the files into the inbox and retry, then migrate", file=sys.stderr)
+            return 1
         copied = copy_queue(source, connect(target_db))
     except CopyError as e:
         print(f"whisper-daemon migrate: {e}", file=sys.stderr)
@@ -289,6 +329,8 @@ def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
     except OperationalError as e:
         print(f"whisper-daemon migrate: cannot reach {describe(target_db)}: {e.orig}", file=sys.stderr)
         return 1
+    finally:
+        watcher.release()
     print(f"copied {copied['jobs']} jobs, {copied['segments']} segments and {copied['outputs']} output records "
           f"from {describe(cfg.db)} to {describe(target_db)}.\nNow use the new queue everywhere: db = "
           f"\"{describe(target_db)}\" in config.toml, or `whisper-daemon service install --db {describe(target_db)}`. "
@@ -324,12 +366,6 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
         print()
         print(_table(jobs, outputs))
     return 0
-
-
-def printable(text: str) -> str:
-    """`text` safe for one line of a terminal table: control characters (a newline, an escape
-    sequence in a file name) are shown as escapes instead of acting."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _plain(data: dict[str, Any]) -> dict[str, Any]:

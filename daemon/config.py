@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import tomllib
 import types
 import typing
@@ -107,10 +108,32 @@ class Config:
     cache_dir: Path = Path(platformdirs.user_cache_dir(APP))
     config: Path | None = None  # the TOML file these settings were read from
 
-    def to_env(self) -> dict[str, str]:
+    def to_env(self, *, masked: bool = False) -> dict[str, str]:
         """Every setting as a WHISPER_DAEMON_* variable, unset ones and the config file included, so a
-        child process or a service builds exactly this config whatever the default config.toml says."""
-        return {ENV_PREFIX + f.name.upper(): _env_value(getattr(self, f.name)) for f in fields(self)}
+        child process or a service builds exactly this config whatever the default config.toml says.
+        `masked`: as printed for people, the passwords and tokens of SECRET_SETTINGS hidden (masked_url)."""
+        env = {ENV_PREFIX + f.name.upper(): _env_value(getattr(self, f.name)) for f in fields(self)}
+        if masked:
+            for name in SECRET_SETTINGS:
+                if "://" in (value := env[ENV_PREFIX + name.upper()]):
+                    env[ENV_PREFIX + name.upper()] = masked_url(value)
+        return env
+
+
+# Settings that are URLs and may carry a password (postgresql://user:password@host/db, a webhook's
+# https://user:password@host/…) or a token in the query (https://host/hook?token=…).
+SECRET_SETTINGS = ("db", "webhook")
+
+
+def masked_url(url: str) -> str:
+    """`url` as printed: the password and the query replaced by ***, as the logs show them."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query="***" if parts.query else "",
+                                                  fragment="***" if parts.fragment else ""))
 
 
 def _env_value(value: Any) -> str:
@@ -159,14 +182,33 @@ def _coerce(name: str, hint: Any, raw: Any) -> Any:
         raise ConfigError(f"setting {name!r}: {raw!r} is not a valid {target.__name__}") from e
 
 
+# A settings file is a few lines; one far larger is not a settings file (a link to a huge file).
+SETTINGS_FILE_MAX_BYTES = 1 << 20
+
+
+def read_toml_file(path: Path) -> dict[str, Any]:
+    """A TOML settings file, read only if it is a regular file of at most SETTINGS_FILE_MAX_BYTES: a
+    FIFO (opened without waiting for a writer), a device such as /dev/zero, or a folder is refused
+    with ValueError instead of hanging or filling the memory. OSError and TOMLDecodeError as they come."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO does not wait
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("it is not a regular file (a pipe, a device or a folder)")
+        data = os.read(fd, SETTINGS_FILE_MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > SETTINGS_FILE_MAX_BYTES:
+        raise ValueError(f"it is larger than {SETTINGS_FILE_MAX_BYTES >> 20} MB, which no settings file is")
+    return tomllib.loads(data.decode("utf-8"))
+
+
 def _read_toml(path: Path, names: set[str]) -> dict[str, Any]:
     try:
-        with path.open("rb") as f:
-            from_file = tomllib.load(f)
+        from_file = read_toml_file(path)
     except FileNotFoundError as e:
         raise ConfigError(f"config file {path} does not exist") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+    except (OSError, ValueError) as e:  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
+        raise ConfigError(f"config file {path} cannot be read: {e}") from e
     unknown = set(from_file) - names
     if unknown:
         raise ConfigError(f"config file {path}: unknown setting(s) {sorted(unknown)}; known: {sorted(names)}")

@@ -189,7 +189,7 @@ def test_a_subcommand_takes_and_lists_the_flags_it_uses(tmp_path: Path, capsys: 
     assert "--model" not in usage and "--inbox" not in usage
     assert cli.main(["service", "install", "--dry-run", "--model", TEST_MODEL, "--inbox", str(tmp_path / "in"),
                      "--outbox", str(tmp_path / "out")]) == 0
-    assert f"WHISPER_DAEMON_MODEL={TEST_MODEL}" in capsys.readouterr().out
+    assert f'WHISPER_DAEMON_MODEL="{TEST_MODEL}"' in capsys.readouterr().out  # in the environment file
 
 
 # ---------------------------------------------------------------- `run --config` reaches the watcher and the worker

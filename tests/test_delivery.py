@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import html
 import json
 import os
 import shlex
@@ -322,7 +323,7 @@ def test_notification_commands_pass_the_text_as_arguments(tmp_path: Path) -> Non
         "osascript", "-e", "on run argv", "-e", "display notification (item 1 of argv) with title (item 2 of argv)",
         "-e", "end run", "--", f"{HOSTILE} (en)", TITLE]
     assert Delivery(True, None, None, platform="linux").notification_command(ready(tmp_path, HOSTILE, language=None)) \
-        == ["notify-send", "--", TITLE, HOSTILE]
+        == ["notify-send", "--", TITLE, HOSTILE.replace("&", "&amp;")]  # the body is markup: see below
     assert Delivery(True, None, None, platform="win32").notification_command(done) is None
     assert Delivery(False, None, None, platform="linux").notification_command(done) is None  # off by default
 
@@ -336,8 +337,19 @@ def test_notify_send_is_run_with_title_and_body(tmp_path: Path, monkeypatch: pyt
     delivery = Delivery(True, None, None, platform="linux")
     delivery.announce(ready(tmp_path, HOSTILE))
     delivery.close(DEADLINE)
-    assert json.loads(said.read_text()) == ["--", TITLE, f"{HOSTILE} (de)"]
+    assert json.loads(said.read_text()) == ["--", TITLE, f"{HOSTILE.replace('&', '&amp;')} (de)"]
     assert warnings(log) == []
+
+
+def test_notify_send_bodies_are_escaped_for_its_markup(tmp_path: Path) -> None:
+    """Issue 22: notification servers read notify-send's body as markup (<b>, <a href>, &amp;): a
+    file name shows as it is named, never as bold text, a link or a swallowed entity. osascript's
+    text is plain, and left alone."""
+    name = '<b>bold & <a href="evil.example">link &lt;.wav'  # no "/": it is a file name
+    body = Delivery(True, None, None, platform="linux").notification_command(ready(tmp_path, name, language="en"))[-1]
+    assert body == '&lt;b&gt;bold &amp; &lt;a href="evil.example"&gt;link &amp;lt;.wav (en)'
+    assert html.unescape(body) == f"{name} (en)"  # what the notification shows
+    assert Delivery(True, None, None, platform="darwin").notification_command(ready(tmp_path, name))[-2] == f"{name} (de)"
 
 
 def test_a_failing_notify_send_is_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log: list[str]) -> None:

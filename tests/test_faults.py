@@ -111,7 +111,8 @@ def test_one_unqueueable_name_does_not_stop_the_watcher(queue: JobQueue, tmp_pat
     with open(bad, "wb") as f:
         f.write(b"audio")
     inbox_file(tmp_path, "good.mp3")
-    watcher = Watcher(tmp_path / "inbox", queue.enqueue, quiet_seconds=0, reject=queue.reject)
+    watcher = Watcher(tmp_path / "inbox", lambda path, arrived: queue.enqueue(path, arrived=arrived), quiet_seconds=0,
+                      reject=queue.reject)
     watcher.scan()
     watcher.poll()
     watcher.scan()  # a rescan finds both again and records nothing new

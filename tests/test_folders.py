@@ -7,6 +7,9 @@ default multilingual model on real Mandarin and German speech.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ from daemon.engine.chinese import convert
 from daemon.files.folders import SETTINGS_FILE, SettingsError, settings_for
 from daemon.queue.jobs import JobQueue
 from tests.conftest import CliRunner, claim, inbox_file
-from tests.daemon_proc import rows, settled, srt_text, start, stop, wait_until
+from tests.daemon_proc import REPO, rows, settled, srt_text, start, stop, wait_until
 
 FIXTURES = Path(__file__).parent / "fixtures" / "realspeech"
 MANDARIN = FIXTURES / "aishell1_BAC009S0764W0121.flac"
@@ -25,6 +28,29 @@ GERMAN = FIXTURES / "picovoice_leopard_test_de.flac"
 def write_settings(folder: Path, text: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / SETTINGS_FILE).write_text(text, encoding="utf-8")
+
+
+def test_a_settings_file_that_is_a_pipe_or_a_link_to_a_device_is_refused_at_once(tmp_path: Path) -> None:
+    """Issue 22: a FIFO named whisper-daemon.toml (opening it waited for a writer for ever) or a link
+    to /dev/zero (reading it filled the memory) is refused with a reason, at once. Read in a process
+    of its own, with a deadline and 1 GB of address space, so that a regression fails the test
+    instead of the machine; a folder of that name too."""
+    inbox = tmp_path / "inbox"
+    for folder in ("pipe", "zero", "folder"):
+        (inbox / folder).mkdir(parents=True)
+    os.mkfifo(inbox / "pipe" / SETTINGS_FILE)
+    (inbox / "zero" / SETTINGS_FILE).symlink_to("/dev/zero")
+    (inbox / "folder" / SETTINGS_FILE).mkdir()
+    code = ("import resource, sys; from pathlib import Path; "
+            "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
+            "from daemon.files.folders import SettingsError, settings_for\n"
+            "try:\n    settings_for(Path(sys.argv[1]), Path(sys.argv[2]))\n"
+            "except SettingsError as e:\n    print(e)")
+    for folder in ("pipe", "zero", "folder"):
+        done = subprocess.run([sys.executable, "-c", code, str(inbox / folder / "a.wav"), str(inbox)], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert f"{inbox / folder / SETTINGS_FILE}: cannot read it (it is not a regular file" in done.stdout
 
 
 def test_the_nearest_folder_wins_key_by_key(tmp_path: Path) -> None:

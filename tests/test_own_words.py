@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from loguru import logger
 
 from daemon import config
 from daemon.processes.guards import Guard
+from daemon.processes.watcher import Watcher
 from daemon.processes.worker import Worker
 from daemon.queue.db import JobStatus
 from tests.conftest import CliRunner
@@ -216,6 +219,49 @@ def test_names_that_one_disk_would_take_for_the_same_never_share_a_transcript(
                        f"{nfd}.flac": f"{nfd} (2).srt", "notes.wav": "notes (2).srt"}
     assert says(outbox / "Meeting.srt", X, Y) and says(outbox / "meeting (2).srt", Y, X)
     assert (outbox / "notes.srt").read_text() == "my own notes, not a transcript\n"
+
+
+def test_copied_in_again_with_its_mtime_kept_its_transcript_comes_back(tmp_path: Path, worker: Worker) -> None:
+    """Issue 22: the README's promise holds for a copy that keeps the mtime (`cp -p`, the Finder, `mv`
+    out and back): the real watcher sees it arrive, and its transcript is written again from the
+    stored segments. A rescan of the same, untouched file adds nothing."""
+    inbox, outbox, elsewhere = tmp_path / "inbox", tmp_path / "outbox", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    X.write(elsewhere / "memo.wav")
+    watcher = Watcher(inbox, lambda path, arrived: worker.queue.enqueue(path, arrived=arrived), quiet_seconds=0.5)
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,))
+    thread.start()
+
+    def jobs(count: int) -> bool:
+        deadline = time.monotonic() + 30
+        while len(worker.queue.jobs()) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(worker.queue.jobs()) == count
+
+    try:
+        shutil.copy2(elsewhere / "memo.wav", inbox / "memo.wav")
+        assert jobs(1)
+        drain(worker)
+        assert says(outbox / "memo.srt", X, Y)
+        (outbox / "memo.srt").unlink()
+        (inbox / "memo.wav").unlink()
+        shutil.copy2(elsewhere / "memo.wav", inbox / "memo.wav")  # cp -p: same bytes, same mtime
+        assert jobs(2)
+        drain(worker)
+        assert says(outbox / "memo.srt", X, Y)
+        (outbox / "memo.srt").unlink()
+        (inbox / "memo.wav").rename(elsewhere / "memo.wav")  # mv out, and back in
+        (elsewhere / "memo.wav").rename(inbox / "memo.wav")
+        assert jobs(3)
+        drain(worker)
+        assert says(outbox / "memo.srt", X, Y)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not worker.queue.enqueue(inbox / "memo.wav").created  # a rescan: nothing to do
+    first, *again = sorted(worker.queue.jobs(), key=lambda j: j.id)
+    assert first.status == JobStatus.DONE and [j.status for j in again] == [JobStatus.DUPLICATE] * 2
 
 
 def test_copied_in_again_after_its_transcript_was_deleted_it_is_written_again(tmp_path: Path, worker: Worker) -> None:

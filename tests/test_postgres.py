@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from daemon.queue.db import (
     HEAD,
     MIGRATIONS,
     JobStatus,
+    LockLost,
     SchemaMismatch,
     Waiter,
     connect,
@@ -35,13 +37,13 @@ from daemon.queue.db import (
     version,
     writing,
 )
-from daemon.queue.db.postgres import SETTINGS
+from daemon.queue.db.postgres import LOCK_STALE_SECONDS, SETTINGS
 from daemon.queue.db.schema import SQLModel
 from daemon.queue.jobs import JobQueue
 from daemon.transcript import Checkpoint, Segment, Window
 from tests import pg
 from tests.conftest import HOLDER, CliRunner, claim, inbox_file, old_database
-from tests.daemon_proc import REPO, log_text, start, stop, wait_until
+from tests.daemon_proc import REPO, log_text, rows, start, stop, wait_until
 from tests.pg import Server
 
 
@@ -210,6 +212,38 @@ def test_machines_that_mount_the_inbox_at_different_places_agree_on_each_file(pg
     assert on_mac.location(job) == mac / "team a" / "standup.m4a"
 
 
+def test_enqueue_of_a_file_outside_the_inbox_is_refused_on_a_shared_queue_only(
+        pg_url: str, tmp_path: Path, cli: CliRunner, daemon_env: dict[str, str]) -> None:
+    """Issue 22, point 6: `enqueue FILE` from outside the inbox would store this machine's absolute
+    path, which another machine's worker would read on its own disk. On PostgreSQL it is refused
+    with what to do instead; a file in the inbox is queued. On SQLite (one machine) it is queued."""
+    outside = inbox_file(tmp_path / "Downloads", "call.m4a")
+    inside = Path(daemon_env["WHISPER_DAEMON_INBOX"]) / "talk.m4a"
+    inside.write_bytes(b"a talk")
+    on_pg = {"WHISPER_DAEMON_DB": pg_url}
+    refused = cli("enqueue", str(outside), check=False, env_extra=on_pg)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"{outside}: not queued: it is outside the inbox" in refused.stderr
+    assert "Copy it into the inbox" in refused.stderr and "PostgreSQL" in refused.stderr
+    assert pg.rows(pg_url) == []
+    assert "queued as job" in cli("enqueue", str(inside), env_extra=on_pg).stdout
+    assert [j["path"] for j in pg.rows(pg_url)] == ["talk.m4a"]
+    assert "queued as job" in cli("enqueue", str(outside)).stdout  # the default SQLite queue
+    assert [j["path"] for j in rows(Path(daemon_env["WHISPER_DAEMON_DB"]))] == [str(outside)]
+
+
+def test_migrate_to_a_shared_queue_refuses_unfinished_jobs_from_outside_the_inbox(
+        pg_url: str, tmp_path: Path, cli: CliRunner) -> None:
+    """Issue 22, point 6, by the other way in: a job `enqueue` queued from outside the inbox on one
+    machine's SQLite queue would be claimable by every machine once copied to PostgreSQL."""
+    outside = inbox_file(tmp_path / "Downloads", "call.m4a")
+    job_id = cli("enqueue", str(outside)).stdout.split()[-1]
+    refused = cli("migrate", "--to", pg_url, timeout=120, check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"job(s) {job_id} are for files outside the inbox" in refused.stderr and str(outside) in refused.stderr
+    assert pg.rows(pg_url) == []
+
+
 def test_jobs_queued_with_absolute_paths_are_adopted(tmp_path: Path) -> None:
     """A queue of the versions that kept absolute paths: the inbox's own files become relative (a
     rescan finds them known), files queued from elsewhere keep theirs."""
@@ -270,6 +304,73 @@ def test_two_watchers_one_queue_each_file_once_and_the_standby_takes_over(
     assert not torch and rss_mb < 120
 
 
+def test_a_frozen_active_watcher_is_replaced_and_stands_by_when_it_wakes(
+        pg_url: str, tmp_path: Path, daemon_env: dict[str, str]) -> None:
+    """Issue 22, point 3: SIGSTOP the active `watch` process (its session stays open: a stopped
+    process's kernel still answers the server). The standby takes over within 30 s; files dropped
+    meanwhile are queued by it; SIGCONT, and the old watcher finds it lost the role and stands by,
+    queueing nothing (each file one job, none in its log)."""
+    env = {**daemon_env, "WHISPER_DAEMON_DB": pg_url}
+    inbox = Path(env["WHISPER_DAEMON_INBOX"])
+    first, first_log = _watch(env, tmp_path / "first")
+    second = None
+    try:
+        wait_until(lambda: "active watcher" in log_text(first_log), 60, "the first watcher to be active", first)
+        second, second_log = _watch(env, tmp_path / "second")
+        wait_until(lambda: "standing by" in log_text(second_log), 60, "the second watcher to stand by", second)
+        (inbox / "before.wav").write_bytes(b"recording before")
+        wait_until(lambda: len(pg.rows(pg_url)) >= 1, 60, "the first file's job", first)
+        first.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        wait_until(lambda: "active watcher" in log_text(second_log), 60, "the standby to take over", second,
+                   interval=0.05)
+        takeover = time.monotonic() - stopped
+        print(f"the standby took over {takeover:.1f} s after the active watcher was stopped (SIGSTOP)")
+        (inbox / "while stopped.wav").write_bytes(b"recording while stopped")
+        wait_until(lambda: len(pg.rows(pg_url)) >= 2, 60, "the standby to queue a file", second)
+        woken_at = len(log_text(first_log))
+        first.send_signal(signal.SIGCONT)
+        wait_until(lambda: "standing by" in log_text(first_log)[woken_at:], 60, "the woken watcher to stand by", first)
+        (inbox / "after.wav").write_bytes(b"recording after")
+        wait_until(lambda: len(pg.rows(pg_url)) >= 3, 60, "the third file's job", second)
+        time.sleep(1.5)  # inherent: three quiet periods in which a wrong second enqueue would appear
+        jobs = pg.rows(pg_url)
+        holder = pg.rows(pg_url, "SELECT * FROM locks")
+    finally:
+        first.send_signal(signal.SIGCONT)
+        stop(first)
+        if second is not None:
+            stop(second)
+    assert sorted(j["path"] for j in jobs) == ["after.wav", "before.wav", "while stopped.wav"]
+    assert "queued job" not in log_text(first_log)[woken_at:]
+    assert [(h["pid"], h["host"]) for h in holder] == [(second.pid, socket.gethostname())]
+    assert takeover < 30
+
+
+def test_a_holder_whose_heartbeat_went_stale_loses_the_lock_and_cannot_queue(pg_url: str, tmp_path: Path) -> None:
+    """A holder that stops renewing its heartbeat (as a frozen one does) keeps the lock until it is
+    LOCK_STALE_SECONDS old, then another process ends its session and takes it; the old holder's
+    writes are refused from then on (the fence inside each transaction), the new one's are not."""
+    engine = connect(pg_url)
+    first = try_lock(engine, "the lock")
+    assert first is not None and first.alive()
+    renewed = time.monotonic()
+    assert try_lock(engine, "the lock") is None  # a live heartbeat
+    second = wait_until(lambda: try_lock(engine, "the lock"), LOCK_STALE_SECONDS + 30, "the stale lock to be taken")
+    assert time.monotonic() - renewed >= LOCK_STALE_SECONDS
+    try:
+        stale = JobQueue(engine, inbox=tmp_path / "inbox", fence=first.check)
+        with pytest.raises(LockLost):
+            stale.enqueue(inbox_file(tmp_path, "a.wav"))
+        with pytest.raises(LockLost):
+            stale.reject(inbox_file(tmp_path, "b.wav"), "a reason")
+        assert pg.rows(pg_url) == [] and not first.alive()
+        assert JobQueue(engine, inbox=tmp_path / "inbox", fence=second.check).enqueue(tmp_path / "inbox" / "a.wav").created
+    finally:
+        first.release()
+        second.release()
+
+
 def test_migrate_copies_a_sqlite_queue_with_its_history(pg_url: str, tmp_path: Path, cli: CliRunner,
                                                         daemon_env: dict[str, str]) -> None:
     """A single machine's queue moves to PostgreSQL: jobs (done, duplicate, queued with a
@@ -316,6 +417,21 @@ def test_migrate_waits_for_the_daemon_to_stop(pg_url: str, tmp_path: Path, cli: 
     refused = cli("migrate", "--to", pg_url, timeout=120, check=False)
     assert refused.returncode == 1 and "stop the daemon first" in refused.stderr
     assert pg.rows(pg_url) == []
+
+
+def test_migrate_refuses_while_a_watcher_is_active(pg_url: str, tmp_path: Path, cli: CliRunner,
+                                                  daemon_env: dict[str, str]) -> None:
+    """Issue 22: a watcher, not only a worker, keeps `migrate` from copying a queue that is still
+    being written; once it stops, the copy goes ahead."""
+    watcher, log = _watch(daemon_env, tmp_path / "watcher")
+    try:
+        wait_until(lambda: "active watcher" in log_text(log), 60, "the watcher to be active", watcher)
+        refused = cli("migrate", "--to", pg_url, timeout=120, check=False)
+    finally:
+        stop(watcher)
+    assert refused.returncode == 1 and "a watcher still uses" in refused.stderr and "stop the daemon first" in refused.stderr
+    assert pg.rows(pg_url) == []
+    assert "copied 0 jobs" in cli("migrate", "--to", pg_url, timeout=120).stdout
 
 
 def test_status_shows_every_machines_workers(pg_url: str, cli: CliRunner) -> None:

@@ -19,7 +19,8 @@ from daemon.queue.db import HEAD, JobStatus, connect, utcnow, version
 from daemon.queue.db.sqlite import PRAGMAS, SCHEMA_VERSION
 from daemon.queue.jobs import LEASE, JobQueue, LeaseLost
 from daemon.transcript import Checkpoint, Segment, Window, Word
-from tests.conftest import HOLDER, claim, inbox_file, old_database
+from tests.conftest import HOLDER, CliRunner, claim, inbox_file, old_database
+from tests.daemon_proc import rows
 
 HELLO_SHA256 = "12998c017066eb0d2a70b94e6ed3192985855ce390f321bbdb832022888bd251"  # of "hello there": queue_v1.sql's
 
@@ -139,6 +140,51 @@ def test_enqueue_follows_a_link_only_when_asked(queue: JobQueue, tmp_path: Path)
     link.symlink_to(target)
     assert queue.enqueue(link, follow_link=True).job.path == str(target)  # `whisper-daemon enqueue link.wav`
     assert queue.reject(link, "a link").job.path == str(link)  # found in the inbox: refused as itself
+
+
+def test_enqueue_refuses_a_pipe_a_folder_and_a_name_that_is_not_utf8_plainly(tmp_path: Path, cli: CliRunner,
+                                                                             daemon_env: dict[str, str]) -> None:
+    """Issue 22: `enqueue` gives the watcher's refusal, with no traceback and no hang (a FIFO used to
+    block in the hash, a folder said "Is a directory", a Latin-1 name ended in a traceback), also
+    through a link the user names; nothing is queued."""
+    pipe = tmp_path / "pipe.wav"
+    os.mkfifo(pipe)
+    folder = tmp_path / "folder.mp3"
+    folder.mkdir()
+    latin = os.fsencode(tmp_path) + b"/caf\xe9.mp3"
+    with open(latin, "wb") as f:
+        f.write(b"audio")
+    link = tmp_path / "link to pipe.wav"
+    link.symlink_to(pipe)
+    expected = {pipe: "it is not a regular file", folder: "it is not a regular file",
+                Path(os.fsdecode(latin)): "its name is not valid UTF-8", link: "it is not a regular file"}
+    for path, reason in expected.items():
+        proc = cli("enqueue", os.fsdecode(path), check=False, timeout=60)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert ": not queued: " in proc.stderr and reason in proc.stderr
+    assert "caf\\xe9.mp3: not queued" in cli("enqueue", os.fsdecode(latin), check=False).stderr  # shown escaped
+    assert rows(Path(daemon_env["WHISPER_DAEMON_DB"])) == []
+
+
+def test_a_daemon_older_than_its_database_says_so_and_exits_78(tmp_path: Path, cli: CliRunner,
+                                                               daemon_env: dict[str, str]) -> None:
+    """Issue 22: a database a newer whisper-daemon migrated (a revision this one does not know) gets
+    the SchemaMismatch message and exit 78 (a configuration error: not restarted), not an Alembic
+    traceback; the database is left as it is."""
+    db = Path(daemon_env["WHISPER_DAEMON_DB"])
+    connect(db).dispose()
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0099'")
+    conn.close()
+    recording = inbox_file(tmp_path, "a.wav")
+    for command in (["watch"], ["work"], ["enqueue", str(recording)], ["retry", "--failed"]):
+        done = cli(*command, check=False, timeout=120)
+        said = done.stdout + done.stderr
+        assert done.returncode == 78 and "Traceback" not in said, (command, said)
+        assert f"has schema 0099, which this whisper-daemon (schema {HEAD}) does not know" in said
+        assert "Upgrade whisper-daemon" in said
+    assert rows(db, "SELECT version_num FROM alembic_version") == [{"version_num": "0099"}]
 
 
 def test_claim_is_fifo_and_sets_running_under_a_lease(queue: JobQueue, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import plistlib
+import re
 import shlex
 import subprocess
 import sys
@@ -61,6 +62,11 @@ def agent(home: Path, label: str) -> Path:
 
 def unit(home: Path, name: str) -> Path:
     return home / ".config" / "systemd" / "user" / name
+
+
+def settings_file(home: Path) -> Path:
+    """The systemd units' EnvironmentFile."""
+    return home / ".config" / "whisper-daemon" / "service.env"
 
 
 # ---------------------------------------------------------------- plists
@@ -164,7 +170,7 @@ def test_never_the_deprecated_load_or_unload(cfg: Config, home: Path, action: st
 
 def test_systemd_units(cfg: Config, home: Path) -> None:
     files = systemd("install", cfg, home).files
-    assert set(files) == {unit(home, name) for name in UNITS}
+    assert set(files) == {unit(home, name) for name in UNITS} | {settings_file(home)}
     for name, command in zip(UNITS, ["watch", "work"]):
         text = files[unit(home, name)]
         lines = text.splitlines()
@@ -175,16 +181,16 @@ def test_systemd_units(cfg: Config, home: Path) -> None:
                      "KillMode=mixed", f"RestartPreventExitStatus={EXIT_CONFIG}", "WantedBy=default.target"]:
             assert line in lines
         assert ("Nice=10" in lines and "IOSchedulingClass=idle" in lines) == (command == "work")
-        for key, value in cfg.to_env().items():
-            assert f'Environment="{key}={value}"' in lines
+        assert _unit_env(text, files) == {**cfg.to_env(), "PATH": _unit_env(text, files)["PATH"]}
         assert any(line.startswith('Environment="PATH=') for line in lines)
 
 
 def test_systemd_quoting(tmp_path: Path, home: Path) -> None:
-    cfg = Config(inbox=tmp_path / 'in "100%" \\ $HOME', outbox=tmp_path / "out")
-    text = systemd("install", cfg, home).files[unit(home, UNITS[0])]
-    # Quotes and backslashes escaped, % doubled (specifiers); $ is literal in Environment=.
-    assert f'Environment="WHISPER_DAEMON_INBOX={tmp_path}/in \\"100%%\\" \\\\ $HOME"' in text.splitlines()
+    inbox = tmp_path / 'in "100%" \\ $HOME `id`'
+    files = systemd("install", Config(inbox=inbox, outbox=tmp_path / "out"), home).files
+    # In the environment file: quotes, backslashes, $ and ` escaped, % as it is (no specifiers there).
+    assert f'WHISPER_DAEMON_INBOX="{tmp_path}/in \\"100%\\" \\\\ \\$HOME \\`id\\`"' in files[settings_file(home)].splitlines()
+    assert _unit_env(files[unit(home, UNITS[0])], files)["WHISPER_DAEMON_INBOX"] == str(inbox)
     with pytest.raises(ServiceError, match="control character"):
         systemd("install", Config(inbox=tmp_path / "a\nb"), home)
 
@@ -206,11 +212,22 @@ def test_systemd_install_mentions_linger(cfg: Config, home: Path) -> None:
     assert any("loginctl enable-linger $USER" in note for note in systemd("install", cfg, home).notes)
 
 
-def _unit_env(text: str) -> dict[str, str]:
-    """The Environment= lines of a unit, unquoted the way systemd reads them."""
-    pairs = [shlex.split(line.removeprefix("Environment="))[0].replace("%%", "%")
-             for line in text.splitlines() if line.startswith("Environment=")]
-    return dict(pair.split("=", 1) for pair in pairs)
+def _unit_env(text: str, files: dict[Path, str]) -> dict[str, str]:
+    """A unit's environment: its EnvironmentFile (one of `files`), then its Environment= lines, unquoted
+    the way systemd reads them (an environment file's double quotes as POSIX shell's: a backslash
+    keeps the next character when it is one of \\ " $ `)."""
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("EnvironmentFile="):
+            for assignment in files[Path(line.removeprefix("EnvironmentFile=").replace("%%", "%"))].splitlines():
+                if assignment and not assignment.startswith("#"):
+                    key, quoted = assignment.split("=", 1)
+                    assert quoted[0] == quoted[-1] == '"'
+                    env[key] = re.sub(r'\\([\\"$`])', r"\1", quoted[1:-1])
+        elif line.startswith("Environment="):
+            key, value = shlex.split(line.removeprefix("Environment="))[0].replace("%%", "%").split("=", 1)
+            env[key] = value
+    return env
 
 
 def test_services_get_exactly_the_settings_of_install(tmp_path: Path, home: Path) -> None:
@@ -222,7 +239,8 @@ def test_services_get_exactly_the_settings_of_install(tmp_path: Path, home: Path
     chosen = tmp_path / "chosen.toml"
     chosen.write_text('model = "tiny.en"\nbeam_size = "none"\n')
     cfg = load({"config": str(chosen), "inbox": str(tmp_path / "in"), "outbox": str(tmp_path / "out")}, env={})
-    units = [_unit_env(text) for text in systemd("install", cfg, home).files.values()]
+    files = systemd("install", cfg, home).files
+    units = [_unit_env(files[unit(home, name)], files) for name in UNITS]
     agents = [plistlib.loads(text.encode())["EnvironmentVariables"]
               for text in launchd("install", cfg, home).files.values()]
     for env in units + agents:
@@ -236,7 +254,8 @@ def test_install_with_a_shared_queue_hands_its_url_to_both_services(tmp_path: Pa
     given, and nothing takes it for a path."""
     url = "postgresql://transcriber@nas.local/transcripts"
     cfg = load({"db": url, "inbox": str(tmp_path / "in"), "outbox": str(tmp_path / "out")}, env={})
-    units = [_unit_env(text) for text in systemd("install", cfg, home).files.values()]
+    files = systemd("install", cfg, home).files
+    units = [_unit_env(files[unit(home, name)], files) for name in UNITS]
     agents = [plistlib.loads(text.encode())["EnvironmentVariables"]
               for text in launchd("install", cfg, home).files.values()]
     assert len(units + agents) == 4
@@ -248,8 +267,9 @@ def test_exit_code_policy(cfg: Config, home: Path) -> None:
     """Exit 0 is a clean stop (left alone); non-zero is a crash (restarted); 78 is a config error."""
     for text in launchd("install", cfg, home).files.values():
         assert plistlib.loads(text.encode())["KeepAlive"] == {"SuccessfulExit": False}
-    for text in systemd("install", cfg, home).files.values():
-        lines = text.splitlines()
+    files = systemd("install", cfg, home).files
+    for name in UNITS:
+        lines = files[unit(home, name)].splitlines()
         assert "Restart=on-failure" in lines and "RestartPreventExitStatus=78" in lines
     assert EXIT_CONFIG == 78
 
@@ -289,7 +309,7 @@ def test_dry_run_prints_everything_and_writes_nothing(cfg: Config, tmp_path: Pat
     out = capsys.readouterr().out
     expected = plan(action, cfg, platform=platform, home=home, uid=UID, python=PYTHON)
     for path, text in expected.files.items():
-        assert str(path) in out and text.rstrip("\n") in out
+        assert str(path) in out and expected.shown.get(path, text).rstrip("\n") in out
     out_lines = out.splitlines()
     for argv in expected.commands:
         assert any(line.split("  #")[0] == shlex.join(argv) for line in out_lines)
@@ -344,7 +364,44 @@ def test_install_and_uninstall_on_linux(cfg: Config, home: Path, capsys: pytest.
     assert "loginctl enable-linger" in capsys.readouterr().out
 
     assert execute(systemd("uninstall", cfg, home), FakeManager()) == 0
-    assert not any(unit(home, name).exists() for name in UNITS)
+    assert not any(unit(home, name).exists() for name in UNITS) and not settings_file(home).exists()
+
+
+SECRETS = ("s3cret-pw", "hook-pw", "tok123")
+
+
+@pytest.mark.parametrize("platform", ["darwin", "linux"])
+def test_secrets_are_in_files_only_you_can_read_and_masked_when_printed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], platform: str) -> None:
+    """Issue 22, point 7: the queue's password and the webhook's password and token go only into
+    files of mode 0600 (the plists; systemd's EnvironmentFile, which the world-readable units name),
+    and the services still get them whole. --dry-run and `install` print them as ***."""
+    home = tmp_path / "home"
+    cfg = Config(inbox=tmp_path / "in", outbox=tmp_path / "out", db="postgresql://transcriber:s3cret-pw@nas.local/q",
+                 webhook="https://hook:hook-pw@example.com/hook?token=tok123", log_dir=tmp_path / "logs")
+    args = argparse.Namespace(action="install", dry_run=True)
+    assert cmd_service(cfg, args, platform=platform, home=home, uid=UID, python=PYTHON) == 0
+    printed = capsys.readouterr().out
+    assert "postgresql://transcriber:***@nas.local/q" in printed
+    assert "https://hook:***@example.com/hook?***" in printed
+    assert not any(secret in printed for secret in SECRETS)
+
+    args.dry_run = False
+    assert cmd_service(cfg, args, platform=platform, home=home, uid=UID, python=PYTHON, run=FakeManager()) == 0
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and not any(secret in printed for secret in SECRETS)
+    written = {path: path.read_text() for path in home.rglob("*") if path.is_file()}
+    holding = {path for path, text in written.items() if any(secret in text for secret in SECRETS)}
+    assert holding and all(path.stat().st_mode & 0o777 == 0o600 for path in holding)
+    if platform == "darwin":
+        agents = [plistlib.loads(path.read_bytes()) for path in written if path.suffix == ".plist"]
+        assert len(agents) == 2 and holding == {path for path in written if path.suffix == ".plist"}
+        envs = [data["EnvironmentVariables"] for data in agents]
+    else:
+        assert holding == {settings_file(home)}
+        envs = [_unit_env(written[unit(home, name)], written) for name in UNITS]
+    for env in envs:
+        assert (env["WHISPER_DAEMON_DB"], env["WHISPER_DAEMON_WEBHOOK"]) == (cfg.db, cfg.webhook)
 
 
 def test_launchd_uninstall_when_not_loaded_still_removes_the_files(cfg: Config, home: Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +18,7 @@ from watchdog.observers.polling import PollingObserver
 
 from daemon.files.inputs import is_candidate
 from daemon.processes.watcher import NETWORK_FILE_SYSTEMS, POLL_OBSERVER_SECONDS, Watcher, network_fs, observer_for
+from tests.daemon_proc import log_text, start, stop, wait_until
 from tests.speech import write_slowly
 
 
@@ -47,7 +51,7 @@ class FakeClock:
 def test_file_is_queued_only_after_a_quiet_period(tmp_path: Path) -> None:
     clock = FakeClock()
     queued: list[Path] = []
-    watcher = Watcher(tmp_path, queued.append, quiet_seconds=2.0, clock=clock)
+    watcher = Watcher(tmp_path, lambda path, _arrived: queued.append(path), quiet_seconds=2.0, clock=clock)
     path = tmp_path / "a.wav"
     path.write_bytes(b"x" * 10)
     watcher.notice(path)
@@ -66,7 +70,7 @@ def test_file_is_queued_only_after_a_quiet_period(tmp_path: Path) -> None:
 def test_ignored_and_vanished_files_are_dropped(tmp_path: Path) -> None:
     clock = FakeClock()
     queued: list[Path] = []
-    watcher = Watcher(tmp_path, queued.append, quiet_seconds=0, clock=clock)
+    watcher = Watcher(tmp_path, lambda path, _arrived: queued.append(path), quiet_seconds=0, clock=clock)
     (tmp_path / "x.mp3.part").write_bytes(b"x")
     watcher.notice(tmp_path / "x.mp3.part")
     gone = tmp_path / "gone.wav"
@@ -85,7 +89,7 @@ def test_startup_scan_finds_files_that_arrived_while_down(tmp_path: Path) -> Non
     (tmp_path / "sub").mkdir()
     for name in ("a.m4a", "sub/b.mp3", ".DS_Store", "c.txt"):
         (tmp_path / name).write_bytes(b"x")
-    watcher = Watcher(tmp_path, queued.append, quiet_seconds=1.0, clock=clock)
+    watcher = Watcher(tmp_path, lambda path, _arrived: queued.append(path), quiet_seconds=1.0, clock=clock)
     watcher.scan()
     clock.now += 1.0
     assert sorted(watcher.poll()) == [tmp_path / "a.m4a", tmp_path / "sub" / "b.mp3"]
@@ -95,7 +99,7 @@ def test_a_format_we_do_not_take_is_logged_once_with_the_reason(tmp_path: Path) 
     said: list[str] = []
     sink = logger.add(lambda message: said.append(str(message)), level="INFO", format="{message}")
     try:
-        watcher = Watcher(tmp_path, [].append, quiet_seconds=0, clock=FakeClock())
+        watcher = Watcher(tmp_path, lambda _path, _arrived: None, quiet_seconds=0, clock=FakeClock())
         (tmp_path / "talk.m4b").write_bytes(b"x")
         (tmp_path / ".DS_Store").write_bytes(b"x")
         for _ in range(3):  # events, then rescans
@@ -107,6 +111,67 @@ def test_a_format_we_do_not_take_is_logged_once_with_the_reason(tmp_path: Path) 
     assert "talk.m4b" in line and ".m4b is not a recording format" in line and ".m4a" in line
 
 
+def test_a_rescan_queues_only_what_changed(tmp_path: Path) -> None:
+    """Issue 22, point 5: a rescan hands `enqueue` only the files that changed since (size, mtime, or
+    a settings file of their folders); the rest cost a stat. A file that could not be queued is
+    tried again, and a file that is gone is forgotten."""
+    clock = FakeClock()
+    queued: list[Path] = []
+    failing: set[Path] = set()
+
+    def enqueue(path: Path, _arrived: bool) -> None:
+        if path in failing:
+            raise OSError("the database is unwritable")
+        queued.append(path)
+
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    names = ["a.wav", "b.wav", "c.wav", "sub/d.wav", "sub/deeper/e.wav", "f.wav"]
+    for name in names:
+        (tmp_path / name).write_bytes(name.encode())
+    settings = tmp_path / "sub" / "whisper-daemon.toml"
+    settings.write_text('language = "de"\n')
+    failing.add(tmp_path / "f.wav")
+    watcher = Watcher(tmp_path, enqueue, quiet_seconds=0, clock=clock)
+
+    def rescan() -> list[str]:
+        queued.clear()
+        watcher.scan()
+        watcher.poll()
+        return sorted(path.relative_to(tmp_path).as_posix() for path in queued)
+
+    assert rescan() == sorted(names[:-1])  # the first scan: every file but the one that failed
+    failing.clear()
+    assert rescan() == ["f.wav"]  # the unchanged ones are passed over, the failed one tried again
+    assert rescan() == []
+    with (tmp_path / "a.wav").open("ab") as f:  # a new size
+        f.write(b" and more")
+    st = (tmp_path / "b.wav").stat()
+    os.utime(tmp_path / "b.wav", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a new mtime, same size
+    st = settings.stat()
+    settings.write_text('language = "fr"\n')  # same size, mtime put back: the inode's ctime still moves
+    os.utime(settings, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert rescan() == ["a.wav", "b.wav", "sub/d.wav", "sub/deeper/e.wav"]
+    (tmp_path / "c.wav").unlink()
+    assert rescan() == [] and tmp_path / "c.wav" not in watcher._seen  # forgotten: the memory holds the inbox
+    (tmp_path / "c.wav").write_bytes(b"c.wav")  # back again
+    assert rescan() == ["c.wav"]
+
+
+def test_the_unsupported_files_it_remembers_are_those_in_the_inbox(tmp_path: Path) -> None:
+    """The set of files already said to be of a format we do not take does not grow for the life
+    of the watcher: a rescan forgets those that are gone."""
+    watcher = Watcher(tmp_path, lambda _path, _arrived: None, quiet_seconds=0, clock=FakeClock())
+    for batch in range(3):
+        files = [tmp_path / f"notes {batch} {i}.txt" for i in range(50)]
+        for path in files:
+            path.write_text("x")
+        watcher.scan()
+        for path in files:
+            path.unlink()
+    watcher.scan()
+    assert len(watcher._unsupported) == 0
+
+
 @pytest.fixture
 def running_watcher(tmp_path: Path) -> Iterator[Callable[[], list[Path]]]:
     """A real watcher thread on tmp_path/inbox with a 1 s quiet period."""
@@ -115,7 +180,7 @@ def running_watcher(tmp_path: Path) -> Iterator[Callable[[], list[Path]]]:
     queued: list[Path] = []
     lock = threading.Lock()
 
-    def enqueue(path: Path) -> None:
+    def enqueue(path: Path, _arrived: bool) -> None:
         with lock:
             queued.append(path)
 
@@ -162,6 +227,41 @@ def test_slowly_written_file_is_not_queued_before_it_is_complete(
         writer.join(timeout=0.1)
     assert wait_for(lambda: running_watcher() == [path])
     assert path.stat().st_size == len(data)
+
+
+def test_a_file_copied_or_moved_in_is_an_arrival_and_a_rescan_find_is_not(tmp_path: Path) -> None:
+    """`enqueue` is told which files appeared at their path while watched (created, copied in with
+    their mtime kept, moved in, or inside a moved-in folder): a copy that keeps the mtime may be a
+    recording copied in again after its transcript was deleted (JobQueue.enqueue)."""
+    inbox, elsewhere = tmp_path / "inbox", tmp_path / "elsewhere"
+    (elsewhere / "folder").mkdir(parents=True)
+    inbox.mkdir()
+    (inbox / "already here.wav").write_bytes(b"x" * 100)
+    for name in ("copied.wav", "moved.wav", "folder/inside.wav"):
+        (elsewhere / name).write_bytes(name.encode())
+    seen: dict[str, bool] = {}
+    lock = threading.Lock()
+
+    def enqueue(path: Path, arrived: bool) -> None:
+        with lock:
+            seen[path.relative_to(inbox).as_posix()] = arrived
+
+    said: list[str] = []
+    sink = logger.add(lambda message: said.append(str(message)), level="INFO", format="{message}")
+    stop = threading.Event()
+    thread = threading.Thread(target=Watcher(inbox, enqueue, quiet_seconds=0.5).run, args=(stop,))
+    thread.start()
+    try:
+        assert wait_for(lambda: any("start-up scan done" in line for line in said))
+        shutil.copy2(elsewhere / "copied.wav", inbox / "copied.wav")  # cp -p: the mtime kept
+        (elsewhere / "moved.wav").rename(inbox / "moved.wav")
+        (elsewhere / "folder").rename(inbox / "folder")
+        assert wait_for(lambda: len(seen) == 4)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        logger.remove(sink)
+    assert seen == {"already here.wav": False, "copied.wav": True, "moved.wav": True, "folder/inside.wav": True}
 
 
 class Mount(NamedTuple):
@@ -217,7 +317,7 @@ def test_polling_watcher_queues_a_file_written_after_it_started(tmp_path: Path) 
     queued: list[Path] = []
     lock = threading.Lock()
 
-    def enqueue(path: Path) -> None:
+    def enqueue(path: Path, _arrived: bool) -> None:
         with lock:
             queued.append(path)
 
@@ -242,3 +342,24 @@ def test_polling_watcher_queues_a_file_written_after_it_started(tmp_path: Path) 
         thread.join(timeout=10)
         logger.remove(sink)
     assert not thread.is_alive()
+
+
+def test_a_file_name_cannot_forge_a_log_line(tmp_path: Path, daemon_env: dict[str, str]) -> None:
+    """Issue 22: a real `watch` process queues files whose names hold a newline (followed by what
+    looks like a log line of its own), a carriage return and an escape sequence: each message stays
+    one line of watcher.log, starting with its own timestamp, the name shown with escapes."""
+    inbox = Path(daemon_env["WHISPER_DAEMON_INBOX"])
+    forged = "talk.wav\n2026-01-01T00:00:00.000+00:00 WARNING pid=1 the queue was deleted"
+    for name in (f"{forged}.wav", "carriage\rreturn.wav", "bell \x1b[31mred.wav"):
+        (inbox / name).write_bytes(name.encode())
+    log = Path(daemon_env["WHISPER_DAEMON_LOG_DIR"]) / "watcher.log"
+    watcher = start("watch", daemon_env)
+    try:
+        wait_until(lambda: log_text(log).count("queued job") >= 3, 60, "three files queued", watcher)
+    finally:
+        stop(watcher)
+    lines = log_text(log).splitlines()
+    assert lines and all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d{4} [A-Z]+ pid=", line) for line in lines)
+    assert not any("the queue was deleted" in line and "queued job" not in line for line in lines)
+    assert any("talk.wav\\n2026-01-01" in line for line in lines) and any("carriage\\rreturn" in line for line in lines)
+    assert "\x1b" not in log_text(log) and "\\x1b[31mred" in log_text(log)

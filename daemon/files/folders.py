@@ -14,11 +14,10 @@ the rest when a worker starts the job. A job stores what it was queued with.
 from __future__ import annotations
 
 import json
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
-from daemon.config import CHINESE_SCRIPTS, TASKS, ConfigError, check_task_and_script
+from daemon.config import CHINESE_SCRIPTS, TASKS, ConfigError, check_task_and_script, read_toml_file
 
 SETTINGS_FILE = "whisper-daemon.toml"
 # What a folder may set: how its recordings are transcribed, not where or by which model.
@@ -45,11 +44,10 @@ def settings_for(path: Path, inbox: Path) -> dict[str, str]:
 def read(file: Path) -> dict[str, str]:
     """One settings file, checked; {} if there is none."""
     try:
-        with file.open("rb") as f:
-            data = tomllib.load(f)
+        data = read_toml_file(file)  # only a regular file: a FIFO or a link to /dev/zero must not stall the watcher
     except FileNotFoundError:
         return {}
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except (OSError, ValueError) as e:  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
         raise SettingsError(f"{file}: cannot read it ({e}); fix the file, then "
                             "`whisper-daemon retry --failed`") from e
     return check(data, str(file))

@@ -63,7 +63,7 @@ def _listed_name(folder: Path, name: str) -> str:
     try:
         if not os.path.lexists(folder / name):
             return name
-        entries = os.listdir(folder)
+        entries = _listing(folder)
     except OSError:
         return name
     if name in entries:
@@ -78,6 +78,27 @@ def _listed_name(folder: Path, name: str) -> str:
         if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
             return entry
     return name
+
+
+# The names in the folders looked at last, each with the folder's mtime when it was listed: queueing
+# the files of one folder lists it once while it does not change, not once per file (10,000 files
+# were 10,000 listings of 10,000 names). A file added in the same clock tick as the listing (the
+# kernel's coarse clock: milliseconds) is missing from it; its name is then taken as given, which
+# is right for every name the watcher gives (it lists them).
+_LISTINGS: dict[Path, tuple[int, frozenset[str]]] = {}
+LISTINGS_KEPT = 64
+
+
+def _listing(folder: Path) -> frozenset[str]:
+    mtime = os.stat(folder).st_mtime_ns
+    cached = _LISTINGS.get(folder)
+    if cached is not None and cached[0] == mtime:
+        return cached[1]
+    names = frozenset(os.listdir(folder))
+    if len(_LISTINGS) >= LISTINGS_KEPT:
+        _LISTINGS.pop(next(iter(_LISTINGS)), None)
+    _LISTINGS[folder] = (mtime, names)
+    return names
 
 
 def refusal(path: Path) -> str | None:

@@ -90,8 +90,9 @@ def _umask(status: str = "/proc/self/status") -> int:
 FILE_MODE = 0o666 & ~_umask()  # transcripts get the user's umask, like any file they make
 
 
-def write_atomic(path: Path, data: str) -> None:
-    """Readers see the old file or the whole new one, never a partial write.
+def write_atomic(path: Path, data: str, mode: int = FILE_MODE) -> None:
+    """Readers see the old file or the whole new one, never a partial write. `mode`: the file's
+    permissions (0o600 for one that holds a secret: it has them before it has its name).
 
     The temp file is named after a hash of the target: short (the target's name may already use
     all 255 bytes), and the same every time, so one left behind by a killed writer is removed here.
@@ -106,7 +107,7 @@ def write_atomic(path: Path, data: str) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)  # mkstemp creates 0600
+        os.chmod(tmp, mode)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

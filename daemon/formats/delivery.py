@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import html
 import http.client
 import json
 import os
@@ -105,7 +106,9 @@ class Delivery:
         if self.platform == "darwin":
             return [*OSASCRIPT, body, TITLE]
         if self.platform.startswith(NOTIFY_SEND_PLATFORMS):
-            return [NOTIFY_SEND, "--", TITLE, body]  # "--": a file name starting with "-" is not an option
+            # "--": a file name starting with "-" is not an option. The body is markup to notification
+            # servers (<b>, <a href>, &amp;): a file name's < > & are escaped, so they show as typed.
+            return [NOTIFY_SEND, "--", TITLE, html.escape(body, quote=False)]
         return None
 
     def _serve(self) -> None:

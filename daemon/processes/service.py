@@ -3,6 +3,10 @@
 macOS gets two LaunchAgents rendered from the launchd/ templates, Linux two systemd --user units.
 `plan()` only computes what to write and what to run, so --dry-run and the tests see exactly what
 `execute()` would do, without touching the machine.
+
+The settings can hold secrets (the queue's PostgreSQL password, the webhook's password or token),
+so they live only in files nobody else may read: the plists (0600), and for systemd an
+EnvironmentFile (0600) that the world-readable units name. --dry-run prints them masked.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import APP, Config, is_postgres
-from daemon.files.outputs import write_atomic
+from daemon.files.outputs import FILE_MODE, write_atomic
 from daemon.processes.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL
 
 ACTIONS = ("install", "uninstall", "start", "stop", "restart", "status")
@@ -32,6 +36,7 @@ TEMPLATES = {"watch": "io.github.whisper-daemon.watcher.plist.in", "work": "io.g
              "web": "io.github.whisper-daemon.web.plist.in"}
 UNITS = {"watch": "whisper-daemon-watcher.service", "work": "whisper-daemon-worker.service",
          "web": "whisper-daemon-web.service"}
+ENVIRONMENT_FILE = "service.env"  # the systemd units' settings, in ~/.config/whisper-daemon
 # `launchctl bootout` of a service that is not loaded: 3 (ESRCH) or 113 ("Could not find service").
 LAUNCHD_NOT_LOADED = frozenset({3, 113})
 # `systemctl disable` of a unit that is not there: 1 ("Unit file … does not exist") or 5 (not loaded).
@@ -66,6 +71,9 @@ class Remove:
     path: Path
 
 
+PRIVATE_MODE = 0o600  # for the files that hold the settings
+
+
 @dataclass
 class Plan:
     files: dict[Path, str] = field(default_factory=dict)  # written before any command runs
@@ -73,6 +81,8 @@ class Plan:
     steps: list[Step | Remove] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # printed after a successful run
     keep_going: bool = False  # status: report every service even if one is down
+    private: frozenset[Path] = frozenset()  # of those, the ones that hold the settings: PRIVATE_MODE
+    shown: dict[Path, str] = field(default_factory=dict)  # as --dry-run prints them: secrets masked
 
     @property
     def commands(self) -> list[list[str]]:
@@ -157,10 +167,14 @@ def _launchd_plan(action: str, cfg: Config, home: Path, uid: int, python: str) -
 
     served, retired = _services(action, cfg, lambda command: agent(command).exists())
     files: dict[Path, str] = {}
+    shown: dict[Path, str] = {}
     targets: list[str] = []
     for command in served:
         data = render_plist(TEMPLATE_DIR / TEMPLATES[command], values, cfg.to_env())
-        files[agents / f"{data['Label']}.plist"] = plistlib.dumps(data).decode()
+        path = agents / f"{data['Label']}.plist"
+        files[path] = plistlib.dumps(data).decode()
+        shown[path] = plistlib.dumps(render_plist(TEMPLATE_DIR / TEMPLATES[command], values,
+                                                  cfg.to_env(masked=True))).decode()
         targets.append(f"{domain}/{data['Label']}")
     old = [(f"{domain}/{agent(command).stem}", agent(command)) for command in retired]
 
@@ -177,7 +191,8 @@ def _launchd_plan(action: str, cfg: Config, home: Path, uid: int, python: str) -
         # Bootout first so a reinstall restarts with the new settings.
         return Plan(files, [log_dir], [*(s for target, path in old for s in (bootout(target), Remove(path))),
                                        *map(bootout, targets), *map(bootstrap, files)],
-                    _install_notes(cfg) + _launchd_notes(cfg, home, log_dir, python))
+                    _install_notes(cfg) + _launchd_notes(cfg, home, log_dir, python),
+                    private=frozenset(files), shown=shown)
     if action == "uninstall":
         return Plan(steps=[*map(bootout, targets), *map(Remove, files)])
     if action == "start":  # kickstart if loaded, else bootstrap (RunAtLoad starts it)
@@ -214,10 +229,24 @@ def _systemd_quote(text: str, exec_line: bool = False) -> str:
     return '"' + (text.replace("$", "$$") if exec_line else text) + '"'
 
 
-def render_unit(command: str, python: str, env: Mapping[str, str]) -> str:
-    """The systemd --user unit for `python -m daemon <command>`."""
+def render_environment_file(env: Mapping[str, str]) -> str:
+    """An EnvironmentFile: each value double-quoted, as systemd reads it (POSIX shell double quotes:
+    a backslash before \\ " $ ` keeps that character)."""
+    lines = ["# Written by `whisper-daemon service install` (the settings of both services); run that again "
+             "instead of editing this file."]
+    for key, value in sorted(env.items()):
+        if any(ord(c) < 32 or c == "\x7f" for c in value):
+            raise ServiceError(f"{key} contains a control character; a systemd environment file cannot hold it")
+        quoted = re.sub(r'([\\"$`])', r"\\\1", value)
+        lines.append(f'{key}="{quoted}"')
+    return "\n".join([*lines, ""])
+
+
+def render_unit(command: str, python: str, env: Mapping[str, str], environment_file: Path) -> str:
+    """The systemd --user unit for `python -m daemon <command>`; its settings are in `environment_file`."""
     name = UNITS[command].removesuffix(".service")
     exec_start = " ".join(_systemd_quote(a, exec_line=True) for a in [python, "-m", "daemon", command])
+    _systemd_quote(str(environment_file))  # refuses a control character
     lines = [
         "# Written by `whisper-daemon service install`; run that again instead of editing this file.",
         "[Unit]",
@@ -226,6 +255,8 @@ def render_unit(command: str, python: str, env: Mapping[str, str]) -> str:
         "[Service]",
         f"ExecStart={exec_start}",
         f"WorkingDirectory={str(PROJECT_DIR).replace('%', '%%')}",
+        "# The settings, which may hold passwords: readable by you alone.",
+        f"EnvironmentFile={str(environment_file).replace('%', '%%')}",
         *(f"Environment={_systemd_quote(f'{k}={v}')}" for k, v in sorted(env.items())),
         "# Restart after a crash (non-zero exit or a signal), not after a clean exit 0.",
         "Restart=on-failure",
@@ -246,9 +277,12 @@ def render_unit(command: str, python: str, env: Mapping[str, str]) -> str:
 
 def _systemd_plan(action: str, cfg: Config, home: Path, python: str) -> Plan:
     unit_dir = home / ".config" / "systemd" / "user"
-    env = {**cfg.to_env(), "PATH": _search_path(python, "/usr/local/bin", "/usr/bin", "/bin")}
+    settings = home / ".config" / APP / ENVIRONMENT_FILE
+    env = {"PATH": _search_path(python, "/usr/local/bin", "/usr/bin", "/bin")}
     served, retired = _services(action, cfg, lambda command: (unit_dir / UNITS[command]).exists())
-    files = {unit_dir / UNITS[command]: render_unit(command, python, env) for command in served}
+    files = {settings: render_environment_file(cfg.to_env())}
+    files |= {unit_dir / UNITS[command]: render_unit(command, python, env, settings) for command in served}
+    shown = {settings: render_environment_file(cfg.to_env(masked=True))}
     units = [UNITS[command] for command in served]
     systemctl = ["systemctl", "--user"]
     if action == "install":
@@ -263,7 +297,7 @@ def _systemd_plan(action: str, cfg: Config, home: Path, python: str) -> Plan:
             f"Logs: {cfg.log_dir} (watcher.log, worker.log), and `journalctl --user -u {units[1]} -f`",
             "To keep the services running with nobody logged in (and start them at boot), run once: "
             "loginctl enable-linger $USER"]
-        return Plan(files, steps=steps, notes=notes)
+        return Plan(files, steps=steps, notes=notes, private=frozenset({settings}), shown=shown)
     if action == "uninstall":
         return Plan(steps=[Step([*systemctl, "disable", "--now", *units], OK | SYSTEMD_NO_UNIT),
                            *map(Remove, files), Step([*systemctl, "daemon-reload"])])
@@ -285,7 +319,8 @@ def describe(plan: Plan) -> str:
     """The plan as text: each file with its contents, then each command, shell-quoted."""
     out = [f"# create folder {d}" for d in plan.dirs]
     for path, text in plan.files.items():
-        out += [f"# --- write {path} ---", text.rstrip("\n"), f"# --- end of {path} ---"]
+        mode = f" (mode {PRIVATE_MODE:o}; passwords and tokens shown as ***)" if path in plan.private else ""
+        out += [f"# --- write {path}{mode} ---", plan.shown.get(path, text).rstrip("\n"), f"# --- end of {path} ---"]
     for step in plan.steps:
         if isinstance(step, Remove):
             out.append(f"# remove {step.path}")
@@ -315,7 +350,8 @@ def execute(plan: Plan, run: Runner = _run, sleep: Callable[[float], None] = tim
     for folder in plan.dirs:
         folder.mkdir(parents=True, exist_ok=True)
     for path, text in plan.files.items():
-        write_atomic(path, text)  # a service manager never reads a half-written file
+        # Atomic: a service manager never reads a half-written file. A private one is never readable by others.
+        write_atomic(path, text, PRIVATE_MODE if path in plan.private else FILE_MODE)
         print(f"wrote {path}")
     code = 0
     for step in plan.steps:

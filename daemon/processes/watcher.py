@@ -20,7 +20,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from daemon.files.folders import SettingsError
+from daemon.files.folders import SETTINGS_FILE, SettingsError
 from daemon.files.inputs import as_text, is_candidate, refusal, skipped_silently, unsupported_reason
 
 POLL_SECONDS = 0.25
@@ -101,21 +101,42 @@ class _Pending:
     size: int
     mtime_ns: int
     since: float  # monotonic time the size and mtime were last seen to change
+    arrived: bool  # it appeared at its path while watched (created, moved in): maybe a new copy
+
+
+# What a file's folders' settings files were when it was queued: (inode, size, mtime, ctime) of
+# each folder's whisper-daemon.toml from the inbox down to the file's folder, None where there is none.
+Stamp = tuple[tuple[int, int, int, int] | None, ...]
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """A file as it was handed to `enqueue` (or `reject`): a rescan skips it while this still holds."""
+
+    size: int
+    mtime_ns: int
+    settings: Stamp
 
 
 class Watcher:
-    """Tracks candidate files until their size and mtime have held still for `quiet_seconds`."""
+    """Tracks candidate files until their size and mtime have held still for `quiet_seconds`.
+
+    A rescan costs a stat per file: a file handed to `enqueue` is remembered (size, mtime and its
+    folders' settings files), and only what changed since goes through `enqueue` again. What the
+    watcher remembers is what the inbox holds now: a rescan forgets the files that are gone."""
 
     def __init__(
         self,
         inbox: Path,
-        enqueue: Callable[[Path], object],
+        enqueue: Callable[[Path, bool], object],
         quiet_seconds: float = 2.0,
         rescan_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         reject: Callable[[Path, str], object] | None = None,
         observer: str = "auto",
     ) -> None:
+        """`enqueue(path, arrived)`: queue a file that held still; `arrived` is True for one that
+        appeared at its path while watched (see JobQueue.enqueue)."""
         self.inbox = inbox
         self.observer = observer  # config.OBSERVERS; see observer_for
         self.enqueue = enqueue
@@ -124,37 +145,46 @@ class Watcher:
         self.rescan_seconds = rescan_seconds
         self.clock = clock
         self._pending: dict[Path, _Pending] = {}
+        self._seen: dict[Path, _Seen] = {}
         self._unsupported: set[Path] = set()  # told once each
         self._lock = threading.Lock()
 
-    def notice(self, path: Path) -> None:
-        """A file may have changed: (re)start its quiet period."""
+    def notice(self, path: Path, arrived: bool = False) -> None:
+        """A file may have changed (`arrived`: it appeared at its path): (re)start its quiet period."""
         if not self._wanted(path):
             return
         with self._lock:
-            self._pending.pop(path, None)
-            self._observe(path)
+            old = self._pending.pop(path, None)
+            self._observe(path, arrived or (old is not None and old.arrived))
 
     def scan(self, root: Path | None = None) -> None:
-        """Pick up files that arrived while nobody was watching (or inside a moved-in folder)."""
-        for path in sorted((root or self.inbox).rglob("*")):
+        """Pick up files that arrived while nobody was watching, and files changed since they were
+        queued; the rest cost a stat. A scan of the whole inbox also forgets the files that are no
+        longer there. `root`: a folder that was just created or moved in, whose files all arrived."""
+        stamps: dict[Path, Stamp] = {}
+        listed = sorted((root or self.inbox).rglob("*"))
+        for path in listed:
             if self._wanted(path):
                 with self._lock:
-                    if path not in self._pending:
-                        self._observe(path)
+                    if path not in self._pending and (root is not None or not self._unchanged(path, stamps)):
+                        self._observe(path, root is not None)
+        if root is None:
+            present = set(listed)
+            with self._lock:
+                self._seen = {path: seen for path, seen in self._seen.items() if path in present}
+                self._unsupported &= present
 
     def poll(self) -> list[Path]:
         """Enqueue every pending file that has been quiet long enough; return them."""
         now = self.clock()
-        ready: list[Path] = []
+        ready: list[tuple[Path, _Pending]] = []
         with self._lock:
             for path in list(self._pending):
-                if self._observe(path) and now - self._pending[path].since >= self.quiet_seconds:
-                    del self._pending[path]
-                    ready.append(path)
-        for path in ready:
-            self._enqueue(path)
-        return ready
+                if self._observe(path, self._pending[path].arrived) and now - self._pending[path].since >= self.quiet_seconds:
+                    ready.append((path, self._pending.pop(path)))
+        for path, pending in ready:
+            self._enqueue(path, pending)
+        return [path for path, _ in ready]
 
     def run(self, stop: threading.Event) -> None:
         if not self.inbox.is_dir():
@@ -185,7 +215,32 @@ class Watcher:
             logger.info("not transcribing {}: {}", as_text(path), unsupported_reason(path))
         return False
 
-    def _observe(self, path: Path) -> bool:
+    def _unchanged(self, path: Path, stamps: dict[Path, Stamp]) -> bool:
+        """Whether `path` is as it was handed to enqueue: same size, mtime and settings files."""
+        seen = self._seen.get(path)
+        if seen is None:
+            return False
+        try:
+            st = path.lstat()
+        except OSError:
+            return False
+        return (st.st_size, st.st_mtime_ns) == (seen.size, seen.mtime_ns) and self._stamp(path.parent, stamps) == seen.settings
+
+    def _stamp(self, folder: Path, stamps: dict[Path, Stamp]) -> Stamp:
+        """The settings files that apply in `folder` as they are now (Stamp); `stamps` holds the
+        folders already looked at in this scan, so each settings file costs one stat per scan."""
+        stamp = stamps.get(folder)
+        if stamp is None:
+            try:
+                st = (folder / SETTINGS_FILE).stat()
+                own = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            except OSError:
+                own = None
+            inside = folder != self.inbox and folder.is_relative_to(self.inbox)
+            stamp = stamps[folder] = (*(self._stamp(folder.parent, stamps) if inside else ()), own)
+        return stamp
+
+    def _observe(self, path: Path, arrived: bool) -> bool:
         """Record the current size and mtime; drop the file if it is gone or a folder.
 
         lstat: a symbolic link is tracked as itself (it is refused later, never followed), and a
@@ -200,16 +255,19 @@ class Watcher:
             return False
         old = self._pending.get(path)
         if old is None or (old.size, old.mtime_ns) != (st.st_size, st.st_mtime_ns):
-            self._pending[path] = _Pending(st.st_size, st.st_mtime_ns, self.clock())
+            self._pending[path] = _Pending(st.st_size, st.st_mtime_ns, self.clock(), arrived)
         return True
 
-    def _enqueue(self, path: Path) -> None:
-        """Queue a file that held still, or record why it cannot be; never let one file stop the watcher."""
+    def _enqueue(self, path: Path, pending: _Pending) -> None:
+        """Queue a file that held still, or record why it cannot be; never let one file stop the watcher.
+        Remember it once done, so that rescans pass over it until it changes."""
         try:
+            seen = _Seen(pending.size, pending.mtime_ns, self._stamp(path.parent, {}))
             reason = refusal(path)
             if reason is None:
                 try:
-                    self.enqueue(path)
+                    self.enqueue(path, pending.arrived)
+                    self._seen[path] = seen
                     return
                 except PermissionError as e:  # unreadable: tell the user, not only the log
                     reason = f"cannot read the file: {e.strerror}"
@@ -219,6 +277,7 @@ class Watcher:
                 logger.warning("not queued: {}: {}", as_text(path), reason)
             else:
                 self.reject(path, reason)
+            self._seen[path] = seen
         except FileNotFoundError:  # deleted or moved away while it was being looked at
             logger.warning("{} vanished before it could be queued", as_text(path))
         except Exception:  # e.g. the database is unwritable, an I/O error: the next rescan tries again
@@ -233,7 +292,7 @@ class _Handler(FileSystemEventHandler):
         if event.is_directory:
             self.watcher.scan(Path(str(event.src_path)))
         else:
-            self.watcher.notice(Path(str(event.src_path)))
+            self.watcher.notice(Path(str(event.src_path)), arrived=True)
 
     def on_modified(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
@@ -246,4 +305,4 @@ class _Handler(FileSystemEventHandler):
         if event.is_directory:
             self.watcher.scan(Path(str(event.dest_path)))
         else:
-            self.watcher.notice(Path(str(event.dest_path)))
+            self.watcher.notice(Path(str(event.dest_path)), arrived=True)

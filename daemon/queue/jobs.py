@@ -25,7 +25,7 @@ from sqlmodel.sql.expression import SelectOfScalar
 from daemon.files.folders import dumps
 from daemon.files.inputs import Fingerprint, as_text, canonical, fingerprint
 from daemon.files.outputs import existing, fits, names, output_key, paths
-from daemon.queue.db import Job, JobStatus, OutputRow, SegmentRow, announce, reading, utcnow, writing
+from daemon.queue.db import Job, JobStatus, OutputRow, SegmentRow, announce, reading, shared, utcnow, writing
 from daemon.transcript import Checkpoint, Segment, Window, Word
 
 MAX_ATTEMPTS = 3
@@ -33,6 +33,10 @@ MAX_ATTEMPTS = 3
 # longest guard wait); a job whose lease has run out for this long has lost its worker.
 LEASE = timedelta(minutes=10)
 CLAIM_TRIES = 5  # claims that lost a race for the same content (see claim) before giving up this turn
+
+
+class OutsideInbox(Exception):
+    """A file outside the inbox named for a queue several machines share; the message says what to do."""
 
 
 class LeaseLost(Exception):
@@ -47,10 +51,13 @@ class Enqueued:
 
 class JobQueue:
     def __init__(self, engine: Engine, clock: Callable[[], datetime] = utcnow, *, lease: timedelta = LEASE,
-                 inbox: Path | None = None) -> None:
+                 inbox: Path | None = None, fence: Callable[[Session], None] | None = None) -> None:
         """`inbox`: paths inside it are kept relative to it, so that machines that mount a shared inbox
-        at different places agree on which file a job is; without it every path is kept absolute."""
+        at different places agree on which file a job is; without it every path is kept absolute.
+        `fence`: called inside each transaction that adds a job; it raises (db.LockLost) when this
+        process may no longer add jobs (the active watcher's lock, standby.py)."""
         self.engine = engine
+        self.fence = fence
         self.clock = clock
         self.lease = lease
         self.inbox = None if inbox is None else Path(os.path.realpath(inbox))
@@ -80,27 +87,46 @@ class JobQueue:
                 session.add(job)
             return len(jobs)
 
+    def unfinished_outside_inbox(self) -> list[Job]:
+        """Queued or running jobs for files outside the inbox (absolute paths): only this machine can
+        read them, so they may not move to a queue several machines share (see enqueue)."""
+        with reading(self.engine) as session:
+            jobs = session.exec(select(Job).where(col(Job.status).in_([JobStatus.QUEUED, JobStatus.RUNNING]))).all()
+        return [job for job in jobs if Path(job.path).is_absolute()]
+
     # ------------------------------------------------------------------ adding jobs
 
-    def enqueue(self, path: Path, *, follow_link: bool = False, settings: Mapping[str, str] | None = None) -> Enqueued:
+    def enqueue(self, path: Path, *, follow_link: bool = False, settings: Mapping[str, str] | None = None,
+                arrived: bool = False) -> Enqueued:
         """Queue `path` unless this exact file (same path, same content) is already known.
 
         Same content under another name is queued too; the worker turns it into a `duplicate`
         rendered from the first transcript's segments instead of running the model again.
         `follow_link`: the user named this file themselves (`enqueue`), so a link is followed;
         links found in the inbox are refused instead. `settings`: its folders' (folders.py), stored
-        with the job.
+        with the job. `arrived`: the file just appeared at its path (the watcher saw it created or
+        moved in). A copy that keeps the mtime (`cp -p`, the Finder, `mv`) has the size and mtime of
+        the path's finished job, yet it is the recording copied in again (its transcript may have
+        been deleted): it is hashed, and queued again if that job is finished.
         """
         stored = dumps(settings or {})
         path = canonical(path, follow_link=follow_link)
         key = self.stored(path)
+        if self.inbox is not None and Path(key).is_absolute() and shared(self.engine):
+            # Its path means a file on this machine only; another machine's worker that claimed the
+            # job would transcribe whatever lies at that path on its own disk.
+            raise OutsideInbox(f"it is outside the inbox ({self.inbox}), and this "
+                               "queue is shared by several machines (PostgreSQL): another machine's worker could not "
+                               "read it. Copy it into the inbox instead; the watcher queues it from there")
         stat = path.stat()
         with reading(self.engine) as session:
             latest = _latest_for_path(session, key)
-        if latest is not None and latest.sha256 and (latest.size, latest.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+        if (not arrived and latest is not None and latest.sha256
+                and (latest.size, latest.mtime_ns) == (stat.st_size, stat.st_mtime_ns)):
             return Enqueued(latest, False)  # nobody touched it since we read it: skip hashing
         seen = fingerprint(path)  # outside the transaction: hashing a long video takes seconds
         with writing(self.engine) as session:
+            self._fenced(session)
             latest = _latest_for_path(session, key)
             if latest is not None and latest.status == JobStatus.QUEUED:
                 changed = latest.sha256 != seen.sha256
@@ -136,6 +162,7 @@ class JobQueue:
         text = Path(as_text(path))
         error = f"{text.name}: {reason}"
         with writing(self.engine) as session:
+            self._fenced(session)
             latest = _latest_for_path(session, self.stored(text))
             if latest is not None and (latest.size, latest.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
                 return Enqueued(latest, False)
@@ -395,6 +422,10 @@ class JobQueue:
     def get(self, ids: Iterable[int]) -> list[Job]:
         with reading(self.engine) as session:
             return list(session.exec(select(Job).where(col(Job.id).in_(list(ids)))).all())
+
+    def _fenced(self, session: Session) -> None:
+        if self.fence is not None:
+            self.fence(session)
 
     def _end(self, job: Job, status: JobStatus, **fields: object) -> None:
         job.status, job.finished_at, job.holder, job.lease_until = status, self.clock(), None, None

@@ -1,9 +1,14 @@
-"""One active watcher per queue, across machines: the others stand by and take over when it dies.
+"""One active watcher per queue, across machines: the others stand by and take over when it dies,
+freezes or is cut off.
 
 A queue has one inbox (shared by every machine that uses the queue, mounted wherever each one
 likes), so one watcher per queue is one watcher per inbox: two would race to queue each file. The
-lock is the queue's (db.try_lock: on PostgreSQL an advisory lock, held by the active watcher's own
-connection, so the server frees it when that watcher dies or its machine is cut off).
+lock is the queue's (db.try_lock). On PostgreSQL it is an advisory lock held by the active watcher's
+own connection, which the server frees when that watcher dies, with a heartbeat the watcher renews
+by the server's clock: a standby ends the session of a holder whose heartbeat has gone stale (a
+stopped process, a frozen or unplugged machine) and takes over; the old holder, once it runs again,
+finds its session gone and stands by. Its writes are fenced: `Lock.check` inside each transaction.
+On SQLite, one machine, it is a file lock that only the holder's death frees (sqlite.FileLock).
 """
 
 from __future__ import annotations
@@ -18,21 +23,24 @@ from daemon.queue.db import Lock, lock_held
 
 WATCHER_LOCK = "the queue's watcher"  # the lock's name (db.try_lock), the same on every machine
 STANDBY_SECONDS = 2.0  # how often a standby tries for the lock: the longest a dead watcher goes unreplaced
-LOCK_CHECK_SECONDS = 5.0  # how often the active watcher checks it still holds the lock
+# How often the active watcher renews its heartbeat (and checks it still holds the lock); a holder
+# that misses five in a row is replaced (postgres.LOCK_STALE_SECONDS).
+LOCK_CHECK_SECONDS = 3.0
 
 
-def run_when_active(take: Callable[[], Lock | None], run: Callable[[threading.Event], None],
+def run_when_active(take: Callable[[], Lock | None], run: Callable[[threading.Event, Lock], None],
                     stop: threading.Event, what: str) -> None:
-    """Stand by until `take` gets the lock, then `run(halt)` until stopped or the lock is lost (the
-    database went away: another watcher may hold it now), then stand by again."""
+    """Stand by until `take` gets the lock, then `run(halt, lock)` until stopped or the lock is lost
+    (another watcher took over while this one was stopped, or the database went away), then stand
+    by again."""
     standing_by = unreachable = False
     while not stop.is_set():
         try:
             lock = take()
         except Exception as e:  # the database is unreachable: nobody can be sure to be the one
             if not unreachable:
-                logger.warning("cannot reach the queue to become the active {} ({}); trying again every {:.0f} s",
-                               what, e, STANDBY_SECONDS)
+                logger.warning("cannot become the active {} ({}); trying again every {:.0f} s", what, e,
+                               STANDBY_SECONDS)
                 unreachable = True
             stop.wait(STANDBY_SECONDS)
             continue
@@ -49,13 +57,14 @@ def run_when_active(take: Callable[[], Lock | None], run: Callable[[threading.Ev
         monitor = threading.Thread(target=_watch_lock, args=(lock, stop, halt), daemon=True)
         monitor.start()
         try:
-            run(halt)
+            run(halt, lock)
         finally:
             halt.set()
             monitor.join()
             lock.release()
         if not stop.is_set():
-            logger.warning("lost the lock of the active {} (the queue's database went away); standing by", what)
+            logger.warning("no longer the active {} (another took over while this one was stopped or cut off, "
+                           "or the queue's database went away); standing by", what)
 
 
 def _watch_lock(lock: Lock, stop: threading.Event, halt: threading.Event) -> None:

@@ -22,15 +22,15 @@ from sqlmodel import Session
 
 from daemon.config import DATA_DIR, is_postgres
 from daemon.queue.db import sqlite
-from daemon.queue.db.errors import SchemaMismatch
+from daemon.queue.db.errors import LockLost, SchemaMismatch
 from daemon.queue.db.schema import Job, JobStatus, OutputRow, SegmentRow, WorkerRow, WorkerState, utcnow
 
-__all__ = ["Job", "JobStatus", "OutputRow", "SchemaMismatch", "SegmentRow", "WorkerRow", "WorkerState",  # re-exported
+__all__ = ["Job", "JobStatus", "LockLost", "OutputRow", "SchemaMismatch", "SegmentRow", "WorkerRow", "WorkerState",  # re-exported
            "is_postgres", "utcnow"]
 
 # The newest migration: a reader of another version refuses the database instead of misreading it.
 # tests/test_postgres.py checks it against migrations/versions.
-HEAD = "0002"
+HEAD = "0003"
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -46,11 +46,31 @@ def describe(db: str | Path) -> str:
 
 
 def connect(db: str | Path) -> Engine:
-    """Open the queue database, creating it or bringing its schema up to date."""
+    """Open the queue database, creating it or bringing its schema up to date; SchemaMismatch for a
+    database of a newer whisper-daemon (a revision this one's migrations do not know)."""
     engine = _postgres().engine(str(db)) if is_postgres(db) else sqlite.engine(Path(db))
-    if version(engine) != HEAD:
+    found = version(engine)
+    if found != HEAD:
+        if found is not None and not _known(found):
+            engine.dispose()
+            raise _newer(found)
         _migrate(engine)
     return engine
+
+
+def _known(revision: str) -> bool:
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    try:
+        return ScriptDirectory(str(MIGRATIONS)).get_revision(revision) is not None
+    except CommandError:  # "Can't locate revision"
+        return False
+
+
+def _newer(found: str | None) -> SchemaMismatch:
+    return SchemaMismatch(f"the queue database has schema {found}, which this whisper-daemon (schema {HEAD}) does "
+                          "not know: a newer whisper-daemon has used it. Upgrade whisper-daemon on this machine")
 
 
 def connect_readonly(db: str | Path) -> Engine:
@@ -87,8 +107,7 @@ def _migrate(engine: Engine) -> None:
         command.upgrade(config, "head")
     newer = version(engine)
     if newer != HEAD:
-        raise SchemaMismatch(f"the queue database has schema {newer}, which this whisper-daemon (schema {HEAD}) does "
-                             "not know: upgrade whisper-daemon")
+        raise _newer(newer)
 
 
 def storage_error(e: BaseException) -> bool:
@@ -101,6 +120,11 @@ def storage_error(e: BaseException) -> bool:
         return sqlite.storage_error(orig)
     postgres = sys.modules.get("daemon.queue.db.postgres")  # loaded if this process ever spoke to PostgreSQL
     return postgres is not None and postgres.storage_error(orig)
+
+
+def shared(engine: Engine) -> bool:
+    """Whether several machines may use this queue (PostgreSQL); a SQLite queue is one machine's."""
+    return engine.dialect.name == "postgresql"
 
 
 def checkpoint(engine: Engine) -> None:
@@ -124,7 +148,10 @@ def announce(session: Session) -> None:
 
 
 class Lock(Protocol):
-    def alive(self) -> bool: ...
+    def alive(self) -> bool:
+        """Still held (on PostgreSQL this renews its heartbeat)."""
+    def check(self, session: Session) -> None:
+        """Inside the caller's write transaction: raise LockLost unless still held."""
     def release(self) -> None: ...
 
 

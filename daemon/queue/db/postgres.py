@@ -4,6 +4,8 @@ the settings of every connection, its error classes, notifications, advisory loc
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import threading
 import time
 from typing import Any
@@ -11,6 +13,8 @@ from typing import Any
 import psycopg
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.engine import URL
+
+from daemon.queue.db.errors import LockLost
 
 CHANNEL = "whisper_daemon_jobs"  # NOTIFY: a job may be claimable (queued, put back, or its twin done)
 APPLICATION = "whisper-daemon"
@@ -22,6 +26,11 @@ CONNECT_TIMEOUT_SECONDS = 10
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
 STOP_CHECK_SECONDS = 0.25  # a listener checks the stop flag this often while it waits
 MIGRATION_LOCK = "whisper-daemon schema migration"
+# A lock holder renews its heartbeat every standby.LOCK_CHECK_SECONDS (3 s); one that missed five
+# renewals in a row is frozen or cut off, and a standby ends its session. With the standby's 2 s
+# between tries, a frozen holder is replaced within about 17 s.
+LOCK_STALE_SECONDS = 15.0
+TERMINATE_WAIT_MS = 5000  # how long pg_terminate_backend waits for the ended session to go (and free the lock)
 # SQLSTATE classes that say the server or its disk failed, not the statement: connection exception,
 # insufficient resources (disk full, out of memory, too many connections), operator intervention
 # (shutdown, restart, cancel), system error (I/O).
@@ -74,29 +83,92 @@ def storage_error(error: BaseException) -> bool:
 
 
 class AdvisoryLock:
-    """A session-level advisory lock, held by its own connection: it ends with the connection, so
-    the server frees it when this process dies, or its machine is cut off (keepalives)."""
+    """A session-level advisory lock, held by its own connection, with a heartbeat row (schema.LockRow).
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    The server frees the lock when the session ends: at once when the holder's process dies. But a
+    process that is stopped (SIGSTOP, a debugger) or a machine that froze or lost its network keeps
+    the session open in the server's eyes (a stopped process's kernel still answers TCP keepalives;
+    an unplugged machine's session lasts until the server's keepalives give up, two hours by
+    default). So the holder renews its row's heartbeat, by the server's clock, and a standby that
+    finds it older than LOCK_STALE_SECONDS ends the holder's session (pg_terminate_backend), which
+    frees the lock. The holder, once it runs again, finds its session gone and stands by."""
+
+    def __init__(self, conn: psycopg.Connection[Any], name: str) -> None:
         self.conn = conn
+        self.name = name
+        self.session_pid = conn.info.backend_pid
 
     def alive(self) -> bool:
+        """Renew the heartbeat; False if this session no longer holds the lock."""
         try:
-            self.conn.execute("SELECT 1")
-            return True
+            renewed = self.conn.execute("UPDATE locks SET heartbeat_at = now() WHERE name = %s AND session_pid = %s",
+                                        (self.name, self.session_pid))
+            return renewed.rowcount == 1
         except psycopg.Error:
             return False
+
+    def check(self, session: Any) -> None:
+        """Inside the caller's transaction: raise LockLost unless this session still holds the lock, so
+        that a holder that was frozen while a standby took over cannot write once it runs again."""
+        held = session.execute(text(f"SELECT 1 FROM pg_locks l WHERE {_held(':high', ':low')} AND l.pid = :pid"),
+                               {**_lock_ids(self.name), "pid": self.session_pid}).first()
+        if held is None:
+            raise LockLost(f"{self.name}: another process holds the lock now")
 
     def release(self) -> None:
         self.conn.close()
 
 
+def _held(high: str, low: str) -> str:
+    """SQL: row `l` of pg_locks is a granted advisory lock on the bigint key whose high and low 32 bits
+    are the parameters `high` and `low` (written in the driver's style)."""
+    return f"l.locktype = 'advisory' AND l.granted AND l.classid = {high} AND l.objid = {low} AND l.objsubid = 1"
+
+
+def _lock_ids(name: str) -> dict[str, int]:
+    key = _key(name) & 0xFFFFFFFFFFFFFFFF
+    return {"high": key >> 32, "low": key & 0xFFFFFFFF}
+
+
 def try_lock(engine: Engine, name: str) -> AdvisoryLock | None:
+    """The lock, with its heartbeat row; None if a live process holds it. A holder whose heartbeat
+    is stale has its session ended here first (AdvisoryLock)."""
     conn = _connect(engine)
-    if conn.execute("SELECT pg_try_advisory_lock(%s)", (_key(name),)).fetchone() == (True,):
-        return AdvisoryLock(conn)
-    conn.close()
-    return None
+    try:
+        if not _try(conn, name) and not (_end_stale_holder(conn, name) and _try(conn, name)):
+            conn.close()
+            return None
+        conn.execute("INSERT INTO locks (name, session_pid, host, pid, since, heartbeat_at) "
+                     "VALUES (%s, pg_backend_pid(), %s, %s, now(), now()) ON CONFLICT (name) DO UPDATE SET "
+                     "session_pid = excluded.session_pid, host = excluded.host, pid = excluded.pid, "
+                     "since = excluded.since, heartbeat_at = excluded.heartbeat_at",
+                     (name, socket.gethostname(), os.getpid()))
+        return AdvisoryLock(conn, name)
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _try(conn: psycopg.Connection[Any], name: str) -> bool:
+    return conn.execute("SELECT pg_try_advisory_lock(%s)", (_key(name),)).fetchone() == (True,)
+
+
+def _end_stale_holder(conn: psycopg.Connection[Any], name: str) -> bool:
+    """End the session that holds `name` if its heartbeat is older than LOCK_STALE_SECONDS; whether
+    one was ended. Only a session that both holds the lock and is the one its row names: a new holder
+    that has not written its row yet is never taken for the old one."""
+    ids = _lock_ids(name)
+    try:
+        ended = conn.execute(
+            "SELECT pg_terminate_backend(h.session_pid, %(wait_ms)s) FROM locks h JOIN pg_locks l ON l.pid = h.session_pid "
+            "WHERE h.name = %(name)s AND h.heartbeat_at < now() - make_interval(secs => %(stale)s) AND "
+            + _held("%(high)s", "%(low)s"),
+            {**ids, "name": name, "stale": LOCK_STALE_SECONDS, "wait_ms": TERMINATE_WAIT_MS}).fetchall()
+    except psycopg.errors.InsufficientPrivilege as e:
+        raise LockLost(f"{name}: its holder's heartbeat is more than {LOCK_STALE_SECONDS:g} s old, but this "
+                       f"machine may not end its session ({e.diag.message_primary}): connect as the same "
+                       "PostgreSQL role on every machine, or grant this one pg_signal_backend") from e
+    return any(row[0] for row in ended)
 
 
 def lock_held(engine: Engine, name: str) -> bool:

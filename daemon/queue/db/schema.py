@@ -166,3 +166,20 @@ class WorkerRow(SQLModel, table=True):
     current_job_id: int | None = Field(default=None, foreign_key="jobs.id")
     started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     heartbeat_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class LockRow(SQLModel, table=True):
+    """The heartbeat of a lock held for a process's life on PostgreSQL (the active watcher's:
+    queue/standby.py), by the server's clock. The lock itself is an advisory lock on the holder's own
+    session; this row lets the other machines tell a holder that is frozen or cut off (whose session
+    the server still thinks alive) from a live one, and end its session. Unused on SQLite, where the
+    lock is a file lock on the one machine (sqlite.try_lock)."""
+
+    __tablename__ = "locks"
+
+    name: str = Field(primary_key=True)
+    session_pid: int  # the holder's server process (pg_backend_pid()): the session a standby may end
+    host: str  # for people reading the table, as `pid`
+    pid: int
+    since: datetime = Field(sa_type=UTCDateTime)
+    heartbeat_at: datetime = Field(sa_type=UTCDateTime)  # the server's now() at the holder's last renewal

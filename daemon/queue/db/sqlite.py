@@ -68,13 +68,22 @@ def slots_dir(db_path: Path) -> Path:
 
 class FileLock:
     """A lock held by this process for as long as it lives (or until release()): on SQLite every
-    process of the queue is on this machine, so a file lock beside the database will do."""
+    process of the queue is on this machine, so a file lock beside the database will do.
+
+    The kernel frees it the moment its holder dies, and never before: a holder that is stopped
+    (SIGSTOP, Ctrl-Z, a debugger) keeps it, and no standby takes over until it runs again or dies.
+    On one machine that is what someone who stopped it asked for (a pause), and a frozen machine
+    freezes its standbys with it; PostgreSQL's holders on other machines are judged by a heartbeat
+    instead (postgres.AdvisoryLock)."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
     def alive(self) -> bool:
         return True  # the kernel holds it until the process ends
+
+    def check(self, session: Any) -> None:
+        """Nothing to check: nobody else can have taken it (see above)."""
 
     def release(self) -> None:
         os.close(self.fd)
