@@ -96,6 +96,35 @@ def _break_cost(word: str, after: str, segment_ends: bool) -> float:
     return min(cost, BEFORE_CONJUNCTION) if after in CONJUNCTIONS else cost
 
 
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The inner programme's state: the cheapest layout found for a run of words in a number of lines."""
+
+    cost: float  # of its line breaks, uneven lines and sentences ending inside a line
+    last_line: int  # the word its last line starts with
+
+
+NO_LAYOUT = Layout(math.inf, -1)  # the words do not fit in that many lines
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A cue the outer programme may choose: words first..end-1, laid out in their best lines."""
+
+    first: int
+    end: int
+    line_starts: tuple[int, ...]  # the word each line starts with, the first one's being `first`
+    cost: float  # its layout's and its own (end, reading speed, shortness, a lone word)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The outer programme's state: the cheapest cues found that show every word before a point."""
+
+    cost: float
+    last: Candidate | None  # the last of those cues (None: no words yet); the one before ends at last.first
+
+
 class _Words:
     """A transcript's words, with cleaned times and prefix sums that make any run's cost quick."""
 
@@ -111,13 +140,19 @@ class _Words:
             self.ends.append(max(w.end, last) if math.isfinite(w.end) else last)
         # [k]: the latest a cue ending with word k may end, a gap before the next word
         self.latest = [s - rules.gap_seconds for s in self.starts[1:]] + [math.inf]
+        # [k]: whether a cue must end with word k, whatever it costs: a long pause follows. Any other
+        # hard break between two words belongs here too; shape never puts a cue across one.
+        self.must_end = [b - a > PAUSE_SECONDS for a, b in zip(self.ends, self.starts[1:])] + [True]
         texts = [w.text for w in self.words]  # prefix sums of characters, CJK ones, sentence ends:
         self.chars = [0, *accumulate(map(len, texts))]
         self.cjk = [0, *accumulate(len(_CJK.findall(t)) for t in texts)]
         self.sentences = [0, *accumulate(bool(SENTENCE_END.search(t.strip())) for t in texts)]
         self.lead = [len(t) - len(t.lstrip()) for t in texts]
         after = [t.strip().lower() for t in texts[1:]] + [""]
-        self.breaks = [_break_cost(t, a, k in segment_ends) for k, (t, a) in enumerate(zip(texts, after))]
+        # [k]: what a line or cue ending with word k costs (0 at a sentence's end)
+        self.break_cost = [_break_cost(t, a, k in segment_ends) for k, (t, a) in enumerate(zip(texts, after))]
+        # [n]: the sum of the weights of n lines' unevenness (TILT: a lower line's counts more)
+        self.line_weights = [sum(1 / (1 + TILT * k) for k in range(n)) for n in range(rules.lines + 1)]
 
     def line(self, s: int, e: int) -> tuple[int, int, int]:
         """Characters of a line of words s..e-1, how many of them are CJK, and the most it may have."""
@@ -125,77 +160,86 @@ class _Words:
         cjk = self.cjk[e] - self.cjk[s]
         return length, cjk, _most(length, cjk, self.rules)
 
-    def cues_from(self, i: int) -> Iterator[tuple[int, tuple[int, ...], float]]:
-        """(end, line starts, cost) of every cue of words i..end-1 within the hard limits, in the
-        fewest lines it fits in (Netflix: one line if it fits), laid out as well as it can be."""
+    def cues_from(self, first: int) -> Iterator[Candidate]:
+        """Every cue of words first..end-1 within the hard limits, in the fewest lines it fits in
+        (Netflix: one line if it fits), laid out as well as it can be."""
         r = self.rules
-        table: list[list[tuple[float, int]]] = []  # [e-i-1][m]: words i..e-1 in m+1 lines (cost, last line's start)
-        for e in range(i + 1, len(self.words) + 1):
-            if e - i > 1 and (min(self.ends[e - 1], self.latest[e - 1]) - self.starts[i] > r.max_seconds
-                              or self.starts[e - 1] - self.ends[e - 2] > PAUSE_SECONDS):
+        layouts: dict[int, list[Layout]] = {}  # [end][breaks]: words first..end-1 with that many line breaks
+        for end in range(first + 1, len(self.words) + 1):
+            if end - first > 1 and (self.must_end[end - 2]
+                                    or min(self.ends[end - 1], self.latest[end - 1]) - self.starts[first]
+                                    > r.max_seconds):
                 return
-            row: list[tuple[float, int]] = []
-            # A cue takes the fewest lines it fits in, so m+1 lines are only tried when m are too few
-            # (a longer cue whose first m+1 lines fit in m would fit in fewer lines too).
-            for m in range(r.lines):
-                row.append((math.inf, i) if m and row[-1][0] < math.inf else self.last_line(table, i, e, m))
-            table.append(row)
-            m = next((m for m, (cost, _) in enumerate(row) if cost < math.inf), None)
-            if m is None:
+            # A cue takes the fewest lines it fits in, so a layout with one more break is only tried when
+            # one fewer does not fit (a longer cue whose first n+1 lines fit in n would fit in fewer lines too).
+            by_breaks = [NO_LAYOUT] * r.lines
+            for breaks in range(r.lines):
+                by_breaks[breaks] = self.best_layout(layouts, first, end, breaks)
+                if by_breaks[breaks].cost < math.inf:
+                    break
+            else:
                 return  # nor will any longer run fit
-            starts, cost, s = [], row[m][0], e
-            for k in range(m, -1, -1):
-                s = table[s - i - 1][k][1]
-                starts.insert(0, s)
-            sizes = [self.line(a, b) for a, b in zip(starts, starts[1:] + [e])]
+            layouts[end] = by_breaks
+            starts, start = [], end
+            for k in range(breaks, -1, -1):  # back from the last line: where each line starts
+                start = layouts[start][k].last_line
+                starts.insert(0, start)
+            sizes = [self.line(a, b) for a, b in zip(starts, starts[1:] + [end])]
             # The least weighted sum of squares unused widths of this total can have: the rest is unevenness.
             unused = sum(max(most - length, 0) / most for length, _, most in sizes)
-            cost -= BALANCE * unused**2 / sum(1 / (1 + TILT * k) for k in range(len(sizes)))
-            yield e, tuple(starts), cost + self.cue_cost(i, e, sum(length for length, _, _ in sizes))
+            cost = by_breaks[breaks].cost - BALANCE * unused**2 / self.line_weights[len(sizes)]
+            yield Candidate(first, end, tuple(starts),
+                            cost + self.cue_cost(first, end, sum(length for length, _, _ in sizes)))
 
-    def last_line(self, table: list[list[tuple[float, int]]], i: int, e: int, m: int) -> tuple[float, int]:
-        """The best layout of words i..e-1 in m+1 lines, from those of shorter runs in m lines:
-        its cost and its last line's start."""
-        r, best = self.rules, (math.inf, i)
-        for s in range(e - 1, i, -1) if m else (i,):
-            above = table[s - i - 1][m - 1][0] + self.breaks[s - 1] if m else 0.0
+    def best_layout(self, layouts: dict[int, list[Layout]], first: int, end: int, breaks: int) -> Layout:
+        """The best layout of words first..end-1 with `breaks` line breaks: the best of shorter runs
+        with one break fewer, each followed by a last line."""
+        r, cost, last_line = self.rules, math.inf, first
+        widest = max(r.line_chars, r.cjk_line_chars)  # no line of more characters fits, in any script
+        weight = BALANCE * (1 + TILT * breaks)  # of the last line's unevenness
+        sentences_before_end = self.sentences[end - 1]
+        for s in range(end - 1, first, -1) if breaks else (first,):  # s: where the last line starts
+            above = layouts[s][breaks - 1].cost + self.break_cost[s - 1] if breaks else 0.0
             if above == math.inf:
                 continue
-            length, cjk, most = self.line(s, e)
+            length, cjk, most = self.line(s, end)
             # Too long for any line, as is and with more words: more CJK characters than a CJK line
             # holds are more than half of what a line of another script holds.
             too_much_cjk = cjk > r.cjk_line_chars and 2 * cjk > r.line_chars
-            if e - s > 1 and (length > max(r.line_chars, r.cjk_line_chars) or too_much_cjk):
+            if end - s > 1 and (length > widest or too_much_cjk):
                 break
-            if length > most and e - s > 1:  # a word longer than a line gets one of its own
+            if length > most and end - s > 1:  # a word longer than a line gets one of its own
                 continue
-            uneven = BALANCE * (1 + TILT * m) * (max(most - length, 0) / most) ** 2
-            sentences = MID_LINE_SENTENCE * (self.sentences[e - 1] - self.sentences[s])
-            if above + uneven + sentences < best[0]:  # on a tie the shorter last line: TILT decides
-                best = (above + uneven + sentences, s)
-        return best
+            uneven = weight * (max(most - length, 0) / most) ** 2
+            sentences = MID_LINE_SENTENCE * (sentences_before_end - self.sentences[s])
+            if above + uneven + sentences < cost:  # on a tie the shorter last line: TILT decides
+                cost, last_line = above + uneven + sentences, s
+        return Layout(cost, last_line) if cost < math.inf else NO_LAYOUT
 
-    def cue_cost(self, i: int, j: int, chars: int) -> float:
-        """The cost of a cue of words i..j-1 beyond its lines: its end, reading speed, shortness, a lone word."""
+    def cue_cost(self, first: int, end: int, chars: int) -> float:
+        """The cost of a cue of words first..end-1 beyond its lines: its end, reading speed,
+        shortness, a lone word."""
         r = self.rules
-        room = max(min(r.max_seconds, self.latest[j - 1] - self.starts[i]), FRAME_SECONDS)
+        room = max(min(r.max_seconds, self.latest[end - 1] - self.starts[first]), FRAME_SECONDS)
         speed = min(max(chars / r.chars_per_second / room - 1, 0.0), 1.0)
         short = (r.min_seconds - room) / r.min_seconds if room < r.min_seconds else 0.0
-        return CUE + CUE_END * self.breaks[j - 1] + SPEED * speed + SHORT * short + ORPHAN * (j - i == 1)
+        return (CUE + CUE_END * self.break_cost[end - 1] + SPEED * speed + SHORT * short
+                + ORPHAN * (end - first == 1))
 
-    def timed(self, spans: list[tuple[int, int, tuple[int, ...]]]) -> list[Cue]:
-        """The cues of these runs of words, timed: at least min_seconds and long enough to read
-        where the next cue allows, at most max_seconds, gap_seconds apart, one frame at least."""
+    def timed(self, chosen: list[Candidate]) -> list[Cue]:
+        """The chosen cues, timed: at least min_seconds and long enough to read where the next cue
+        allows, at most max_seconds, gap_seconds apart, one frame at least."""
         r, cues, last_end = self.rules, [], -math.inf
-        for i, j, starts in spans:
+        for cue in chosen:
+            first, end, starts = cue.first, cue.end, cue.line_starts
             lines = tuple("".join(w.text for w in self.words[a:b]).lstrip()
-                          for a, b in zip(starts, starts[1:] + (j,)))
-            start = max(self.starts[i], last_end + r.gap_seconds)
-            limit = min(start + r.max_seconds, self.latest[j - 1])
+                          for a, b in zip(starts, starts[1:] + (end,)))
+            start = max(self.starts[first], last_end + r.gap_seconds)
+            limit = min(start + r.max_seconds, self.latest[end - 1])
             reading = sum(map(len, lines)) / r.chars_per_second
-            wanted = max(self.ends[j - 1], start + r.min_seconds, start + reading)
+            wanted = max(self.ends[end - 1], start + r.min_seconds, start + reading)
             last_end = max(min(wanted, limit), start + FRAME_SECONDS)
-            cues.append(Cue(start, last_end, lines, tuple(self.words[i:j])))
+            cues.append(Cue(start, last_end, lines, tuple(self.words[first:end])))
         return cues
 
 
@@ -204,18 +248,16 @@ def shape(segments: Sequence[Segment], rules: CueRules = CueRules()) -> list[Cue
     sequence of candidate cues, found by dynamic programming over the points between words."""
     words = _Words(segments, rules)
     n = len(words.words)
-    best = [0.0] + [math.inf] * n  # the least cost of cues showing the first j words
-    back: list[tuple[int, tuple[int, ...]]] = [(0, ())] * (n + 1)
-    for i in range(n):  # best[i] is final here: every cue ending at i starts before it
-        for j, starts, cost in words.cues_from(i):
-            if best[i] + cost < best[j]:
-                best[j], back[j] = best[i] + cost, (i, starts)
-    spans, j = [], n
-    while j:
-        i, starts = back[j]
-        spans.append((i, j, starts))
-        j = i
-    return words.timed(spans[::-1])
+    plans = [Plan(0.0, None)] + [Plan(math.inf, None)] * n  # [j]: the best cues for the first j words
+    for i in range(n):  # plans[i] is final here: every cue ending at i starts before it
+        for cue in words.cues_from(i):
+            if plans[i].cost + cue.cost < plans[cue.end].cost:
+                plans[cue.end] = Plan(plans[i].cost + cue.cost, cue)
+    chosen, j = [], n
+    while cue := plans[j].last:  # back from the end, cue by cue
+        chosen.append(cue)
+        j = cue.first
+    return words.timed(chosen[::-1])
 
 
 def _width(line: str, rules: CueRules) -> int:
