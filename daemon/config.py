@@ -79,7 +79,7 @@ class Config:
     cue_gap_seconds: float = CUES.gap_seconds
     vad: bool = True  # Silero VAD: the model hears only speech, so it invents nothing over noise and music
     vad_threshold: float = 0.5  # speech probability above which VAD counts a 32 ms frame as speech
-    beam_size: int | None = 5  # the CLI's; 2: 0.7x the time, more errors (bench/beams.py, realspeech.py); 1: greedy
+    beam_size: int | None = 5  # the CLI's; 2: 0.7x the time, more errors (docs/benchmarks.md: beam width); 1: greedy
     chunk_seconds: float = 30.0  # audio per window and per checkpoint (Whisper's window is 30 s)
     precision: str = "auto"  # auto | fp32 | fp16 | bf16 | int8 (an int8 decoder): the resident weights' number format
     threads: int = 0  # torch threads of a worker; 0: one per physical core (two workers on one machine: 1 each)

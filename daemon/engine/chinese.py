@@ -8,7 +8,7 @@ one recording, and mostly without punctuation. Two things fix that:
 - a short sentence in that script, with full-width punctuation, is the prompt of a second pass
   over each window's text that may only add marks (decoder.Decoder.punctuate): whisper continues
   the style of the text before it, so it punctuates. Given to the decoding itself, the same
-  prompt also changes the words, and costs about 2 points of CER (bench/zh_prompt.py).
+  prompt also changes the words, and costs about 2 points of CER (docs/benchmarks.md, Real speech).
 
 Only transcripts whose language is Chinese are touched: Japanese kanji are never converted.
 """

@@ -386,7 +386,7 @@ class Engine:
 
         A language with a style sample (Mandarin) gets its punctuation from a second pass over the
         same tokens, prompted with the sample, that only adds marks: a style prompt in the decoding
-        itself changes the words (bench/zh_prompt.py). The words are timed on the text as shown
+        itself changes the words (docs/benchmarks.md, Real speech). The words are timed on the text as shown
         (timing.py); the segments' tokens, carried as the next prompt, stay the decoding's own."""
         t = decoder.tokenizer
         pieces, advance = self._pieces(result, t, content_frames)
