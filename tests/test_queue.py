@@ -6,8 +6,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sqlite3
+import time
 import unicodedata
-from datetime import timezone
+from collections.abc import Callable
+from datetime import timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from daemon.files.inputs import fingerprint
 from daemon.formats import FORMATS
-from daemon.queue.db import HEAD, JobStatus, connect, utcnow, version
+from daemon.queue.db import HEAD, Job, JobStatus, connect, utcnow, version
 from daemon.queue.db.sqlite import PRAGMAS, SCHEMA_VERSION
 from daemon.queue.jobs import LEASE, JobQueue, LeaseLost
 from daemon.transcript import Checkpoint, Segment, Window, Word
@@ -146,7 +148,8 @@ def test_claim_is_fifo_and_sets_running_under_a_lease(queue: JobQueue, tmp_path:
     job = claim(queue)
     assert job is not None and job.id == ids[0]
     assert job.status == JobStatus.RUNNING and job.attempts == 1 and job.started_at is not None
-    assert job.holder == HOLDER and job.lease_until == job.started_at + LEASE
+    # The lease is the database's time (started_at is the machine's: the same clock here, to the tick).
+    assert job.holder == HOLDER and abs(job.lease_until - (job.started_at + LEASE)) < timedelta(seconds=5)
 
 
 def test_same_content_waits_while_its_twin_runs(queue: JobQueue, tmp_path: Path) -> None:
@@ -213,19 +216,17 @@ def test_recover_requeues_then_fails_after_max_attempts(queue: JobQueue, tmp_pat
 
 
 def test_only_an_expired_lease_lets_another_worker_requeue_a_job(db: str, tmp_path: Path) -> None:
-    """Time is injected: a lease runs out after minutes, which a test cannot wait for."""
-    now = [utcnow()]
-    queue = JobQueue(connect(db), clock=lambda: now[0])
+    """A lease of 2 s, waited for by the database's clock."""
+    lease = timedelta(seconds=2)
+    queue = JobQueue(connect(db), lease=lease)
     job = queue.enqueue(inbox_file(tmp_path, "a.wav")).job
     claim(queue)
     assert queue.recover("another worker") == []  # the holder is alive as far as anyone can tell
-    now[0] += LEASE / 2
-    assert queue.renew(job.id, HOLDER)  # a window, or a heartbeat while paused
-    now[0] += LEASE * 0.9
-    assert queue.recover("another worker") == []
-    now[0] += LEASE * 0.2
-    (recovered,) = queue.recover("another worker")
-    assert recovered.status == JobStatus.QUEUED
+    renewed = time.monotonic()
+    assert queue.renew(job.id, HOLDER)  # its heartbeat
+    recovered = _poll(lambda: queue.recover("another worker"), 30)
+    assert time.monotonic() - renewed >= lease.total_seconds() - 0.1  # not before the renewed lease ran out
+    assert [j.status for j in recovered] == [JobStatus.QUEUED]
     taken = queue.claim("another worker")
     assert taken is not None and taken.id == job.id
     # The first worker wakes up (a laptop lid opened): it cannot write for the job any more.
@@ -236,6 +237,31 @@ def test_only_an_expired_lease_lets_another_worker_requeue_a_job(db: str, tmp_pa
         queue.finish(job.id, HOLDER, JobStatus.DONE)
     assert not queue.renew(job.id, HOLDER)
     assert queue.segments(job.id) == []
+
+
+def test_leases_are_judged_by_the_databases_clock_not_each_machines(db: str, tmp_path: Path) -> None:
+    """Another machine whose clock is an hour fast (its clock injected: a machine's clock cannot be
+    set wrong for real here) neither takes a live job nor gives out a lease that outlives its
+    worker; one an hour slow still takes over a dead worker's job."""
+    engine = connect(db)
+    here = JobQueue(engine, lease=timedelta(seconds=2))
+    fast = JobQueue(engine, clock=lambda: utcnow() + timedelta(hours=1))
+    slow = JobQueue(engine, clock=lambda: utcnow() - timedelta(hours=1))
+    job = here.enqueue(inbox_file(tmp_path, "a.wav")).job
+    assert claim(here).id == job.id  # type: ignore[union-attr]
+    assert fast.recover("a fast machine") == []  # the holder is alive: its lease holds by the server's time
+    assert _poll(lambda: slow.recover("a slow machine"), 30)[0].id == job.id  # and it ran out by the same time
+    taken = slow.claim("a slow machine")
+    assert taken is not None and taken.lease_until is not None
+    assert abs(taken.lease_until - (utcnow() + LEASE)) < timedelta(seconds=30)  # not an hour early
+
+
+def _poll(probe: Callable[[], list[Job]], timeout: float) -> list[Job]:
+    deadline = time.monotonic() + timeout
+    while not (found := probe()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+    return found
 
 
 def test_release_does_not_count_the_interrupted_attempt(queue: JobQueue, tmp_path: Path) -> None:

@@ -1,9 +1,10 @@
 """The job queue: enqueue, claim under a lease, checkpoint, finish. Portable SQL only; what one
 backend alone speaks stays in daemon/queue/db.
 
-A running job belongs to the worker named in `holder` until `lease_until`. Every write a worker
-makes for a job (a window, its output name, its end) is conditional on still holding it, so a
-worker that lost its lease (asleep, stalled) can never overwrite the work of the one that took over.
+A running job belongs to the worker named in `holder` until `lease_until`, by the database's clock.
+Every write a worker makes for a job (a window, its output name, its end) first locks the job's row
+and checks that it still holds it, so a worker that lost its lease (asleep, stalled) can never
+overwrite the work of the one that took over, nor a recovery set a finished job back to queued.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, delete, func, or_, update
+from sqlalchemy import ColumnElement, Engine, delete, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
@@ -25,14 +27,20 @@ from sqlmodel.sql.expression import SelectOfScalar
 from daemon.files.folders import dumps
 from daemon.files.inputs import Fingerprint, as_text, canonical, fingerprint
 from daemon.files.outputs import existing, fits, names, output_key, paths
-from daemon.queue.db import Job, JobStatus, OutputRow, SegmentRow, announce, reading, utcnow, writing
+from daemon.queue.db import Job, JobStatus, OutputRow, SegmentRow, announce, database_time, reading, utcnow, writing
 from daemon.transcript import Checkpoint, Segment, Window, Word
 
 MAX_ATTEMPTS = 3
-# A worker renews its lease with every window and every heartbeat (at most 2 minutes apart, the
-# longest guard wait); a job whose lease has run out for this long has lost its worker.
-LEASE = timedelta(minutes=10)
+# A busy worker renews its lease from a heartbeat thread every few seconds (worker.py), whatever
+# the job is doing; a job whose lease has run out has lost its worker (killed, or its machine died
+# or was cut off) and another worker resumes it from its checkpoint. Short, so that happens soon:
+# config.py's lease_seconds, the same default.
+LEASE = timedelta(seconds=45)
 CLAIM_TRIES = 5  # claims that lost a race for the same content (see claim) before giving up this turn
+# Storage trouble with one job: it waits this long before it may be claimed again, doubling with
+# each failure in a row, while the jobs behind it go ahead.
+RETRY_START_SECONDS = 2.0
+RETRY_MAX_SECONDS = 300.0
 
 
 class LeaseLost(Exception):
@@ -106,16 +114,25 @@ class JobQueue:
                 changed = latest.sha256 != seen.sha256
                 if changed:  # replaced before the worker got to it: transcribe the new content from the start
                     _reset_progress(session, latest)
+                # Touched, or synced with the same content: its checkpoint stays. Whether the settings
+                # it was made with still hold is the worker's to judge (verify) against `asked`.
                 _set_fingerprint(session, latest, seen)
-                latest.settings = stored
+                latest.asked = stored
                 announce(session)
                 return Enqueued(latest, changed)
             if latest is not None and latest.status == JobStatus.RUNNING and latest.sha256 == seen.sha256:
                 return Enqueued(latest, False)
+            if (latest is not None and latest.sha256 == seen.sha256
+                    and latest.status in (JobStatus.DONE, JobStatus.DUPLICATE) and _outputs_present(session, latest)):
+                # Same path, same content: the same job, whatever the mtime says (another machine sees
+                # it differently, or the file was touched). This machine's view is kept, so that
+                # its next rescan need not hash the file again.
+                _set_fingerprint(session, latest, seen)
+                return Enqueued(latest, False)
             # New, new content (a running job for the old content is superseded when this one is
-            # claimed), or the same content copied in again after it was finished (its transcript may
-            # have been deleted): a new job. Known content is rendered from stored segments, cheaply.
-            job = Job(path=key, sha256=seen.sha256, size=seen.size, mtime_ns=seen.mtime_ns, settings=stored,
+            # claimed), or the same content copied in again after its transcript was deleted (or
+            # after it failed): a new job. Known content is rendered from stored segments, cheaply.
+            job = Job(path=key, sha256=seen.sha256, size=seen.size, mtime_ns=seen.mtime_ns, asked=stored,
                       created_at=self.clock())
             session.add(job)
             session.flush()
@@ -153,7 +170,8 @@ class JobQueue:
             jobs = session.exec(query).all()
             for job in jobs:
                 job.status, job.attempts, job.error, job.duplicate_of = JobStatus.QUEUED, 0, None, None
-                job.settings = None  # looked up again when it starts: the user may have fixed the folder's file
+                job.asked = job.settings = None  # looked up again when it starts: the user may have fixed the folder's file
+                job.storage_errors, job.retry_at, job.announced_seconds = 0, None, None
                 job.started_at = job.finished_at = None
                 _reset_progress(session, job)
             announce(session)
@@ -174,21 +192,22 @@ class JobQueue:
         claims again.
         """
         busy_content = select(Job.sha256).where(Job.status == JobStatus.RUNNING, Job.sha256 != "")
+        due = or_(col(Job.retry_at).is_(None), col(Job.retry_at) <= database_time(self.engine))
         next_id = (
             select(Job.id)
-            .where(Job.status == JobStatus.QUEUED, col(Job.sha256).not_in(busy_content))
-            .order_by(col(Job.crashes), col(Job.id))  # a job that just killed a worker waits its turn
+            .where(Job.status == JobStatus.QUEUED, col(Job.sha256).not_in(busy_content), due)
+            # A job that just killed a worker, or met storage trouble, waits behind the others.
+            .order_by(col(Job.crashes), col(Job.storage_errors), col(Job.id))
             .limit(1)
             .with_for_update(skip_locked=True)
             .scalar_subquery()
         )
         for _ in range(CLAIM_TRIES):
-            now = self.clock()
             stmt = (
                 update(Job)
                 .where(col(Job.id) == next_id, Job.status == JobStatus.QUEUED)
-                .values(status=JobStatus.RUNNING, holder=holder, lease_until=now + self.lease,
-                        attempts=Job.attempts + 1, started_at=now, finished_at=None, error=None,
+                .values(status=JobStatus.RUNNING, holder=holder, lease_until=self._lease_end(),
+                        attempts=Job.attempts + 1, started_at=self.clock(), finished_at=None, error=None,
                         resumed_from=Job.processed_seconds)
                 .returning(Job.id)
             )
@@ -242,8 +261,10 @@ class JobQueue:
                 reason = None  # nothing to discard
             else:
                 _reset_progress(session, job)
-            _set_fingerprint(session, job, seen)
+            if job.sha256 != seen.sha256:  # the same content keeps the (size, mtime) its enqueuer saw (enqueue)
+                _set_fingerprint(session, job, seen)
             job.settings = stored
+            session.add(job)
             return job, reason
 
     def finished_twin(self, job: Job, model: str) -> Job | None:
@@ -276,15 +297,17 @@ class JobQueue:
             job.audio_seconds = max(audio_seconds or 0.0, window.decoded_seconds)
             job.progress = min(1.0, job.processed_seconds / job.audio_seconds) if job.audio_seconds else 0.0
             job.rtf = rtf
-            job.lease_until = self.clock() + self.lease
+            job.storage_errors, job.retry_at = 0, None  # the storage works again
             session.add(job)
+            session.flush()
+            session.execute(update(Job).where(col(Job.id) == job_id).values(lease_until=self._lease_end()))
 
     def renew(self, job_id: int, holder: str) -> bool:
         """Extend the lease; False if this worker no longer holds the job."""
         with writing(self.engine) as session:
             result = session.execute(update(Job).where(col(Job.id) == job_id, Job.holder == holder,
                                                        Job.status == JobStatus.RUNNING)
-                                     .values(lease_until=self.clock() + self.lease))
+                                     .values(lease_until=self._lease_end()))
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def reserve_outputs(self, job_id: int, holder: str, folder: Path, texts: Mapping[str, str]) -> dict[str, Path]:
@@ -334,14 +357,34 @@ class JobQueue:
             session.add(job)
             announce(session)
 
+    def defer(self, job_id: int, holder: str, reason: str) -> float:
+        """Put a job back after storage trouble (disk full, a share gone), uncounted, with its
+        checkpoint: it may be claimed again only after a wait that doubles with each failure in a
+        row, and then after the jobs that had none. `reason` shows in `status` meanwhile. Returns
+        the wait in seconds."""
+        with writing(self.engine) as session:
+            job = _held(session, job_id, holder)
+            job.storage_errors += 1
+            wait = min(RETRY_START_SECONDS * 2 ** (job.storage_errors - 1), RETRY_MAX_SECONDS)
+            job.status, job.holder, job.lease_until = JobStatus.QUEUED, None, None
+            job.attempts = max(0, job.attempts - 1)
+            job.error = f"waiting to try again ({job.storage_errors} time(s) so far): {reason}"
+            session.add(job)
+            session.flush()
+            session.execute(update(Job).where(col(Job.id) == job_id).values(retry_at=database_time(self.engine, wait)))
+            announce(session)
+            return wait
+
     def recover(self, holder: str | None = None, max_attempts: int = MAX_ATTEMPTS) -> list[Job]:
         """Requeue running jobs whose lease has expired, and those `holder` held in a previous life
         (this worker, restarted after a crash); give up on files that crashed a worker
         `max_attempts` times in a row without progress."""
-        now = self.clock()
         with writing(self.engine) as session:
-            lost = or_(col(Job.lease_until).is_(None), col(Job.lease_until) < now, Job.holder == holder)
-            stuck = session.exec(select(Job).where(Job.status == JobStatus.RUNNING, lost)).all()
+            lost = or_(col(Job.lease_until).is_(None), col(Job.lease_until) < database_time(self.engine), Job.holder == holder)
+            # Locked as they are chosen: a holder finishing its job right now either commits first
+            # (the row no longer matches) or waits for this transaction and then finds it lost.
+            stuck = session.exec(select(Job).where(Job.status == JobStatus.RUNNING, lost)
+                                 .with_for_update(skip_locked=True)).all()
             for job in stuck:
                 job.crashes = 0 if job.processed_seconds > job.resumed_from else job.crashes + 1
                 job.holder = job.lease_until = None
@@ -396,6 +439,9 @@ class JobQueue:
         with reading(self.engine) as session:
             return list(session.exec(select(Job).where(col(Job.id).in_(list(ids)))).all())
 
+    def _lease_end(self) -> ColumnElement[Any]:
+        return database_time(self.engine, self.lease.total_seconds())
+
     def _end(self, job: Job, status: JobStatus, **fields: object) -> None:
         job.status, job.finished_at, job.holder, job.lease_until = status, self.clock(), None, None
         for name, value in fields.items():
@@ -403,7 +449,9 @@ class JobQueue:
 
 
 def _held(session: Session, job_id: int, holder: str) -> Job:
-    job = session.get_one(Job, job_id)
+    """The job, its row locked until this transaction ends (PostgreSQL; SQLite's writer holds the
+    whole database), if `holder` still holds it."""
+    job = session.exec(select(Job).where(col(Job.id) == job_id).with_for_update()).one()
     if job.status != JobStatus.RUNNING or job.holder != holder:
         raise LeaseLost(f"job {job_id} is no longer held by this worker (now {job.status.value})")
     return job
@@ -419,6 +467,12 @@ def _matching(query: SelectOfScalar, status: JobStatus | None, search: str) -> S
 
 def _latest_for_path(session: Session, key: str) -> Job | None:
     return session.exec(select(Job).where(Job.path == key).order_by(col(Job.id).desc()).limit(1)).first()
+
+
+def _outputs_present(session: Session, job: Job) -> bool:
+    """Whether every file written for `job` is still there (seen from this machine)."""
+    written = session.exec(select(OutputRow.path).where(OutputRow.job_id == job.id)).all()
+    return bool(written) and all(existing(Path(path)) is not None for path in written)
 
 
 def _has_segments(session: Session, job_id: int) -> bool:

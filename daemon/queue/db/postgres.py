@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import ColumnElement, Engine, create_engine, func, literal, make_url, text
 from sqlalchemy.engine import URL
+from sqlalchemy.types import Interval
 
 CHANNEL = "whisper_daemon_jobs"  # NOTIFY: a job may be claimable (queued, put back, or its twin done)
 APPLICATION = "whisper-daemon"
@@ -54,6 +56,11 @@ def _connect(engine: Engine) -> psycopg.Connection[Any]:
 def _key(name: str) -> int:
     """An advisory lock's 64-bit key for `name` (the same on every machine and every server version)."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def clock(seconds: float) -> ColumnElement[Any]:
+    """The server's time `seconds` from now (the statement's time, not the transaction's)."""
+    return func.statement_timestamp() + literal(timedelta(seconds=seconds), Interval())
 
 
 def begin_migration(conn: Any) -> None:

@@ -1,0 +1,41 @@
+"""The job lifecycle of issue 22: storage trouble waits per job (storage_errors, retry_at), audio
+that ended before its header said (announced_seconds), and a job's folder settings kept apart
+from the complete settings its checkpoint was made with (asked), so that touching a file keeps
+its checkpoint.
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-12-07
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+from daemon.queue.db.schema import UTCDateTime
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+COLUMNS = (sa.Column("storage_errors", sa.Integer(), nullable=False, server_default="0"),
+           sa.Column("retry_at", UTCDateTime(), nullable=True),
+           sa.Column("announced_seconds", sa.Float(), nullable=True),
+           sa.Column("asked", sa.String(), nullable=True))
+
+
+def upgrade() -> None:
+    # Only those missing: SQLite databases older than schema 2 are rebuilt from today's tables.
+    present = {column["name"] for column in sa.inspect(op.get_bind()).get_columns("jobs")}
+    for column in COLUMNS:
+        if column.name not in present:
+            op.add_column("jobs", column)
+    # What a job was queued with: its settings as they stand (folder settings, or for a job that
+    # was started, complete ones, which a worker reads the same way).
+    op.execute("UPDATE jobs SET asked = settings")
+
+
+def downgrade() -> None:
+    for column in reversed(COLUMNS):
+        op.drop_column("jobs", column.name)
