@@ -375,7 +375,7 @@ def _table(jobs: list[Job], outputs: Mapping[int | None, list[Path]]) -> str:
     rows = [("ID", "STATUS", "DURATION", "RTF", "TRIES", "LANG", "FILE", "PROGRESS / OUTPUT / ERROR")]
     for job in jobs:
         if job.status == JobStatus.RUNNING or (job.status == JobStatus.QUEUED and job.processed_seconds):
-            detail = progress_line(job)
+            detail = progress_line(job) + (f"; {job.error}" if job.error else "")  # why it waits
         elif job.status in (JobStatus.DONE, JobStatus.DUPLICATE) and outputs.get(job.id):
             detail = ", ".join(path.name for path in outputs[job.id]) + ended_early(job)
         else:

@@ -6,7 +6,8 @@ faults a test switches on and off while a daemon reads and writes through it.
 CONTROL is a JSON file, read again whenever it changes, with any of:
   fail_after  reads of a file at or past this byte offset fail (a share that drops mid-file)
   errno       the error those reads get (default EIO)
-  read_delay  seconds each read waits first (a slow share)
+  read_delay  seconds each read waits first (a slow share) ...
+  slow_until  ... until this time (time.time()), if given
   name_max    longest name, in bytes, that may be created (eCryptfs: 143); statfs says so too
 
 The kernel hands every read to this process, so the daemon sees the error exactly as it would
@@ -19,15 +20,64 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import mfusepy as fuse
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+HOW_TO_GET_IT = ("the storage-fault tests need FUSE: /dev/fuse, Debian's fuse3 package (libfuse3; .ci/run installs "
+                 "it) and the mfusepy wheel (`make setup`), and the right to mount (root, or a fuse group)")
 
 
-class Flaky(fuse.Operations):  # type: ignore[misc]
+@contextmanager
+def mounted(backing: Path, mountpoint: Path, control: Path, faults: dict[str, Any] | None = None) -> Iterator[Path]:
+    """`backing` served at `mountpoint` by a flaky_fs process, with `faults` to begin with; set
+    others with `set_faults(control, …)`. A mount that cannot be made fails the test, never skips it:
+    a fault test that does not run must be seen."""
+    backing.mkdir(parents=True, exist_ok=True)
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    set_faults(control, faults or {})
+    log = control.with_suffix(".log")
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.flaky_fs", str(backing), str(mountpoint), str(control)],
+                                cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while not os.path.ismount(mountpoint):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait(timeout=30)
+            pytest.fail(f"could not mount a FUSE file system at {mountpoint}: {log.read_text()!r}. {HOW_TO_GET_IT}",
+                        pytrace=False)
+        time.sleep(0.05)
+    try:
+        yield mountpoint
+    finally:
+        set_faults(control, {})
+        unmount = shutil.which("fusermount3")
+        subprocess.run([unmount, "-u", "-z", str(mountpoint)] if unmount else ["umount", "-l", str(mountpoint)],
+                       timeout=30, check=False)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def set_faults(control: Path, faults: dict[str, Any]) -> None:
+    """Switch faults on or off (see the module's docstring); the file system reads them at its next call."""
+    tmp = control.with_suffix(".tmp")
+    tmp.write_text(json.dumps(faults))
+    os.replace(tmp, control)
+
+
+class Flaky:
     use_ns = True
 
     def __init__(self, backing: Path, control: Path) -> None:
@@ -53,7 +103,7 @@ class Flaky(fuse.Operations):  # type: ignore[misc]
     def _check_name(self, path: str) -> None:
         limit = self.faults().get("name_max")
         if limit is not None and len(os.fsencode(os.path.basename(path))) > limit:
-            raise fuse.FuseOSError(errno.ENAMETOOLONG)
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
 
     # ---------------------------------------------------------------- reading
 
@@ -74,12 +124,13 @@ class Flaky(fuse.Operations):  # type: ignore[misc]
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         faults = self.faults()
-        if faults.get("read_delay"):
+        if faults.get("read_delay") and time.time() < faults.get("slow_until", float("inf")):
             time.sleep(faults["read_delay"])
         fail_after = faults.get("fail_after")
         if fail_after is not None and offset + size > fail_after:
             if offset >= fail_after:
-                raise fuse.FuseOSError(faults.get("errno", errno.EIO))
+                code = faults.get("errno", errno.EIO)
+                raise OSError(code, os.strerror(code))
             size = fail_after - offset  # the bytes before the fault still arrive; the next read fails
         return os.pread(fh, size, offset)
 
@@ -142,10 +193,15 @@ class Flaky(fuse.Operations):  # type: ignore[misc]
 
 
 def main() -> None:
+    import mfusepy as fuse  # only in the file system's process: a test without it fails saying why
+
+    class Operations(Flaky, fuse.Operations):  # type: ignore[misc]
+        pass
+
     backing, mountpoint, control = (Path(arg) for arg in sys.argv[1:4])
     # Foreground, several threads (reads of the daemon and stats of the test at once), root's
     # mount visible to every process, and no page cache: every read reaches this process, as on a share.
-    fuse.FUSE(Flaky(backing.resolve(), control.resolve()), str(mountpoint), foreground=True, nothreads=False,
+    fuse.FUSE(Operations(backing.resolve(), control.resolve()), str(mountpoint), foreground=True, nothreads=False,
               allow_other=True, default_permissions=True, direct_io=True)
 
 

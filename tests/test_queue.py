@@ -3,6 +3,7 @@ states, idempotent enqueue, leased claims, recovery, output names; SQLite's prag
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import sqlite3
@@ -17,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from daemon.files.inputs import fingerprint
 from daemon.formats import FORMATS
-from daemon.queue.db import HEAD, Job, JobStatus, connect, utcnow, version
+from daemon.queue.db import HEAD, Job, JobStatus, connect, storage_error, utcnow, version
 from daemon.queue.db.sqlite import PRAGMAS, SCHEMA_VERSION
 from daemon.queue.jobs import LEASE, JobQueue, LeaseLost
 from daemon.transcript import Checkpoint, Segment, Window, Word
@@ -262,6 +263,82 @@ def _poll(probe: Callable[[], list[Job]], timeout: float) -> list[Job]:
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
     return found
+
+
+def test_storage_trouble_puts_a_job_behind_the_others_for_a_while(queue: JobQueue, tmp_path: Path) -> None:
+    """A job whose transcript cannot be written for now (disk full, a share gone) waits its own
+    time, growing, behind the others; it keeps its checkpoint, and the try does not count."""
+    first = queue.enqueue(inbox_file(tmp_path, "team/a.wav")).job
+    second = queue.enqueue(inbox_file(tmp_path, "next.wav")).job
+    assert claim(queue).id == first.id  # type: ignore[union-attr]
+    queue.save_window(first.id, HOLDER, Window((Segment(0.0, 1.0, "kept"),), Checkpoint(30.0), 30.0, 30.0), 60.0,
+                      0.1, "tiny.en", "fp32")
+    assert queue.defer(first.id, HOLDER, "cannot write: [Errno 28] No space left on device") == 2.0
+    (waiting,) = queue.get([first.id])
+    assert waiting.status == JobStatus.QUEUED and waiting.attempts == 0 and waiting.processed_seconds == 30.0
+    assert "No space left on device" in (waiting.error or "") and queue.segments(first.id)[0].text == "kept"
+    assert claim(queue).id == second.id  # type: ignore[union-attr]  # the next one goes first
+    assert claim(queue, "another worker") is None  # the first one's wait has not run out
+    again = _poll(lambda: [j for j in [claim(queue, "another worker")] if j], 30)[0]
+    assert again.id == first.id and again.error is None
+    assert queue.defer(first.id, "another worker", "still full") == 4.0  # longer each time in a row
+    third = queue.enqueue(inbox_file(tmp_path, "later.wav")).job
+    assert _poll(lambda: [j for j in [claim(queue, "w3")] if j], 30)[0].id == third.id  # behind a newer job too
+
+
+def test_a_jobs_own_errors_are_not_storage_errors() -> None:
+    """What the worker tells apart (daemon/storage.py): these fail the job, the others make it wait."""
+    for code in (errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EINVAL, errno.EISDIR, errno.ENOENT):
+        assert not storage_error(OSError(code, os.strerror(code))), errno.errorcode[code]
+    for code in (errno.ENOSPC, errno.EIO, errno.EROFS, errno.ENOTCONN, errno.ESTALE, errno.ETIMEDOUT, errno.EDQUOT):
+        assert storage_error(OSError(code, os.strerror(code))), errno.errorcode[code]
+
+
+def test_touching_a_stopped_file_keeps_its_checkpoint(queue: JobQueue, tmp_path: Path) -> None:
+    """Stopped mid-file, then touched (or synced with the same bytes) and queued again by a rescan:
+    same content, same settings, so it resumes where it stopped."""
+    path = inbox_file(tmp_path, "talk.wav")
+    asked = {"language": "de"}
+    job = queue.enqueue(path, settings=asked).job
+    complete = {"language": "de", "task": "transcribe", "prompt": "", "chinese_script": None}
+    claim(queue)
+    queue.verify(job.id, HOLDER, fingerprint(path), "tiny.en", "fp32", complete)
+    queue.save_window(job.id, HOLDER, Window((Segment(0.0, 2.0, "Hallo"),), Checkpoint(30.0), 30.0, 30.0), 90.0, 0.1,
+                      "tiny.en", "fp32")
+    queue.release(job.id, HOLDER)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 5_000_000_000))
+    requeued = queue.enqueue(path, settings=asked)
+    assert requeued.job.id == job.id and not requeued.created
+    claim(queue)
+    checked, restarted = queue.verify(job.id, HOLDER, fingerprint(path), "tiny.en", "fp32", complete)
+    assert restarted is None and checked.processed_seconds == 30.0
+    assert [s.text for s in queue.segments(job.id)] == ["Hallo"]
+
+
+def test_the_same_content_at_the_same_path_is_one_job_whatever_the_mtime(queue: JobQueue, tmp_path: Path) -> None:
+    """The watcher's machine and the worker's see different mtimes (NFS on one, SMB on the other:
+    made real here by setting the mtime the worker sees, then setting it back); or the file is
+    touched. Same path, same content: the same job, no duplicate to render and announce again,
+    until its transcript is deleted (README: copied in again, it gets its transcript back)."""
+    path = inbox_file(tmp_path, "talk.wav")
+    watcher_sees = path.stat().st_mtime_ns
+    job = queue.enqueue(path).job
+    os.utime(path, ns=(watcher_sees, watcher_sees + 7_000_000_000))  # the worker's view
+    claim(queue)
+    queue.verify(job.id, HOLDER, fingerprint(path), "tiny.en", "fp32", {})
+    written = queue.reserve_outputs(job.id, HOLDER, tmp_path / "outbox", {"srt": "1\n"})
+    written["srt"].parent.mkdir()
+    written["srt"].write_text("1\n")
+    queue.finish(job.id, HOLDER, JobStatus.DONE, model="tiny.en")
+    os.utime(path, ns=(watcher_sees, watcher_sees))  # the watcher's machine, at its next rescan
+    assert not queue.enqueue(path).created
+    os.utime(path, ns=(watcher_sees, watcher_sees + 60_000_000_000))  # touched
+    assert not queue.enqueue(path).created
+    assert [j.id for j in queue.jobs()] == [job.id]
+    written["srt"].unlink()  # the user deleted the transcript
+    os.utime(path, ns=(watcher_sees, watcher_sees + 120_000_000_000))  # and copied the recording in again
+    again = queue.enqueue(path)
+    assert again.created and again.job.id != job.id
 
 
 def test_release_does_not_count_the_interrupted_attempt(queue: JobQueue, tmp_path: Path) -> None:
