@@ -418,3 +418,55 @@ def test_on_done_found_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     executable(tmp_path / "bin" / "publish", "")
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     assert load({}, env={"WHISPER_DAEMON_ON_DONE": "publish --draft"}).on_done == "publish --draft"
+
+
+# ---------------------------------------------------------------- across a crash
+
+
+@pytest.mark.slow
+def test_announcements_survive_a_worker_killed_before_sending_them_and_none_is_sent_twice(
+    tmp_path: Path, records: Path, hook: Hook, daemon_env: dict[str, str], cli: Any
+) -> None:
+    """Two recordings; the on_done command hangs on the first (its name says so), so the webhook of
+    the first, and both announcements of the second, finished meanwhile, are still to send when the
+    worker is SIGKILLed. The restarted worker sends them; the hung command is not run again; a third
+    start sends nothing more."""
+    from tests.daemon_proc import log_text, rows, settled, start, stop
+    from tests.speech import compose, sentences
+
+    inbox = Path(daemon_env["WHISPER_DAEMON_INBOX"])
+    db = Path(daemon_env["WHISPER_DAEMON_DB"])
+    worker_log = Path(daemon_env["WHISPER_DAEMON_LOG_DIR"]) / "worker.log"
+    for i, name in enumerate(("hang one.wav", "two.wav")):
+        compose(sentences()[i : i + 1]).write(inbox / name)
+    env = {**daemon_env, "WHISPER_DAEMON_ON_DONE": on_done(tmp_path, records), "WHISPER_DAEMON_WEBHOOK": hook.url()}
+    cli("enqueue", str(inbox / "hang one.wav"), str(inbox / "two.wav"))
+    worker = start("work", env, output=tmp_path / "work.out")
+    try:
+        wait_until(lambda: (records / "hang one.json").exists() and settled(db, 2), 300,
+                   "the first command to hang and both jobs to be done", worker)
+        worker.kill()
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            stop(worker)
+        hung = record(records, "hang one")
+        for pid in hung["pid"], hung["child"]:
+            psutil.Process(pid).kill()
+    assert hook.received == [] and not (records / "two.json").exists()  # nothing of it was sent before the kill
+    starts = 1
+    for _ in range(2):  # the restart sends what was left; the next start finds nothing more to send
+        worker = start("work", env, output=tmp_path / "work.out")
+        starts += 1
+        try:
+            wait_until(lambda: log_text(worker_log).count("worker ready") == starts, 300, "the worker", worker)
+            wait_until(lambda: len(hook.received) >= 2 and (records / "two.json").exists(), 60,
+                       "the announcements left to send", worker)
+        finally:
+            stop(worker)
+    sent = sorted(body["job"] for _, _, body in hook.received)
+    print(f"worker SIGKILLed with 3 announcements unsent: after restarts, webhooks for jobs {sent}, on_done of the "
+          f"hung job run {1 if record(records, 'hang one')['pid'] == hung['pid'] else 2} time(s)")
+    assert sent == [job["id"] for job in rows(db)]  # each once
+    assert record(records, "hang one")["pid"] == hung["pid"]  # the command that hung was not run again
+    assert rows(db, "SELECT * FROM deliveries") == []

@@ -42,6 +42,7 @@ from daemon.processes.guards import (
     rss_mb,
 )
 from daemon.processes.heartbeat import Heartbeat
+from daemon.queue import deliveries
 from daemon.queue.db import Job, JobStatus, Waiter, WorkerState, checkpoint, connect, describe, slots_dir, storage_error
 from daemon.queue.jobs import JobQueue, LeaseLost
 from daemon.queue.registry import Registry, take_slot
@@ -94,7 +95,8 @@ class Worker:
         self._last_beat = 0.0
         self._last_recovery = 0.0
         self._storage_backoff = STORAGE_BACKOFF_START_SECONDS
-        self.delivery = Delivery(cfg.notify, cfg.on_done, cfg.webhook)
+        self.delivery = Delivery(cfg.notify, cfg.on_done, cfg.webhook, backlog=self._undelivered,
+                                 take=lambda job_id, kind: deliveries.take(self.queue, self.name, job_id, kind))
 
     def initialize(self) -> None:
         self._recover()
@@ -119,6 +121,10 @@ class Worker:
                         row.heartbeat_at.isoformat(timespec="seconds"))
         self.report(Status(WorkerState.IDLE))
         self.heartbeat.start()
+        if left := self._undelivered():  # this worker's previous life finished them, then died
+            logger.info("announcing {} transcript(s) finished before the last stop", len(left))
+            for ready in left:
+                self.delivery.announce(ready)
         logger.info("worker ready ({}): model {} from {} on {}, {} weights ({:.0f} MB), {} torch threads; "
                     "queue {}", self.name, resolved.name, resolved.source, device, self.precision,
                     precision.weight_bytes(model) / MB, threads, describe(self.cfg.db))
@@ -260,6 +266,14 @@ class Worker:
             if stopping:  # left `running`: this worker's next start takes it back
                 logger.warning("job {} could not be put back in the queue: {}", job_id, getattr(error, "orig", error))
                 return
+
+    def _undelivered(self) -> list[Ready]:
+        """Announcements this worker (its slot) has still to send, from the queue's database."""
+        if not self.delivery.kinds:
+            return []
+        return [Ready(job.id, source, tuple(written), job.language, job.duplicate_of)
+                for job, source, written in deliveries.pending(self.queue, self.name, self.delivery.kinds)
+                if job.id is not None]
 
     def _check_rss(self) -> None:
         """Long-lived whisper processes leak; past the cap, exit between jobs for a fresh start."""
@@ -411,7 +425,7 @@ class Worker:
         """Where every job whose files are written ends: marked done (or a duplicate), logged with the
         files' names, and announced (delivery.py: in the background, when the user asked for it)."""
         assert job.id is not None
-        ended = self.queue.finish(job.id, self.name, status, **fields)
+        ended = self.queue.finish(job.id, self.name, status, deliveries=self.delivery.kinds, **fields)
         self.delivery.announce(Ready(job.id, self.queue.location(job), tuple(written.values()), ended.language,
                                      ended.duplicate_of))
         files = ", ".join(str(path) for path in written.values())

@@ -27,7 +27,18 @@ from sqlmodel.sql.expression import SelectOfScalar
 from daemon.files.folders import dumps
 from daemon.files.inputs import Fingerprint, as_text, canonical, fingerprint
 from daemon.files.outputs import existing, fits, names, output_key, paths
-from daemon.queue.db import Job, JobStatus, OutputRow, SegmentRow, announce, database_time, reading, utcnow, writing
+from daemon.queue.db import (
+    DeliveryRow,
+    Job,
+    JobStatus,
+    OutputRow,
+    SegmentRow,
+    announce,
+    database_time,
+    reading,
+    utcnow,
+    writing,
+)
 from daemon.transcript import Checkpoint, Segment, Window, Word
 
 MAX_ATTEMPTS = 3
@@ -337,11 +348,16 @@ class JobQueue:
                     return candidate
         raise AssertionError("names() is endless")
 
-    def finish(self, job_id: int, holder: str, status: JobStatus, **fields: object) -> Job:
+    def finish(self, job_id: int, holder: str, status: JobStatus, deliveries: Iterable[str] = (),
+               **fields: object) -> Job:
+        """End a job; `deliveries`: the announcements of it to send (queue/deliveries.py), kept in
+        the same transaction, so that a worker killed just after this sends them when it starts."""
         with writing(self.engine) as session:
             job = _held(session, job_id, holder)
             self._end(job, status, **fields)
             session.add(job)
+            session.add_all(DeliveryRow(job_id=job_id, kind=kind, worker=holder, created_at=self.clock())
+                            for kind in deliveries)
             announce(session)  # copies of its content may be claimed now
             return job
 

@@ -23,10 +23,19 @@ from sqlmodel import Session
 from daemon.config import DATA_DIR, is_postgres
 from daemon.queue.db import sqlite
 from daemon.queue.db.errors import SchemaMismatch
-from daemon.queue.db.schema import Job, JobStatus, OutputRow, SegmentRow, WorkerRow, WorkerState, utcnow
+from daemon.queue.db.schema import (
+    DeliveryRow,
+    Job,
+    JobStatus,
+    OutputRow,
+    SegmentRow,
+    WorkerRow,
+    WorkerState,
+    utcnow,
+)
 from daemon.storage import storage_trouble
 
-__all__ = ["Job", "JobStatus", "OutputRow", "SchemaMismatch", "SegmentRow", "WorkerRow", "WorkerState",  # re-exported
+__all__ = ["DeliveryRow", "Job", "JobStatus", "OutputRow", "SchemaMismatch", "SegmentRow", "WorkerRow", "WorkerState",  # re-exported
            "is_postgres", "utcnow"]
 
 # The newest migration: a reader of another version refuses the database instead of misreading it.

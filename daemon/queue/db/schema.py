@@ -177,3 +177,17 @@ class WorkerRow(SQLModel, table=True):
     current_job_id: int | None = Field(default=None, foreign_key="jobs.id")
     started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     heartbeat_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class DeliveryRow(SQLModel, table=True):
+    """An announcement of a finished job not sent yet (a notification, the on_done command, the
+    webhook: `kind`), added in the transaction that finishes the job, taken (deleted) just before it
+    is sent: a worker killed in between sends it when it starts again, and none is sent twice."""
+
+    __tablename__ = "deliveries"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    kind: str  # formats/delivery.py: notify, command, webhook
+    worker: str = Field(index=True)  # the worker (slot name) whose settings say where it goes
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -1,7 +1,7 @@
 """The job lifecycle of issue 22: storage trouble waits per job (storage_errors, retry_at), audio
-that ended before its header said (announced_seconds), and a job's folder settings kept apart
-from the complete settings its checkpoint was made with (asked), so that touching a file keeps
-its checkpoint.
+that ended before its header said (announced_seconds), a job's folder settings kept apart from
+the complete settings its checkpoint was made with (asked), so that touching a file keeps its
+checkpoint, and announcements kept until sent (deliveries).
 
 Revision ID: 0003
 Revises: 0002
@@ -34,8 +34,20 @@ def upgrade() -> None:
     # What a job was queued with: its settings as they stand (folder settings, or for a job that
     # was started, complete ones, which a worker reads the same way).
     op.execute("UPDATE jobs SET asked = settings")
+    op.create_table("deliveries",
+                    sa.Column("id", sa.Integer(), nullable=False),
+                    sa.Column("job_id", sa.Integer(), nullable=False),
+                    sa.Column("kind", sa.String(), nullable=False),
+                    sa.Column("worker", sa.String(), nullable=False),
+                    sa.Column("created_at", UTCDateTime(), nullable=False),
+                    sa.ForeignKeyConstraint(["job_id"], ["jobs.id"]),
+                    sa.PrimaryKeyConstraint("id"),
+                    if_not_exists=True)
+    for column in ("job_id", "worker"):
+        op.create_index(f"ix_deliveries_{column}", "deliveries", [column], if_not_exists=True)
 
 
 def downgrade() -> None:
+    op.drop_table("deliveries")
     for column in reversed(COLUMNS):
         op.drop_column("jobs", column.name)
