@@ -177,9 +177,10 @@ def test_a_read_error_mid_file_waits_and_resumes_never_a_short_transcript(
                                "the first checkpoint", worker, interval=0.05)
             set_faults(control, {"fail_after": int(path.stat().st_size * 0.75)})
             failed = time.monotonic()
-            waiting = wait_until(lambda: (j := rows(db)[0])["storage_errors"] >= 2 and j, 600,
-                                 "two failed reads", worker)
-            assert waiting["status"] in ("queued", "running") and "Input/output error" in (waiting["error"] or "")
+            waiting = wait_until(lambda: ((j := rows(db)[0])["status"] == "done" or j.get("storage_errors", 0) >= 2)
+                                 and j, 600, "two failed reads", worker)
+            assert waiting["status"] in ("queued", "running"), f"marked {waiting['status']} while unreadable"
+            assert "Input/output error" in (waiting["error"] or "")
             assert not list(outbox.glob("*.srt")), "no transcript while the file cannot be read"
             set_faults(control, {})
             (done,) = wait_until(lambda: settled(db, 1), 600, "the job once reads work again", worker)

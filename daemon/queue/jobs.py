@@ -9,8 +9,6 @@ overwrite the work of the one that took over, nor a recovery set a finished job 
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -26,7 +24,6 @@ from sqlmodel.sql.expression import SelectOfScalar
 
 from daemon.files.folders import dumps
 from daemon.files.inputs import Fingerprint, as_text, canonical, fingerprint
-from daemon.files.outputs import existing, fits, names, output_key, paths
 from daemon.queue.db import (
     DeliveryRow,
     Job,
@@ -39,6 +36,7 @@ from daemon.queue.db import (
     utcnow,
     writing,
 )
+from daemon.queue.names import outputs_present, reserve
 from daemon.transcript import Checkpoint, Segment, Window, Word
 
 MAX_ATTEMPTS = 3
@@ -134,7 +132,7 @@ class JobQueue:
             if latest is not None and latest.status == JobStatus.RUNNING and latest.sha256 == seen.sha256:
                 return Enqueued(latest, False)
             if (latest is not None and latest.sha256 == seen.sha256
-                    and latest.status in (JobStatus.DONE, JobStatus.DUPLICATE) and _outputs_present(session, latest)):
+                    and latest.status in (JobStatus.DONE, JobStatus.DUPLICATE) and outputs_present(session, latest)):
                 # Same path, same content: the same job, whatever the mtime says (another machine sees
                 # it differently, or the file was touched). This machine's view is kept, so that
                 # its next rescan need not hash the file again.
@@ -322,31 +320,9 @@ class JobQueue:
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def reserve_outputs(self, job_id: int, holder: str, folder: Path, texts: Mapping[str, str]) -> dict[str, Path]:
-        """Choose where this job's files go, one stem for all its formats (`texts`: format → the
-        text to write), and record them, in place of the job's earlier ones, before they are written.
-
-        The input's own earlier files in `folder` are replaced (new content at the same path);
-        otherwise the first of `names()` whose every file is owned by no other input and holds no
-        bytes this input did not write. Recording the bytes about to be written first means a crash
-        between the two steps leaves files this input still recognises as its own."""
+        """Choose where this job's files go and record them before they are written (names.reserve)."""
         with writing(self.engine) as session:
-            job = _held(session, job_id, holder)
-            written = session.exec(select(OutputRow).join(Job, col(OutputRow.job_id) == Job.id)
-                                   .where(Job.path == job.path).order_by(col(OutputRow.id).desc())).all()
-            hashes = {o.sha256 for o in written if o.sha256}
-            legacy = {o.key for o in written if o.sha256 is None}  # written before hashes were kept
-            earlier = dict.fromkeys(Path(o.path).name.removesuffix(f".{o.format}") for o in written
-                                    if Path(o.path).parent == folder)
-            candidates = itertools.chain((paths(folder, stem, texts) for stem in earlier if fits(stem, texts)),
-                                         names(folder, Path(job.path).stem, texts))
-            for candidate in candidates:
-                if all(_ours(session, job.path, path, hashes, legacy) for path in candidate.values()):
-                    session.exec(delete(OutputRow).where(col(OutputRow.job_id) == job_id))  # type: ignore[call-overload]
-                    for fmt, path in candidate.items():
-                        session.add(OutputRow(job_id=job_id, format=fmt, path=str(path), key=output_key(path),
-                                              sha256=hashlib.sha256(texts[fmt].encode()).hexdigest()))
-                    return candidate
-        raise AssertionError("names() is endless")
+            return reserve(session, _held(session, job_id, holder), folder, texts)
 
     def finish(self, job_id: int, holder: str, status: JobStatus, deliveries: Iterable[str] = (),
                **fields: object) -> Job:
@@ -485,26 +461,8 @@ def _latest_for_path(session: Session, key: str) -> Job | None:
     return session.exec(select(Job).where(Job.path == key).order_by(col(Job.id).desc()).limit(1)).first()
 
 
-def _outputs_present(session: Session, job: Job) -> bool:
-    """Whether every file written for `job` is still there (seen from this machine)."""
-    written = session.exec(select(OutputRow.path).where(OutputRow.job_id == job.id)).all()
-    return bool(written) and all(existing(Path(path)) is not None for path in written)
-
-
 def _has_segments(session: Session, job_id: int) -> bool:
     return session.exec(select(SegmentRow.id).where(SegmentRow.job_id == job_id).limit(1)).first() is not None
-
-
-def _ours(session: Session, input_path: str, path: Path, hashes: set[str | None], legacy: set[str]) -> bool:
-    """Whether the input at `input_path` may write `path`: no other input's file, and nothing there
-    but what this input wrote (`hashes`, or a `legacy` file of its own written before hashes were kept)."""
-    key = output_key(path)
-    other = session.exec(select(OutputRow.id).join(Job, col(OutputRow.job_id) == Job.id)
-                         .where(OutputRow.key == key, Job.path != input_path).limit(1)).first()
-    if other is not None:
-        return False
-    on_disk = existing(path)
-    return on_disk is None or key in legacy or _sha256_or_none(on_disk) in hashes
 
 
 def _words_json(words: Iterable[Word]) -> str:
@@ -515,13 +473,6 @@ def _words_json(words: Iterable[Word]) -> str:
 
 def _words(stored: str) -> tuple[Word, ...]:
     return tuple(Word(start, end, text, probability) for start, end, text, probability in json.loads(stored))
-
-
-def _sha256_or_none(path: Path) -> str | None:
-    try:
-        return fingerprint(path).sha256
-    except OSError:  # a folder, a link, unreadable: certainly not a transcript we wrote
-        return None
 
 
 def _set_fingerprint(session: Session, job: Job, seen: Fingerprint) -> None:
