@@ -39,8 +39,8 @@ class Heartbeat:
         """One beat: renew the lease of the job in hand, then the worker's heartbeat."""
         job = self.job
         try:
-            if job is not None and not self.queue.renew(job, self.holder) and job == self.job:
-                logger.warning("job {}: this worker no longer holds it (its lease ran out)", job)
+            if job is not None:  # a lease lost meanwhile is the worker's to find, at its next write (LeaseLost)
+                self.queue.renew(job, self.holder)
             self.registry.beat(rss_mb())
             self._complained = False
         except Exception as e:

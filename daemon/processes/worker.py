@@ -303,7 +303,7 @@ class Worker:
                 seen = fingerprint(path)
             except OSError as e:
                 if storage_error(e):  # a share gone, an I/O error: the file is not at fault
-                    raise
+                    raise OSError(e.errno, e.strerror, str(path)) from e  # naming the file: a read
                 reason = f"cannot read the file: {e.strerror}"
             try:
                 settings = self._settings_of(job)
