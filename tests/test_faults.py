@@ -38,7 +38,7 @@ from tests.daemon_proc import (
     stop,
     wait_until,
 )
-from tests.faults import flood, kill_batch, kill_loop, paths, readers
+from tests.faults import MountError, flood, full_tmpfs, kill_batch, kill_loop, paths, readers
 from tests.speech import compose, meeting, sentences, wer
 
 MAX_WER = 0.15
@@ -222,24 +222,13 @@ def test_full_disk_while_the_database_is_written_pauses_then_resumes(
 def full_outbox(tmp_path: Path) -> Iterator[Path]:
     """The outbox on its own 64 KiB file system, filled up: a real ENOSPC for the SRT while the
     database (elsewhere) stays writable. Needs mount rights (root with CAP_SYS_ADMIN)."""
-    outbox = tmp_path / "outbox"
-    outbox.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(outbox)],
-                             capture_output=True, text=True, timeout=30)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()}), so the worker's retry after a "
-                    "failed SRT write goes untested; the RLIMIT_FSIZE tests still cover a failed database write "
-                    "and write_atomic leaving no partial file")
     try:
-        with (outbox / "filler").open("wb", buffering=0) as f:
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-            except OSError:
-                pass  # full
-        yield outbox
-    finally:
-        subprocess.run(["umount", "--lazy", str(outbox)], check=True, timeout=30)
+        with full_tmpfs(tmp_path / "outbox") as outbox:
+            yield outbox
+    except MountError as e:
+        pytest.skip(f"cannot mount a small tmpfs here ({e}), so the worker's retry after a failed SRT write goes "
+                    "untested; the RLIMIT_FSIZE tests still cover a failed database write and write_atomic leaving "
+                    "no partial file")
 
 
 @pytest.mark.slow

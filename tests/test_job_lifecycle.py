@@ -26,7 +26,7 @@ import pytest
 
 from tests.conftest import CliRunner
 from tests.daemon_proc import log_text, outputs, rows, settled, srt_text, start, stop, wait_until
-from tests.faults import paths
+from tests.faults import MountError, full_tmpfs, paths
 from tests.flaky_fs import mounted, set_faults
 from tests.speech import compose, meeting, sentences, wer, write_audio
 
@@ -107,22 +107,12 @@ def test_a_name_too_long_for_the_outbox_fails_its_job_and_the_next_one_runs(
 
 @pytest.fixture
 def full_team_folder(tmp_path: Path) -> Iterator[Path]:
-    """outbox/team on a 64 KiB tmpfs filled up: a real ENOSPC for that folder only."""
-    folder = tmp_path / "outbox" / "team"
-    folder.mkdir(parents=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(folder)],
-                          capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0, f"cannot mount a tmpfs (needs root): {done.stderr}"
+    """outbox/team on a full 64 KiB tmpfs: a real ENOSPC for that folder only; a test without it fails."""
     try:
-        with (folder / "filler").open("wb", buffering=0) as f:
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-            except OSError:
-                pass  # full
-        yield folder
-    finally:
-        subprocess.run(["umount", "--lazy", str(folder)], check=True, timeout=30)
+        with full_tmpfs(tmp_path / "outbox" / "team") as folder:
+            yield folder
+    except MountError as e:
+        pytest.fail(f"cannot mount a tmpfs (needs root): {e}", pytrace=False)
 
 
 def test_storage_trouble_with_one_job_lets_the_next_go_first(
