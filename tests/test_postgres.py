@@ -4,6 +4,7 @@ standby watchers and `migrate --to`. The scenarios that run the model are in tes
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 import signal
 import subprocess
@@ -405,3 +406,43 @@ def test_a_recovery_and_the_holders_last_write_never_cross(pg_url: str, tmp_path
     thread.join(timeout=60)
     assert len(outcome) == 1 and isinstance(outcome[0], LeaseLost), outcome
     assert pg.rows(pg_url, "SELECT status FROM jobs WHERE id = %s", (second.id,)) == [{"status": "queued"}]
+
+
+PAIRS = 40
+
+
+def _reserve_in_step(url: str, inbox: str, ext: str, holder: str, barrier: Any) -> None:
+    """One worker: claims its file of each pair in turn and, in step with the other (barrier),
+    reserves the names of its transcript, which both files of a pair want (`3.srt`)."""
+    queue = JobQueue(connect(url), inbox=Path(inbox))
+    for i in range(PAIRS):
+        job = next(j for j in queue.jobs(limit=2 * PAIRS) if j.path == f"{i}.{ext}")
+        with writing(queue.engine) as session:  # as claim() would, for this very job
+            session.execute(text("UPDATE jobs SET status = 'running', holder = :h WHERE id = :id"),
+                            {"h": holder, "id": job.id})
+        barrier.wait(timeout=60)
+        queue.reserve_outputs(job.id, holder, Path(inbox).parent / "outbox", {"srt": f"{ext} {i}\n"})
+
+
+def test_two_workers_never_claim_the_same_output_name(pg_url: str, tmp_path: Path) -> None:
+    """Two workers choose names for two inputs that want the same one (`7.m4a`, `7.mp3` → `7.srt`),
+    at the same instant, 40 times over: the database's unique constraint gives each name to one
+    input, and the other moves on to `7 (2).srt`."""
+    queue = JobQueue(connect(pg_url), inbox=tmp_path / "inbox")
+    for i in range(PAIRS):
+        for ext in ("m4a", "mp3"):
+            queue.enqueue(inbox_file(tmp_path, f"{i}.{ext}"))
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_reserve_in_step, args=(pg_url, str(tmp_path / "inbox"), ext, f"w-{ext}", barrier))
+             for ext in ("m4a", "mp3")]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=300)
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    shared = pg.rows(pg_url, "SELECT o.key FROM outputs o JOIN jobs j ON j.id = o.job_id GROUP BY o.key "
+                             "HAVING count(DISTINCT j.path) > 1")
+    print(f"{PAIRS} pairs reserved in step: {len(shared)} names given to two inputs")
+    assert shared == []
+    assert len(pg.rows(pg_url, "SELECT DISTINCT key FROM outputs")) == 2 * PAIRS

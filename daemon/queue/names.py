@@ -1,20 +1,26 @@
 """A job's output files: which names it may take in the outbox (never another input's, never over
 bytes it did not write), recorded in `outputs` before they are written; and whether they are
-still there."""
+still there.
+
+Each name belongs to one input for good (`output_names`, whose key is unique): two workers that
+choose names at the same moment on PostgreSQL cannot both take one, since the database refuses the
+second claim (the later transaction waits for the first and then fails its insert), and that
+worker moves on to the next name. A check followed by an insert could not promise that."""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from daemon.files.inputs import fingerprint
 from daemon.files.outputs import existing, fits, names, output_key, paths
-from daemon.queue.db import Job, OutputRow
+from daemon.queue.db import Job, OutputName, OutputRow
 
 
 def reserve(session: Session, job: Job, folder: Path, texts: Mapping[str, str]) -> dict[str, Path]:
@@ -34,7 +40,8 @@ def reserve(session: Session, job: Job, folder: Path, texts: Mapping[str, str]) 
     candidates = itertools.chain((paths(folder, stem, texts) for stem in earlier if fits(stem, texts)),
                                  names(folder, Path(job.path).stem, texts))
     for candidate in candidates:
-        if all(_ours(session, job.path, path, hashes, legacy) for path in candidate.values()):
+        if all(_ours(session, job.path, path, hashes, legacy) for path in candidate.values()) and _claim(
+                session, job.path, candidate.values()):
             session.exec(delete(OutputRow).where(col(OutputRow.job_id) == job.id))  # type: ignore[call-overload]
             for fmt, path in candidate.items():
                 session.add(OutputRow(job_id=job.id, format=fmt, path=str(path), key=output_key(path),
@@ -49,13 +56,26 @@ def outputs_present(session: Session, job: Job) -> bool:
     return bool(written) and all(existing(Path(path)) is not None for path in written)
 
 
+def _claim(session: Session, input_path: str, candidate: Iterable[Path]) -> bool:
+    """Make every name of `candidate` the input's own, unless another input (perhaps another worker,
+    right now) has one of them: then none of them, and False."""
+    keys = [output_key(path) for path in candidate]
+    owned = set(session.exec(select(OutputName.key).where(col(OutputName.key).in_(keys),
+                                                          OutputName.input == input_path)).all())
+    try:
+        with session.begin_nested():
+            session.add_all(OutputName(key=key, input=input_path) for key in keys if key not in owned)
+        return True
+    except IntegrityError:
+        return False
+
+
 def _ours(session: Session, input_path: str, path: Path, hashes: set[str | None], legacy: set[str]) -> bool:
-    """Whether the input at `input_path` may write `path`: no other input's file, and nothing there
+    """Whether the input at `input_path` may write `path`: no other input's name, and nothing there
     but what this input wrote (`hashes`, or a `legacy` file of its own written before hashes were kept)."""
     key = output_key(path)
-    other = session.exec(select(OutputRow.id).join(Job, col(OutputRow.job_id) == Job.id)
-                         .where(OutputRow.key == key, Job.path != input_path).limit(1)).first()
-    if other is not None:
+    owner = session.exec(select(OutputName.input).where(OutputName.key == key)).first()
+    if owner is not None and owner != input_path:
         return False
     on_disk = existing(path)
     return on_disk is None or key in legacy or _sha256_or_none(on_disk) in hashes

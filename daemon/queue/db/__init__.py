@@ -27,6 +27,7 @@ from daemon.queue.db.schema import (
     DeliveryRow,
     Job,
     JobStatus,
+    OutputName,
     OutputRow,
     SegmentRow,
     WorkerRow,
@@ -35,7 +36,7 @@ from daemon.queue.db.schema import (
 )
 from daemon.storage import storage_trouble
 
-__all__ = ["DeliveryRow", "Job", "JobStatus", "OutputRow", "SchemaMismatch", "SegmentRow", "WorkerRow", "WorkerState",  # re-exported
+__all__ = ["DeliveryRow", "Job", "JobStatus", "OutputName", "OutputRow", "SchemaMismatch", "SegmentRow", "WorkerRow", "WorkerState",  # re-exported
            "is_postgres", "utcnow"]
 
 # The newest migration: a reader of another version refuses the database instead of misreading it.

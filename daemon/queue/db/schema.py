@@ -160,6 +160,16 @@ class OutputRow(SQLModel, table=True):
     sha256: str | None = None
 
 
+class OutputName(SQLModel, table=True):
+    """Which input an output name belongs to, for good: the unique key is what stops two workers
+    from giving one name to two inputs at the same moment (queue/names.py)."""
+
+    __tablename__ = "output_names"
+
+    key: str = Field(primary_key=True)  # outputs.key: the name as a case- and normalisation-blind file system sees it
+    input: str  # jobs.path of the input whose transcript has this name
+
+
 class WorkerRow(SQLModel, table=True):
     """One row per worker, kept fresh by its heartbeat. `id` is the worker's holder name on jobs."""
 

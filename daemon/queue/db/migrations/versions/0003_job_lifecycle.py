@@ -1,7 +1,8 @@
 """The job lifecycle of issue 22: storage trouble waits per job (storage_errors, retry_at), audio
 that ended before its header said (announced_seconds), a job's folder settings kept apart from
 the complete settings its checkpoint was made with (asked), so that touching a file keeps its
-checkpoint, and announcements kept until sent (deliveries).
+checkpoint, announcements kept until sent (deliveries), and each output name given to one input by
+a unique key (output_names), filled from the names already written.
 
 Revision ID: 0003
 Revises: 0002
@@ -45,9 +46,17 @@ def upgrade() -> None:
                     if_not_exists=True)
     for column in ("job_id", "worker"):
         op.create_index(f"ix_deliveries_{column}", "deliveries", [column], if_not_exists=True)
+    op.create_table("output_names",
+                    sa.Column("key", sa.String(), nullable=False),
+                    sa.Column("input", sa.String(), nullable=False),
+                    sa.PrimaryKeyConstraint("key"),
+                    if_not_exists=True)
+    op.execute("INSERT INTO output_names (key, input) SELECT o.key, MIN(j.path) FROM outputs o "
+               "JOIN jobs j ON j.id = o.job_id WHERE o.key NOT IN (SELECT key FROM output_names) GROUP BY o.key")
 
 
 def downgrade() -> None:
+    op.drop_table("output_names")
     op.drop_table("deliveries")
     for column in reversed(COLUMNS):
         op.drop_column("jobs", column.name)
