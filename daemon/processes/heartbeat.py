@@ -15,6 +15,8 @@ from daemon.queue.db import storage_error
 from daemon.queue.jobs import JobQueue
 from daemon.queue.registry import Registry
 
+STOP_WAIT_SECONDS = 5.0  # launchd gives a stopping service 20 s in all
+
 
 class Heartbeat:
     def __init__(self, queue: JobQueue, registry: Registry, holder: str, interval: float) -> None:
@@ -32,8 +34,8 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
+        if self._thread.is_alive():  # a beat waiting on a busy database is not worth a slow shutdown
+            self._thread.join(timeout=STOP_WAIT_SECONDS)
 
     def beat(self) -> None:
         """One beat: renew the lease of the job in hand, then the worker's heartbeat."""
