@@ -166,6 +166,41 @@ def test_announce_returns_while_the_command_still_runs(tmp_path: Path, records: 
     assert warnings(log) == []
 
 
+def test_the_queue_of_announcements_is_bounded_and_what_does_not_fit_is_sent_later(
+    tmp_path: Path, records: Path, log: list[str]
+) -> None:
+    """A command blocked on its first transcript while 40 more are finished: at most 3 wait in
+    memory, the rest in the store (here a dict standing in for the queue's `deliveries` table, which
+    test_announcements_survive_a_worker_killed… runs for real), and every one is still announced,
+    once, when the command goes on."""
+    os.mkfifo(records / "gate")
+    store = {}  # job id → Ready: still to be sent
+    lock = threading.Lock()
+
+    def take(job_id: int, kind: str) -> bool:
+        with lock:
+            return store.pop(job_id, None) is not None
+
+    def backlog() -> list[Ready]:
+        with lock:
+            return [store[job_id] for job_id in sorted(store)]
+
+    delivery = Delivery(False, on_done(tmp_path, records), None, take=take, backlog=backlog, max_pending=3)
+    names = ["gate.wav"] + [f"memo{i:02d}.wav" for i in range(40)]
+    for job_id, name in enumerate(names):
+        store[job_id] = ready(tmp_path, name, job_id=job_id)
+        delivery.announce(store[job_id])
+        assert delivery._pending.qsize() <= 3
+    wait_until(lambda: (records / "gate.json").exists(), DEADLINE, "the first command to start", interval=POLL)
+    open_gate(records / "gate")
+    wait_until(lambda: all((records / f"{Path(name).stem}.json").exists() for name in names), 4 * DEADLINE,
+               "every announcement", interval=POLL)
+    delivery.close(DEADLINE)
+    assert store == {}
+    assert warnings(log) == ["WARNING 3 announcements are waiting to be sent; the next ones wait in the queue's "
+                             "database"]
+
+
 def test_a_failing_or_hanging_command_is_logged_and_the_next_one_still_runs(tmp_path: Path, records: Path,
                                                                            log: list[str]) -> None:
     delivery = Delivery(False, on_done(tmp_path, records), None, command_timeout=HANG_TIMEOUT)

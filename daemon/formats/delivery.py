@@ -96,14 +96,14 @@ class Delivery:
         """What each finished job is announced by: kept with the job until sent (JobQueue.finish)."""
         return tuple(self._steps)
 
-    def announce(self, ready: Ready) -> None:
-        """Queue the announcement and return at once."""
+    def announce(self, ready: Ready, *, again: bool = False) -> None:
+        """Queue the announcement and return at once. `again`: fetched back from the store (said before)."""
         if not self._steps:
             return
         try:
             self._pending.put_nowait(ready)
         except queue.Full:
-            if not self._overflowed.is_set():
+            if not (again or self._overflowed.is_set()):
                 logger.warning("{} announcements are waiting to be sent; the next ones wait in the queue's database",
                                self._pending.maxsize)
             self._overflowed.set()
@@ -154,7 +154,7 @@ class Delivery:
             self._overflowed.clear()
             try:
                 for ready in self._backlog():
-                    self.announce(ready)
+                    self.announce(ready, again=True)
             except Exception:
                 logger.exception("cannot read the announcements still to send; they are sent at the next start")
         return self._pending.get()
