@@ -26,7 +26,7 @@ from daemon.processes.supervisor import EXIT_CONFIG, EXIT_TEMPFAIL, PARENT_PID_E
 from daemon.queue.db import Job, JobStatus, SchemaMismatch, WorkerRow, connect, connect_readonly, describe
 from daemon.queue.registry import gone, workers
 from daemon.queue.standby import WATCHER_LOCK
-from daemon.queue.summary import clock, eta_seconds, language, worker_state
+from daemon.queue.summary import clock, ended_early, eta_seconds, language, worker_state
 
 EXIT_USAGE = 2
 
@@ -411,9 +411,9 @@ def _table(jobs: list[Job], outputs: Mapping[int | None, list[Path]]) -> str:
     rows = [("ID", "STATUS", "DURATION", "RTF", "TRIES", "LANG", "FILE", "PROGRESS / OUTPUT / ERROR")]
     for job in jobs:
         if job.status == JobStatus.RUNNING or (job.status == JobStatus.QUEUED and job.processed_seconds):
-            detail = progress_line(job)
+            detail = progress_line(job) + (f"; {job.error}" if job.error else "")  # why it waits
         elif job.status in (JobStatus.DONE, JobStatus.DUPLICATE) and outputs.get(job.id):
-            detail = ", ".join(path.name for path in outputs[job.id])
+            detail = ", ".join(path.name for path in outputs[job.id]) + ended_early(job)
         else:
             detail = job.error or ""
         rows.append((str(job.id), job.status.value, clock(job.audio_seconds),

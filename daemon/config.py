@@ -89,9 +89,11 @@ class Config:
     # auto | native | polling: how the watcher learns of new files. auto polls an inbox on a network
     # mount (NFS, SMB: they send no file events) and uses the system's events elsewhere.
     observer: str = "auto"
-    # A job's worker renews its lease at every window and heartbeat; a job whose lease ran out this
-    # long ago (its worker died, on any machine) is put back in the queue by another worker.
-    lease_seconds: float = 600.0
+    # A busy worker renews its job's lease every few seconds from a heartbeat thread, whatever the job
+    # is doing; a job whose worker stopped renewing (it died, its machine went off or was cut off)
+    # this long ago is resumed by another worker from its checkpoint. 45 s, with another worker's
+    # look every half lease: taken over within about a minute, well inside 2 minutes.
+    lease_seconds: float = 45.0
     max_attempts: int = 3
     min_available_mb: float = 1024.0  # pause (model kept) when free memory drops below this
     max_rss_mb: float = 4096.0  # after a job above this, exit so the service manager restarts fresh
@@ -282,8 +284,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"observer is {cfg.observer!r}: choose {', '.join(OBSERVERS)} (polling for an inbox on a "
                           "network share, which sends no file events; auto finds out)")
     if cfg.lease_seconds < 10:
-        raise ConfigError(f"lease_seconds is {cfg.lease_seconds}: give at least 10 (default 600); a worker renews "
-                          "its lease every window, which can take seconds")
+        raise ConfigError(f"lease_seconds is {cfg.lease_seconds}: give at least 10 (default 45); a worker renews "
+                          "its lease every quarter of it, and a busy database can delay that by seconds")
     if cfg.precision not in ("auto", "fp32", "fp16", "bf16", "int8"):
         raise ConfigError(f"precision is {cfg.precision!r}: choose auto, fp32, fp16, bf16 or int8")
     if cfg.threads < 0:
@@ -296,6 +298,10 @@ def validate(cfg: Config) -> None:
                           "(0.5 by default; lower keeps more quiet speech, higher drops more noise)")
     if not 1 <= cfg.chunk_seconds <= 30:
         raise ConfigError(f"chunk_seconds is {cfg.chunk_seconds}: it must be between 1 and 30 (Whisper's window)")
+    if abs(cfg.chunk_seconds * FRAMES_PER_SECOND - round(cfg.chunk_seconds * FRAMES_PER_SECOND)) > 1e-6:
+        raise ConfigError(f"chunk_seconds is {cfg.chunk_seconds}: give a whole number of hundredths of a second (e.g. "
+                          f"{round(cfg.chunk_seconds, 2):g}): windows and checkpoints fall on the 10 ms frames the "
+                          "speech detection and the model work in")
     if not 0 <= cfg.port <= 65535:
         raise ConfigError(f"port is {cfg.port}: give a TCP port, 1 to 65535 (0: any free one; default {WEB_PORT})")
     if cfg.web_token is not None and len(cfg.web_token) < MIN_TOKEN_CHARS:
@@ -329,6 +335,9 @@ def check_delivery(cfg: Config) -> None:
             raise ConfigError(f"webhook must be an http:// or https:// URL with a host, like https://example.com/hook "
                               f"(this one has scheme {url.scheme!r}, host {url.hostname!r}, port {port}), or be left "
                               "unset")
+
+
+FRAMES_PER_SECOND = 100  # Whisper's mel frames and the VAD's decisions are 10 ms apart
 
 
 def check_formats(formats: tuple[str, ...]) -> None:

@@ -32,6 +32,9 @@ class Transcript:
     language: str | None = None
     model: str | None = None
     duration: float | None = None  # seconds of audio
+    # What the file's header announced, when the audio ended well before that (a download that
+    # stopped): the transcript is of `duration` seconds only, and says so. None otherwise.
+    announced: float | None = None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -54,6 +55,31 @@ def _created(job: dict[str, Any]) -> float:
 
 def _ready(log: Path, marker: str, count: int = 1) -> bool:
     return log_text(log).count(marker) >= count
+
+
+class MountError(RuntimeError):
+    """A file system the test needs could not be mounted here; the message is mount's."""
+
+
+@contextmanager
+def full_tmpfs(folder: Path) -> Iterator[Path]:
+    """`folder` (made) on a 64 KiB tmpfs of its own, filled up: a real ENOSPC there, and only there.
+    Needs mount rights (root with CAP_SYS_ADMIN)."""
+    folder.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(folder)],
+                             capture_output=True, text=True, timeout=30)
+    if mounted.returncode != 0:
+        raise MountError(mounted.stderr.strip())
+    try:
+        with (folder / "filler").open("wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass  # full
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True, timeout=30)
 
 
 # --------------------------------------------------------------------------- 1. flood

@@ -24,7 +24,7 @@ def test_defaults_need_no_configuration(tmp_path: Path) -> None:
     cfg = load({}, env={})
     assert cfg.model == "base" and cfg.quiet_seconds == 2.0 and cfg.language is None
     assert cfg.inbox.is_absolute() and Path(cfg.db).is_absolute() and Path(cfg.db).name == "jobs.db"
-    assert cfg.config is None and cfg.observer == "auto" and cfg.lease_seconds == 600
+    assert cfg.config is None and cfg.observer == "auto" and cfg.lease_seconds == 45
 
 
 def test_the_queue_is_a_sqlite_path_or_a_postgresql_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,6 +46,14 @@ def test_observer_and_lease_are_checked() -> None:
         load({}, env={"WHISPER_DAEMON_OBSERVER": "inotify"})
     with pytest.raises(ConfigError, match="lease_seconds is 2.0: give at least 10"):
         load({}, env={"WHISPER_DAEMON_LEASE_SECONDS": "2"})
+
+
+def test_chunk_seconds_falls_on_the_10_ms_frames() -> None:
+    assert load({"chunk_seconds": 12.34}, env={}).chunk_seconds == 12.34
+    assert load({}, env={"WHISPER_DAEMON_CHUNK_SECONDS": "7.5"}).chunk_seconds == 7.5
+    for wrong in (12.345, 29.999):
+        with pytest.raises(ConfigError, match=f"chunk_seconds is {wrong}: give a whole number of hundredths"):
+            load({"chunk_seconds": wrong}, env={})
 
 
 def test_toml_then_env_then_cli(tmp_path: Path) -> None:

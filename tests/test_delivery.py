@@ -167,6 +167,41 @@ def test_announce_returns_while_the_command_still_runs(tmp_path: Path, records: 
     assert warnings(log) == []
 
 
+def test_the_queue_of_announcements_is_bounded_and_what_does_not_fit_is_sent_later(
+    tmp_path: Path, records: Path, log: list[str]
+) -> None:
+    """A command blocked on its first transcript while 40 more are finished: at most 3 wait in
+    memory, the rest in the store (here a dict standing in for the queue's `deliveries` table, which
+    test_announcements_survive_a_worker_killed… runs for real), and every one is still announced,
+    once, when the command goes on."""
+    os.mkfifo(records / "gate")
+    store = {}  # job id → Ready: still to be sent
+    lock = threading.Lock()
+
+    def take(job_id: int, kind: str) -> bool:
+        with lock:
+            return store.pop(job_id, None) is not None
+
+    def backlog() -> list[Ready]:
+        with lock:
+            return [store[job_id] for job_id in sorted(store)]
+
+    delivery = Delivery(False, on_done(tmp_path, records), None, take=take, backlog=backlog, max_pending=3)
+    names = ["gate.wav"] + [f"memo{i:02d}.wav" for i in range(40)]
+    for job_id, name in enumerate(names):
+        store[job_id] = ready(tmp_path, name, job_id=job_id)
+        delivery.announce(store[job_id])
+        assert delivery._pending.qsize() <= 3
+    wait_until(lambda: (records / "gate.json").exists(), DEADLINE, "the first command to start", interval=POLL)
+    open_gate(records / "gate")
+    wait_until(lambda: all((records / f"{Path(name).stem}.json").exists() for name in names), 4 * DEADLINE,
+               "every announcement", interval=POLL)
+    delivery.close(DEADLINE)
+    assert store == {}
+    assert warnings(log) == ["WARNING 3 announcements are waiting to be sent; the next ones wait in the queue's "
+                             "database"]
+
+
 def test_a_failing_or_hanging_command_is_logged_and_the_next_one_still_runs(tmp_path: Path, records: Path,
                                                                            log: list[str]) -> None:
     delivery = Delivery(False, on_done(tmp_path, records), None, command_timeout=HANG_TIMEOUT)
@@ -430,3 +465,55 @@ def test_on_done_found_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     executable(tmp_path / "bin" / "publish", "")
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     assert load({}, env={"WHISPER_DAEMON_ON_DONE": "publish --draft"}).on_done == "publish --draft"
+
+
+# ---------------------------------------------------------------- across a crash
+
+
+@pytest.mark.slow
+def test_announcements_survive_a_worker_killed_before_sending_them_and_none_is_sent_twice(
+    tmp_path: Path, records: Path, hook: Hook, daemon_env: dict[str, str], cli: Any
+) -> None:
+    """Two recordings; the on_done command hangs on the first (its name says so), so the webhook of
+    the first, and both announcements of the second, finished meanwhile, are still to send when the
+    worker is SIGKILLed. The restarted worker sends them; the hung command is not run again; a third
+    start sends nothing more."""
+    from tests.daemon_proc import log_text, rows, settled, start, stop
+    from tests.speech import compose, sentences
+
+    inbox = Path(daemon_env["WHISPER_DAEMON_INBOX"])
+    db = Path(daemon_env["WHISPER_DAEMON_DB"])
+    worker_log = Path(daemon_env["WHISPER_DAEMON_LOG_DIR"]) / "worker.log"
+    for i, name in enumerate(("hang one.wav", "two.wav")):
+        compose(sentences()[i : i + 1]).write(inbox / name)
+    env = {**daemon_env, "WHISPER_DAEMON_ON_DONE": on_done(tmp_path, records), "WHISPER_DAEMON_WEBHOOK": hook.url()}
+    cli("enqueue", str(inbox / "hang one.wav"), str(inbox / "two.wav"))
+    worker = start("work", env, output=tmp_path / "work.out")
+    try:
+        wait_until(lambda: (records / "hang one.json").exists() and settled(db, 2), 300,
+                   "the first command to hang and both jobs to be done", worker)
+        worker.kill()
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            stop(worker)
+        hung = record(records, "hang one")
+        for pid in hung["pid"], hung["child"]:
+            psutil.Process(pid).kill()
+    assert hook.received == [] and not (records / "two.json").exists()  # nothing of it was sent before the kill
+    starts = 1
+    for _ in range(2):  # the restart sends what was left; the next start finds nothing more to send
+        worker = start("work", env, output=tmp_path / "work.out")
+        starts += 1
+        try:
+            wait_until(lambda: log_text(worker_log).count("worker ready") == starts, 300, "the worker", worker)
+            wait_until(lambda: len(hook.received) >= 2 and (records / "two.json").exists(), 60,
+                       "the announcements left to send", worker)
+        finally:
+            stop(worker)
+    sent = sorted(body["job"] for _, _, body in hook.received)
+    print(f"worker SIGKILLed with 3 announcements unsent: after restarts, webhooks for jobs {sent}, on_done of the "
+          f"hung job run {1 if record(records, 'hang one')['pid'] == hung['pid'] else 2} time(s)")
+    assert sent == [job["id"] for job in rows(db)]  # each once
+    assert record(records, "hang one")["pid"] == hung["pid"]  # the command that hung was not run again
+    assert rows(db, "SELECT * FROM deliveries") == []

@@ -83,12 +83,12 @@ def test_a_wrong_settings_file_is_named_with_what_to_change(tmp_path: Path, text
 
 def test_a_job_keeps_the_settings_it_was_queued_with_until_it_is_retried(queue: JobQueue, tmp_path: Path) -> None:
     job = queue.enqueue(inbox_file(tmp_path, "a.m4a"), settings={"language": "zh"}).job
-    assert json.loads(job.settings or "") == {"language": "zh"}
+    assert json.loads(job.asked or "") == {"language": "zh"} and job.settings is None  # complete once started
     assert job.id is not None
     claim(queue)
     queue.fail(job.id, "test-worker", "a.m4a: cannot decode")
     (retried,) = queue.retry([job.id])
-    assert retried.settings is None  # looked up again when it starts: the folder's file may have been fixed
+    assert retried.asked is None and retried.settings is None  # looked up again: the folder's file may be fixed
 
 
 def test_the_settings_file_is_not_an_input(tmp_path: Path) -> None:

@@ -63,7 +63,8 @@ def test_json_has_segments_and_words_with_times_and_probabilities() -> None:
     text = render("json", TALK, RULES)
     assert "Café" in text  # not \u00e9
     document = json.loads(text)
-    assert list(document) == ["language", "model", "duration", "segments"]
+    assert list(document) == ["language", "model", "duration", "announced_duration", "segments"]
+    assert document["announced_duration"] is None  # the audio did not end early
     assert (document["language"], document["model"], document["duration"]) == ("en", "tiny.en", 6.5)
     assert [s["text"] for s in document["segments"]] == [s.text for s in TALK.segments]
     second = document["segments"][1]
@@ -74,7 +75,7 @@ def test_json_has_segments_and_words_with_times_and_probabilities() -> None:
         {"start": 1.5, "end": 2.012, "word": " au\tlait?", "probability": 0.8765},
     ]
     unknown = json.loads(render("json", Transcript((Segment(0.0, 1.0, "old row"),)), RULES))
-    assert unknown == {"language": None, "model": None, "duration": None,
+    assert unknown == {"language": None, "model": None, "duration": None, "announced_duration": None,
                        "segments": [{"start": 0.0, "end": 1.0, "text": "old row", "words": []}]}
 
 

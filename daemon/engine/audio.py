@@ -9,6 +9,8 @@ import av
 import numpy as np
 from loguru import logger
 
+from daemon.storage import storage_trouble
+
 SAMPLE_RATE = 16_000  # what Whisper was trained on
 
 
@@ -20,12 +22,16 @@ def _open(path: Path) -> av.container.InputContainer:
     try:
         size = path.stat().st_size
     except OSError as e:
+        if storage_trouble(e):
+            raise
         raise AudioError(f"cannot read the file: {e.strerror}") from e
     if size == 0:
         raise AudioError("the file is empty (0 bytes); it may not have finished copying")
     try:
         return av.open(str(path), metadata_errors="ignore")
     except OSError as e:  # PyAV's errors for EACCES, EISDIR, … are OSErrors too: say which
+        if storage_trouble(e):  # EIO, a share gone: not the file's fault, the worker tries again later
+            raise
         raise AudioError(f"cannot read the file: {e.strerror}") from e
     except (av.FFmpegError, UnicodeDecodeError) as e:
         with path.open("rb") as f:
@@ -77,7 +83,11 @@ def stream_audio(path: Path, piece_samples: int) -> Iterator[np.ndarray]:
 
 
 def _frames(container: av.container.InputContainer, stream: av.AudioStream, path: Path) -> Iterator[av.AudioFrame]:
-    """Decode packet by packet so one damaged packet costs that packet, not the recording."""
+    """Decode packet by packet so one damaged packet costs that packet, not the recording.
+
+    A read that fails (EIO, ENOTCONN, ESTALE, ETIMEDOUT: a share dropping halfway through a
+    meeting) is the storage's, not the end of the audio: it is raised, and the worker tries the job
+    again from its checkpoint. Only the data can end the audio early (a cut or damaged container)."""
     bad = 0
     decoded = 0
     packets = container.demux(stream)
@@ -87,6 +97,8 @@ def _frames(container: av.container.InputContainer, stream: av.AudioStream, path
         except StopIteration:
             break
         except av.FFmpegError as e:
+            if isinstance(e, OSError) and storage_trouble(e):
+                raise
             # A truncated or damaged container: keep what decoded so far.
             logger.warning("{}: stopped reading at a damaged part ({})", path.name, e)
             break

@@ -8,6 +8,7 @@ Unicode normalisation, so that `Meeting.m4a` and `meeting.mp3` never write the s
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import os
@@ -69,6 +70,30 @@ def existing(path: Path) -> Path | None:
         return None
     key = output_key(Path(path.name))
     return next((path.parent / e for e in entries if output_key(Path(e)) == key), None)
+
+
+class OutputError(Exception):
+    """A transcript that can never be written where it goes: the job's own error (daemon/storage.py),
+    not the storage's. The message says why, in words a person can act on."""
+
+
+_WHY = {
+    errno.EACCES: "the folder {folder} refuses new files (permissions): allow writing there",
+    errno.EPERM: "the folder {folder} refuses new files (permissions, or made immutable with chattr +i or a "
+                 "locked folder): allow writing there",
+    errno.ENAMETOOLONG: "the name is too long for the outbox's file system: give the recording a shorter name",
+    errno.EINVAL: "the outbox's file system does not accept this name (exFAT and FAT refuse : * ? \" < > |): "
+                  "rename the recording",
+    errno.EILSEQ: "the outbox's file system does not accept the characters of this name: rename the recording",
+}
+
+
+def refusal(error: OSError, path: Path) -> OutputError:
+    """`error` (a job's own, daemon/storage.py) from writing `path`, as an OutputError that says why."""
+    why = _WHY.get(error.errno or 0, "something in the outbox is in the way (a folder where the file goes, "
+                                     "or a file where a folder should be): move it")
+    return OutputError(f"cannot write its transcript {path}: {error.strerror or error}; "
+                       f"{why.format(folder=path.parent)}, then `retry` the job")
 
 
 def _umask(status: str = "/proc/self/status") -> int:

@@ -12,12 +12,14 @@ _CELL_BREAKS = re.compile(r"[\t\r\n]")  # would end a TSV cell or row early
 
 
 def json_text(transcript: Transcript) -> str:
-    """An object: language, model, duration, and the segments with their words. Times in seconds,
+    """An object: language, model, duration (and `announced_duration`, the header's, when the audio
+    ended well before it; null otherwise), and the segments with their words. Times in seconds,
     rounded to the millisecond (as precise as the timestamps are), keys always in this order."""
     document = {
         "language": transcript.language,
         "model": transcript.model,
         "duration": None if transcript.duration is None else _seconds(transcript.duration),
+        "announced_duration": None if transcript.announced is None else _seconds(transcript.announced),
         "segments": [
             {"start": _seconds(seg.start), "end": _seconds(seg.end), "text": seg.text,
              "words": [{"start": _seconds(w.start), "end": _seconds(w.end), "word": w.text,

@@ -1,7 +1,12 @@
 """Telling the user a transcript is ready: a desktop notification, a command run with the output paths,
 a webhook. Each is off by default. The worker hands a `Ready` to `announce()`, which returns at once;
 one background thread does the work, so a hung command or a slow server never holds up transcription,
-and whatever fails is logged, never raised."""
+and whatever fails is logged, never raised.
+
+What is still to send is also kept in the queue's database (queue/deliveries.py): each step first
+`take`s its row, so that none is sent twice, and a worker that was killed sends the rest when it
+starts again. The thread's own queue is bounded; what does not fit waits in the database and is
+fetched (`backlog`) once the thread has caught up."""
 
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ OSASCRIPT = ["osascript", "-e", "on run argv",
              "-e", "display notification (item 1 of argv) with title (item 2 of argv)", "-e", "end run", "--"]
 NOTIFY_SEND = "notify-send"
 NOTIFY_SEND_PLATFORMS = ("linux", "freebsd", "openbsd", "netbsd")  # desktops that speak freedesktop notifications
+MAX_PENDING = 1000  # announcements held in memory; more wait in the database (a flood of duplicates, a hung command)
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,11 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
 
 class Delivery:
     def __init__(self, notify: bool, on_done: str | None, webhook: str | None, platform: str = sys.platform,
-                 command_timeout: float = COMMAND_TIMEOUT_SECONDS) -> None:
+                 command_timeout: float = COMMAND_TIMEOUT_SECONDS,
+                 take: Callable[[int, str], bool] = lambda job_id, kind: True,
+                 backlog: Callable[[], list[Ready]] = list, max_pending: int = MAX_PENDING) -> None:
+        """`take(job id, kind)`: whether that announcement is still to be sent, marking it sent;
+        `backlog()`: every announcement still to be sent (both: the queue's database)."""
         self.notify = notify
         self.on_done = shlex.split(on_done) if on_done else None  # config validation has checked it splits
         self.webhook = webhook
@@ -69,25 +79,45 @@ class Delivery:
         self.command_timeout = command_timeout  # tests pass a short one
         self._gave_up_notifying = False  # no notifier here: said once, not tried again
         self._running: subprocess.Popen[bytes] | None = None  # the on_done command in flight, for close()
-        self._pending: queue.Queue[Ready | None] = queue.Queue()  # None: stop once what is before it is done
+        self._take = take
+        self._backlog = backlog
+        # None: stop once what is before it is done
+        self._pending: queue.Queue[Ready | None] = queue.Queue(maxsize=max_pending)
+        self._overflowed = threading.Event()  # some announcements wait in the database only
         self._abandoned = threading.Event()  # close() ran out of time: stop now
-        self._steps: list[Callable[[Ready], None]] = [step for step, on in (
-            (self._notify, notify), (self._run_command, on_done), (self._post, webhook)) if on]
+        self._steps: dict[str, Callable[[Ready], None]] = {kind: step for kind, step, on in (
+            ("notify", self._notify, notify), ("command", self._run_command, on_done), ("webhook", self._post, webhook))
+            if on}
         self._thread = threading.Thread(target=self._serve, name="delivery", daemon=True)
         if self._steps:
             self._thread.start()
 
-    def announce(self, ready: Ready) -> None:
-        """Queue the announcement and return at once."""
-        if self._steps:
-            self._pending.put(ready)
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """What each finished job is announced by: kept with the job until sent (JobQueue.finish)."""
+        return tuple(self._steps)
+
+    def announce(self, ready: Ready, *, again: bool = False) -> None:
+        """Queue the announcement and return at once. `again`: fetched back from the store (said before)."""
+        if not self._steps:
+            return
+        try:
+            self._pending.put_nowait(ready)
+        except queue.Full:
+            if not (again or self._overflowed.is_set()):
+                logger.warning("{} announcements are waiting to be sent; the next ones wait in the queue's database",
+                               self._pending.maxsize)
+            self._overflowed.set()
 
     def close(self, timeout: float) -> None:
         """Deliver what is pending, for up to `timeout` seconds; then stop the command in flight, if any,
         and log what was left undelivered."""
         if not self._thread.is_alive():
             return
-        self._pending.put(None)
+        try:
+            self._pending.put(None, timeout=timeout)
+        except queue.Full:
+            pass
         self._thread.join(timeout)
         if not self._thread.is_alive():
             return
@@ -112,14 +142,25 @@ class Delivery:
         return None
 
     def _serve(self) -> None:
-        while (ready := self._pending.get()) is not None and not self._abandoned.is_set():
-            for step in self._steps:
+        while (ready := self._next()) is not None and not self._abandoned.is_set():
+            for kind, step in self._steps.items():
                 if self._abandoned.is_set():
                     break
                 try:
-                    step(ready)
-                except Exception:  # a bug in one step must not end the thread or skip the others
+                    if self._take(ready.job_id, kind):  # not sent yet, and now never again
+                        step(ready)
+                except Exception:  # a bug in one step, or no database, must not end the thread or skip the others
                     logger.exception("job {}: announcing the transcript failed", ready.job_id)
+
+    def _next(self) -> Ready | None:
+        if self._pending.empty() and self._overflowed.is_set():  # caught up: fetch what did not fit
+            self._overflowed.clear()
+            try:
+                for ready in self._backlog():
+                    self.announce(ready, again=True)
+            except Exception:
+                logger.exception("cannot read the announcements still to send; they are sent at the next start")
+        return self._pending.get()
 
     def _notify(self, ready: Ready) -> None:
         if self._gave_up_notifying:

@@ -26,7 +26,8 @@ from daemon.engine.transcribe import DecodeSettings, Engine
 from daemon.engine.weights import ModelError, ResolvedModel, load_resolved, resolve_model, smaller_models
 from daemon.files.folders import SETTINGS_FILE, SettingsError, settings_for
 from daemon.files.inputs import Fingerprint, fingerprint, refusal
-from daemon.files.outputs import folder_for, write_atomic
+from daemon.files.outputs import OutputError, folder_for, write_atomic
+from daemon.files.outputs import refusal as output_refusal
 from daemon.formats import render
 from daemon.formats.delivery import Delivery, Ready
 from daemon.processes.guards import (
@@ -40,6 +41,8 @@ from daemon.processes.guards import (
     release_memory,
     rss_mb,
 )
+from daemon.processes.heartbeat import Heartbeat
+from daemon.queue import deliveries
 from daemon.queue.db import Job, JobStatus, Waiter, WorkerState, checkpoint, connect, describe, slots_dir, storage_error
 from daemon.queue.jobs import JobQueue, LeaseLost
 from daemon.queue.registry import Registry, take_slot
@@ -47,14 +50,22 @@ from daemon.transcript import Transcript
 
 IDLE_MIN_SECONDS = 0.2
 IDLE_MAX_SECONDS = 2.0  # worst-case pickup delay for a new job while idle
-# While idle; busy workers beat once per window. On PostgreSQL, where a new job wakes idle workers
-# (NOTIFY), they read the queue this often too, in case a notification was lost with a connection.
+# The heartbeat thread's beat (and at least BEATS_PER_LEASE per lease), which also renews the lease
+# of the job in hand. On PostgreSQL, where a new job wakes idle workers (NOTIFY), they read the
+# queue this often too, in case a notification was lost with a connection.
 HEARTBEAT_SECONDS = 10.0
+BEATS_PER_LEASE = 4  # three beats may fail (a database busy or restarting) before the lease runs out
 RECOVER_SECONDS = 60.0  # how often an idle worker looks for jobs whose worker died (lease expired)
 RECOVER_PER_LEASE = 2  # and at least this often per lease: a short lease is for a quick takeover
 PACE_MIN_SHARE = 0.8  # windows with less audio than this share of a window don't teach the throttle guard
-STORAGE_BACKOFF_START_SECONDS = 2.0  # disk full or I/O error: first wait before trying the job again
+# Disk full or I/O error: the worker's first wait before it goes on (the job itself waits its own
+# time, behind the others: JobQueue.defer), doubling while the trouble lasts.
+STORAGE_BACKOFF_START_SECONDS = 2.0
 STORAGE_BACKOFF_MAX_SECONDS = 300.0
+# The audio ended this much before its header said (a download that stopped): shown, not silent.
+# Headers of VBR MP3s without a table of contents only estimate, within about this.
+SHORT_AUDIO_MIN_SECONDS = 1.0
+SHORT_AUDIO_SHARE = 0.02
 DELIVERY_CLOSE_SECONDS = 5.0  # at shutdown, announcements still pending get this long (launchd waits 20 s)
 
 
@@ -71,6 +82,8 @@ class Worker:
         self.slot = take_slot(slots_dir(cfg.db))
         self.name = self.slot.name  # the holder of the jobs this worker runs
         self.registry = Registry(engine, self.name)
+        self.heartbeat = Heartbeat(self.queue, self.registry, self.name,
+                                   min(HEARTBEAT_SECONDS, cfg.lease_seconds / BEATS_PER_LEASE))
         # Tests replace the guard with one whose probes and clock are injected.
         self.guard = Guard(self.report, self.stop.wait, low_memory_mb=cfg.min_available_mb)
         self.clock: Callable[[], float] = time.monotonic  # times windows; tests inject one that ignores other load
@@ -82,7 +95,8 @@ class Worker:
         self._last_beat = 0.0
         self._last_recovery = 0.0
         self._storage_backoff = STORAGE_BACKOFF_START_SECONDS
-        self.delivery = Delivery(cfg.notify, cfg.on_done, cfg.webhook)
+        self.delivery = Delivery(cfg.notify, cfg.on_done, cfg.webhook, backlog=self._undelivered,
+                                 take=lambda job_id, kind: deliveries.take(self.queue, self.name, job_id, kind))
 
     def initialize(self) -> None:
         self._recover()
@@ -106,6 +120,11 @@ class Worker:
             logger.info("forgetting worker {} (pid {} on {}), gone since {}", row.id, row.pid, row.host,
                         row.heartbeat_at.isoformat(timespec="seconds"))
         self.report(Status(WorkerState.IDLE))
+        self.heartbeat.start()
+        if left := self._undelivered():  # this worker's previous life finished them, then died
+            logger.info("announcing {} transcript(s) finished before the last stop", len(left))
+            for ready in left:
+                self.delivery.announce(ready)
         logger.info("worker ready ({}): model {} from {} on {}, {} weights ({:.0f} MB), {} torch threads; "
                     "queue {}", self.name, resolved.name, resolved.source, device, self.precision,
                     precision.weight_bytes(model) / MB, threads, describe(self.cfg.db))
@@ -171,28 +190,32 @@ class Worker:
         if job is None:
             return False
         assert job.id is not None
-        self.current_job = job.id
+        self.current_job = self.heartbeat.job = job.id
         self.report(Status(WorkerState.BUSY))
         try:
             self._process(job)
             self._storage_backoff = STORAGE_BACKOFF_START_SECONDS
         except LeaseLost as e:  # this worker stalled past its lease (a sleeping laptop): another has the job
             logger.warning("job {}: {}; leaving it to the worker that has it now", job.id, e)
+        except OutputError as e:  # its transcript can never be written there: the next job goes ahead
+            self.queue.fail(job.id, self.name, f"{Path(job.path).name}: {e}")
+            logger.warning("job {} failed: {}: {}", job.id, Path(job.path).name, e)
         except Exception as e:
             if storage_error(e):  # disk full, I/O error: not the file's fault
-                self._pause_for_storage(job.id, e)
+                self._pause_for_storage(job, e)
             else:  # one bad job must not take the worker down
                 logger.exception("job {}: unexpected error", job.id)
                 self.queue.fail(job.id, self.name, f"{Path(job.path).name}: unexpected error ({type(e).__name__}: "
                                                    f"{e}); see {logs.log_file(self.cfg.log_dir, 'worker')}")
         finally:
-            self.current_job = None
+            self.current_job = self.heartbeat.job = None
             self.report(Status(WorkerState.IDLE))
         checkpoint(self.queue.engine)  # between jobs, so `sqlite3` readers cannot keep the WAL growing
         self._check_rss()
         return True
 
     def shutdown(self) -> None:
+        self.heartbeat.stop()
         self.delivery.close(DELIVERY_CLOSE_SECONDS)
         self.waiter.close()
         self.registry.unregister()
@@ -201,38 +224,56 @@ class Worker:
         logger.info("worker stopped")
 
     def report(self, status: Status) -> None:
-        """Heartbeat, and renew the lease of the job in hand: the guard reports at every wait."""
+        """The worker's state for `status` (the guard reports at every wait); the heartbeat thread
+        keeps its heartbeat and its lease fresh in between."""
         self._last_beat = time.monotonic()
         try:
             self.registry.heartbeat(status.state, status.reason, rss_mb(), self.current_job)
-            if self.current_job is not None:
-                self.queue.renew(self.current_job, self.name)
         except Exception as e:
             if not storage_error(e):
                 raise
             logger.warning("could not record the worker's state: {}", getattr(e, "orig", e))  # not worth stopping for
 
-    def _pause_for_storage(self, job_id: int | None, error: Exception) -> None:
-        """A write failed (disk full, I/O error). Wait, longer each time, then put the job back in
-        the queue with its checkpoint, uncounted, to be tried again; nothing is marked failed."""
+    def _pause_for_storage(self, job: Job | None, error: Exception) -> None:
+        """A read or write failed (disk full, I/O error, a share gone). Put the job back in the queue
+        with its checkpoint, uncounted, to wait its own time behind the jobs that can go ahead
+        (JobQueue.defer), and wait, longer each time while the trouble lasts; nothing is marked
+        failed. While the database itself cannot be written, keep trying to put the job back."""
+        job_id = None if job is None else job.id
+        source = None if job is None else self.queue.location(job)
         while True:
-            what = f"job {job_id} is put back and tried again" if job_id is not None else "trying again"
             # SQLAlchemy's message repeats the whole statement; the driver's says what went wrong.
-            logger.warning("cannot write ({}): {} in {:.0f} s", getattr(error, "orig", error), what,
-                           self._storage_backoff)
-            stopping = self.stop.wait(self._storage_backoff)
-            self._storage_backoff = min(self._storage_backoff * 2, STORAGE_BACKOFF_MAX_SECONDS)
+            reason = str(getattr(error, "orig", error))
+            reading = isinstance(error, OSError) and error.filename is not None and source == Path(error.filename)
+            verb = "read" if reading else "write"
+            what = f"job {job_id} is put back and tried again" if job_id is not None else "trying again"
+            logger.warning("cannot {} ({}): {} in {:.0f} s", verb, reason, what, self._storage_backoff)
             try:
                 if job_id is not None:
-                    self.queue.release(job_id, self.name)
-                return
+                    wait = self.queue.defer(job_id, self.name, f"cannot {verb}: {reason}")
+                    logger.info("job {} waits {:.0f} s, behind the jobs that can go ahead", job_id, wait)
+                    job_id = None
+            except LeaseLost:
+                job_id = None
             except Exception as e:
                 if not storage_error(e):
                     raise
-                if stopping:  # left `running`: this worker's next start takes it back
-                    logger.warning("job {} could not be put back in the queue: {}", job_id, getattr(e, "orig", e))
-                    return
                 error = e
+            stopping = self.stop.wait(self._storage_backoff)
+            self._storage_backoff = min(self._storage_backoff * 2, STORAGE_BACKOFF_MAX_SECONDS)
+            if job_id is None:
+                return
+            if stopping:  # left `running`: this worker's next start takes it back
+                logger.warning("job {} could not be put back in the queue: {}", job_id, getattr(error, "orig", error))
+                return
+
+    def _undelivered(self) -> list[Ready]:
+        """Announcements this worker (its slot) has still to send, from the queue's database."""
+        if not self.delivery.kinds:
+            return []
+        return [Ready(job.id, source, tuple(written), job.language, job.duplicate_of)
+                for job, source, written in deliveries.pending(self.queue, self.name, self.delivery.kinds)
+                if job.id is not None]
 
     def _check_rss(self) -> None:
         """Long-lived whisper processes leak; past the cap, exit between jobs for a fresh start."""
@@ -261,6 +302,8 @@ class Worker:
             try:
                 seen = fingerprint(path)
             except OSError as e:
+                if storage_error(e):  # a share gone, an I/O error: the file is not at fault
+                    raise OSError(e.errno, e.strerror, str(path)) from e  # naming the file: a read
                 reason = f"cannot read the file: {e.strerror}"
             try:
                 settings = self._settings_of(job)
@@ -286,16 +329,17 @@ class Worker:
             return
         assert twin.id is not None
         written = self._write(job, Transcript(tuple(self.queue.segments(twin.id)), twin.language, twin.model,
-                                              twin.audio_seconds))
+                                              twin.audio_seconds, twin.announced_seconds))
         self._written(job, written, JobStatus.DUPLICATE, duplicate_of=twin.id, audio_seconds=twin.audio_seconds,
-                      rtf=0.0, progress=1.0, language=twin.language, model=twin.model, precision=twin.precision)
+                      rtf=0.0, progress=1.0, language=twin.language, model=twin.model, precision=twin.precision,
+                      announced_seconds=twin.announced_seconds)
 
     def _settings_of(self, job: Job) -> dict[str, str | None]:
         """The job's complete settings: what its folders asked for when it was queued (looked up now
         if they never were), this worker's settings for the rest; checked against this model."""
         assert self.engine is not None
-        asked = (settings_for(self.queue.location(job), self.cfg.inbox) if job.settings is None
-                 else json.loads(job.settings))
+        asked = (settings_for(self.queue.location(job), self.cfg.inbox) if job.asked is None
+                 else json.loads(job.asked))
         where = f" (check {SETTINGS_FILE} in its folder)" if asked else ""
         defaults = {"language": self.cfg.language, "task": self.cfg.task, "prompt": self.cfg.prompt or "",
                     "chinese_script": self.cfg.chinese_script}
@@ -346,14 +390,19 @@ class Worker:
                     logger.info("job {}: stopped at {:.1f} s; it resumes there next time", job.id, processed)
                     return
                 window_began = self.clock()
+            announced = _announced(expected, decoded)
+            if announced is not None:
+                logger.warning("job {}: {}: the audio ended at {:.1f} s of the {:.1f} s its header announced (cut "
+                               "short while downloaded or copied?); transcribed what there is", job.id, path.name,
+                               decoded, announced)
             written = self._write(job, Transcript(tuple(self.queue.segments(job.id)), language, self.model_name,
-                                                  decoded))
+                                                  decoded, announced))
         except AudioError as e:
             self.queue.fail(job.id, self.name, f"{path.name}: {e}")
             logger.warning("job {} failed: {}: {}", job.id, path.name, e)
             return
         self._written(job, written, JobStatus.DONE, progress=1.0, audio_seconds=decoded, model=self.model_name,
-                      precision=self.precision)
+                      precision=self.precision, announced_seconds=announced)
 
     def _write(self, job: Job, transcript: Transcript) -> dict[str, Path]:
         """Render the transcript in every format of `formats`, choose their names in this worker's
@@ -364,14 +413,19 @@ class Worker:
         folder = folder_for(self.queue.location(job), self.cfg.inbox, self.cfg.outbox)
         written = self.queue.reserve_outputs(job.id, self.name, folder, texts)
         for fmt, path in written.items():
-            write_atomic(path, texts[fmt])
+            try:
+                write_atomic(path, texts[fmt])
+            except OSError as e:
+                if storage_error(e):  # disk full, I/O error: wait and try again
+                    raise
+                raise output_refusal(e, path) from e  # the job's own: it can never be written there
         return written
 
     def _written(self, job: Job, written: dict[str, Path], status: JobStatus, **fields: object) -> None:
         """Where every job whose files are written ends: marked done (or a duplicate), logged with the
         files' names, and announced (delivery.py: in the background, when the user asked for it)."""
         assert job.id is not None
-        ended = self.queue.finish(job.id, self.name, status, **fields)
+        ended = self.queue.finish(job.id, self.name, status, deliveries=self.delivery.kinds, **fields)
         self.delivery.announce(Ready(job.id, self.queue.location(job), tuple(written.values()), ended.language,
                                      ended.duplicate_of))
         files = ", ".join(str(path) for path in written.values())
@@ -381,6 +435,13 @@ class Worker:
         else:
             logger.info("job {}: done, {:.1f} s of audio at {:.2f}x real time → {}", job.id,
                         ended.audio_seconds or 0.0, ended.rtf or 0.0, files)
+
+
+def _announced(expected: float | None, decoded: float) -> float | None:
+    """The duration the header announced, if the audio ended well before it; else None."""
+    if expected is None or expected - decoded <= max(SHORT_AUDIO_MIN_SECONDS, SHORT_AUDIO_SHARE * expected):
+        return None
+    return expected
 
 
 def _changed(path: Path, seen: Fingerprint) -> bool:

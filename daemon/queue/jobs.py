@@ -1,38 +1,56 @@
 """The job queue: enqueue, claim under a lease, checkpoint, finish. Portable SQL only; what one
 backend alone speaks stays in daemon/queue/db.
 
-A running job belongs to the worker named in `holder` until `lease_until`. Every write a worker
-makes for a job (a window, its output name, its end) is conditional on still holding it, so a
-worker that lost its lease (asleep, stalled) can never overwrite the work of the one that took over.
+A running job belongs to the worker named in `holder` until `lease_until`, by the database's clock.
+Every write a worker makes for a job (a window, its output name, its end) first locks the job's row
+and checks that it still holds it, so a worker that lost its lease (asleep, stalled) can never
+overwrite the work of the one that took over, nor a recovery set a finished job back to queued.
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, delete, func, or_, update
+from sqlalchemy import ColumnElement, Engine, delete, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from daemon.files.folders import dumps
 from daemon.files.inputs import Fingerprint, as_text, canonical, fingerprint
-from daemon.files.outputs import existing, fits, names, output_key, paths
-from daemon.queue.db import Job, JobStatus, OutputRow, SegmentRow, announce, reading, shared, utcnow, writing
+from daemon.queue.db import (
+    DeliveryRow,
+    Job,
+    JobStatus,
+    OutputRow,
+    SegmentRow,
+    announce,
+    database_time,
+    reading,
+    shared,
+    utcnow,
+    writing,
+)
+from daemon.queue.names import outputs_present, reserve
 from daemon.transcript import Checkpoint, Segment, Window, Word
 
 MAX_ATTEMPTS = 3
-# A worker renews its lease with every window and every heartbeat (at most 2 minutes apart, the
-# longest guard wait); a job whose lease has run out for this long has lost its worker.
-LEASE = timedelta(minutes=10)
+# A busy worker renews its lease from a heartbeat thread every few seconds (worker.py), whatever
+# the job is doing; a job whose lease has run out has lost its worker (killed, or its machine died
+# or was cut off) and another worker resumes it from its checkpoint. Short, so that happens soon:
+# config.py's lease_seconds, the same default.
+LEASE = timedelta(seconds=45)
 CLAIM_TRIES = 5  # claims that lost a race for the same content (see claim) before giving up this turn
+# Storage trouble with one job: it waits this long before it may be claimed again, doubling with
+# each failure in a row, while the jobs behind it go ahead.
+RETRY_START_SECONDS = 2.0
+RETRY_MAX_SECONDS = 300.0
 
 
 class OutsideInbox(Exception):
@@ -132,16 +150,25 @@ class JobQueue:
                 changed = latest.sha256 != seen.sha256
                 if changed:  # replaced before the worker got to it: transcribe the new content from the start
                     _reset_progress(session, latest)
+                # Touched, or synced with the same content: its checkpoint stays. Whether the settings
+                # it was made with still hold is the worker's to judge (verify) against `asked`.
                 _set_fingerprint(session, latest, seen)
-                latest.settings = stored
+                latest.asked = stored
                 announce(session)
                 return Enqueued(latest, changed)
             if latest is not None and latest.status == JobStatus.RUNNING and latest.sha256 == seen.sha256:
                 return Enqueued(latest, False)
+            if (latest is not None and latest.sha256 == seen.sha256
+                    and latest.status in (JobStatus.DONE, JobStatus.DUPLICATE) and outputs_present(session, latest)):
+                # Same path, same content: the same job, whatever the mtime says (another machine sees
+                # it differently, or the file was touched). This machine's view is kept, so that
+                # its next rescan need not hash the file again.
+                _set_fingerprint(session, latest, seen)
+                return Enqueued(latest, False)
             # New, new content (a running job for the old content is superseded when this one is
-            # claimed), or the same content copied in again after it was finished (its transcript may
-            # have been deleted): a new job. Known content is rendered from stored segments, cheaply.
-            job = Job(path=key, sha256=seen.sha256, size=seen.size, mtime_ns=seen.mtime_ns, settings=stored,
+            # claimed), or the same content copied in again after its transcript was deleted (or
+            # after it failed): a new job. Known content is rendered from stored segments, cheaply.
+            job = Job(path=key, sha256=seen.sha256, size=seen.size, mtime_ns=seen.mtime_ns, asked=stored,
                       created_at=self.clock())
             session.add(job)
             session.flush()
@@ -180,7 +207,8 @@ class JobQueue:
             jobs = session.exec(query).all()
             for job in jobs:
                 job.status, job.attempts, job.error, job.duplicate_of = JobStatus.QUEUED, 0, None, None
-                job.settings = None  # looked up again when it starts: the user may have fixed the folder's file
+                job.asked = job.settings = None  # looked up again when it starts: the user may have fixed the folder's file
+                job.storage_errors, job.retry_at, job.announced_seconds = 0, None, None
                 job.started_at = job.finished_at = None
                 _reset_progress(session, job)
             announce(session)
@@ -201,21 +229,22 @@ class JobQueue:
         claims again.
         """
         busy_content = select(Job.sha256).where(Job.status == JobStatus.RUNNING, Job.sha256 != "")
+        due = or_(col(Job.retry_at).is_(None), col(Job.retry_at) <= database_time(self.engine))
         next_id = (
             select(Job.id)
-            .where(Job.status == JobStatus.QUEUED, col(Job.sha256).not_in(busy_content))
-            .order_by(col(Job.crashes), col(Job.id))  # a job that just killed a worker waits its turn
+            .where(Job.status == JobStatus.QUEUED, col(Job.sha256).not_in(busy_content), due)
+            # A job that just killed a worker, or met storage trouble, waits behind the others.
+            .order_by(col(Job.crashes), col(Job.storage_errors), col(Job.id))
             .limit(1)
             .with_for_update(skip_locked=True)
             .scalar_subquery()
         )
         for _ in range(CLAIM_TRIES):
-            now = self.clock()
             stmt = (
                 update(Job)
                 .where(col(Job.id) == next_id, Job.status == JobStatus.QUEUED)
-                .values(status=JobStatus.RUNNING, holder=holder, lease_until=now + self.lease,
-                        attempts=Job.attempts + 1, started_at=now, finished_at=None, error=None,
+                .values(status=JobStatus.RUNNING, holder=holder, lease_until=self._lease_end(),
+                        attempts=Job.attempts + 1, started_at=self.clock(), finished_at=None, error=None,
                         resumed_from=Job.processed_seconds)
                 .returning(Job.id)
             )
@@ -269,8 +298,10 @@ class JobQueue:
                 reason = None  # nothing to discard
             else:
                 _reset_progress(session, job)
-            _set_fingerprint(session, job, seen)
+            if job.sha256 != seen.sha256:  # the same content keeps the (size, mtime) its enqueuer saw (enqueue)
+                _set_fingerprint(session, job, seen)
             job.settings = stored
+            session.add(job)
             return job, reason
 
     def finished_twin(self, job: Job, model: str) -> Job | None:
@@ -303,49 +334,34 @@ class JobQueue:
             job.audio_seconds = max(audio_seconds or 0.0, window.decoded_seconds)
             job.progress = min(1.0, job.processed_seconds / job.audio_seconds) if job.audio_seconds else 0.0
             job.rtf = rtf
-            job.lease_until = self.clock() + self.lease
+            job.storage_errors, job.retry_at = 0, None  # the storage works again
             session.add(job)
+            session.flush()
+            session.execute(update(Job).where(col(Job.id) == job_id).values(lease_until=self._lease_end()))
 
     def renew(self, job_id: int, holder: str) -> bool:
         """Extend the lease; False if this worker no longer holds the job."""
         with writing(self.engine) as session:
             result = session.execute(update(Job).where(col(Job.id) == job_id, Job.holder == holder,
                                                        Job.status == JobStatus.RUNNING)
-                                     .values(lease_until=self.clock() + self.lease))
+                                     .values(lease_until=self._lease_end()))
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def reserve_outputs(self, job_id: int, holder: str, folder: Path, texts: Mapping[str, str]) -> dict[str, Path]:
-        """Choose where this job's files go, one stem for all its formats (`texts`: format → the
-        text to write), and record them, in place of the job's earlier ones, before they are written.
-
-        The input's own earlier files in `folder` are replaced (new content at the same path);
-        otherwise the first of `names()` whose every file is owned by no other input and holds no
-        bytes this input did not write. Recording the bytes about to be written first means a crash
-        between the two steps leaves files this input still recognises as its own."""
+        """Choose where this job's files go and record them before they are written (names.reserve)."""
         with writing(self.engine) as session:
-            job = _held(session, job_id, holder)
-            written = session.exec(select(OutputRow).join(Job, col(OutputRow.job_id) == Job.id)
-                                   .where(Job.path == job.path).order_by(col(OutputRow.id).desc())).all()
-            hashes = {o.sha256 for o in written if o.sha256}
-            legacy = {o.key for o in written if o.sha256 is None}  # written before hashes were kept
-            earlier = dict.fromkeys(Path(o.path).name.removesuffix(f".{o.format}") for o in written
-                                    if Path(o.path).parent == folder)
-            candidates = itertools.chain((paths(folder, stem, texts) for stem in earlier if fits(stem, texts)),
-                                         names(folder, Path(job.path).stem, texts))
-            for candidate in candidates:
-                if all(_ours(session, job.path, path, hashes, legacy) for path in candidate.values()):
-                    session.exec(delete(OutputRow).where(col(OutputRow.job_id) == job_id))  # type: ignore[call-overload]
-                    for fmt, path in candidate.items():
-                        session.add(OutputRow(job_id=job_id, format=fmt, path=str(path), key=output_key(path),
-                                              sha256=hashlib.sha256(texts[fmt].encode()).hexdigest()))
-                    return candidate
-        raise AssertionError("names() is endless")
+            return reserve(session, _held(session, job_id, holder), folder, texts)
 
-    def finish(self, job_id: int, holder: str, status: JobStatus, **fields: object) -> Job:
+    def finish(self, job_id: int, holder: str, status: JobStatus, deliveries: Iterable[str] = (),
+               **fields: object) -> Job:
+        """End a job; `deliveries`: the announcements of it to send (queue/deliveries.py), kept in
+        the same transaction, so that a worker killed just after this sends them when it starts."""
         with writing(self.engine) as session:
             job = _held(session, job_id, holder)
             self._end(job, status, **fields)
             session.add(job)
+            session.add_all(DeliveryRow(job_id=job_id, kind=kind, worker=holder, created_at=self.clock())
+                            for kind in deliveries)
             announce(session)  # copies of its content may be claimed now
             return job
 
@@ -361,14 +377,34 @@ class JobQueue:
             session.add(job)
             announce(session)
 
+    def defer(self, job_id: int, holder: str, reason: str) -> float:
+        """Put a job back after storage trouble (disk full, a share gone), uncounted, with its
+        checkpoint: it may be claimed again only after a wait that doubles with each failure in a
+        row, and then after the jobs that had none. `reason` shows in `status` meanwhile. Returns
+        the wait in seconds."""
+        with writing(self.engine) as session:
+            job = _held(session, job_id, holder)
+            job.storage_errors += 1
+            wait = min(RETRY_START_SECONDS * 2 ** (job.storage_errors - 1), RETRY_MAX_SECONDS)
+            job.status, job.holder, job.lease_until = JobStatus.QUEUED, None, None
+            job.attempts = max(0, job.attempts - 1)
+            job.error = f"waiting to try again ({job.storage_errors} time(s) so far): {reason}"
+            session.add(job)
+            session.flush()
+            session.execute(update(Job).where(col(Job.id) == job_id).values(retry_at=database_time(self.engine, wait)))
+            announce(session)
+            return wait
+
     def recover(self, holder: str | None = None, max_attempts: int = MAX_ATTEMPTS) -> list[Job]:
         """Requeue running jobs whose lease has expired, and those `holder` held in a previous life
         (this worker, restarted after a crash); give up on files that crashed a worker
         `max_attempts` times in a row without progress."""
-        now = self.clock()
         with writing(self.engine) as session:
-            lost = or_(col(Job.lease_until).is_(None), col(Job.lease_until) < now, Job.holder == holder)
-            stuck = session.exec(select(Job).where(Job.status == JobStatus.RUNNING, lost)).all()
+            lost = or_(col(Job.lease_until).is_(None), col(Job.lease_until) < database_time(self.engine), Job.holder == holder)
+            # Locked as they are chosen: a holder finishing its job right now either commits first
+            # (the row no longer matches) or waits for this transaction and then finds it lost.
+            stuck = session.exec(select(Job).where(Job.status == JobStatus.RUNNING, lost)
+                                 .with_for_update(skip_locked=True)).all()
             for job in stuck:
                 job.crashes = 0 if job.processed_seconds > job.resumed_from else job.crashes + 1
                 job.holder = job.lease_until = None
@@ -427,6 +463,9 @@ class JobQueue:
         if self.fence is not None:
             self.fence(session)
 
+    def _lease_end(self) -> ColumnElement[Any]:
+        return database_time(self.engine, self.lease.total_seconds())
+
     def _end(self, job: Job, status: JobStatus, **fields: object) -> None:
         job.status, job.finished_at, job.holder, job.lease_until = status, self.clock(), None, None
         for name, value in fields.items():
@@ -434,7 +473,9 @@ class JobQueue:
 
 
 def _held(session: Session, job_id: int, holder: str) -> Job:
-    job = session.get_one(Job, job_id)
+    """The job, its row locked until this transaction ends (PostgreSQL; SQLite's writer holds the
+    whole database), if `holder` still holds it."""
+    job = session.exec(select(Job).where(col(Job.id) == job_id).with_for_update()).one()
     if job.status != JobStatus.RUNNING or job.holder != holder:
         raise LeaseLost(f"job {job_id} is no longer held by this worker (now {job.status.value})")
     return job
@@ -456,18 +497,6 @@ def _has_segments(session: Session, job_id: int) -> bool:
     return session.exec(select(SegmentRow.id).where(SegmentRow.job_id == job_id).limit(1)).first() is not None
 
 
-def _ours(session: Session, input_path: str, path: Path, hashes: set[str | None], legacy: set[str]) -> bool:
-    """Whether the input at `input_path` may write `path`: no other input's file, and nothing there
-    but what this input wrote (`hashes`, or a `legacy` file of its own written before hashes were kept)."""
-    key = output_key(path)
-    other = session.exec(select(OutputRow.id).join(Job, col(OutputRow.job_id) == Job.id)
-                         .where(OutputRow.key == key, Job.path != input_path).limit(1)).first()
-    if other is not None:
-        return False
-    on_disk = existing(path)
-    return on_disk is None or key in legacy or _sha256_or_none(on_disk) in hashes
-
-
 def _words_json(words: Iterable[Word]) -> str:
     """A segment's words for SegmentRow.words: times to the millisecond, probabilities to 4 places."""
     return json.dumps([[round(w.start, 3), round(w.end, 3), w.text, round(w.probability, 4)] for w in words],
@@ -476,13 +505,6 @@ def _words_json(words: Iterable[Word]) -> str:
 
 def _words(stored: str) -> tuple[Word, ...]:
     return tuple(Word(start, end, text, probability) for start, end, text, probability in json.loads(stored))
-
-
-def _sha256_or_none(path: Path) -> str | None:
-    try:
-        return fingerprint(path).sha256
-    except OSError:  # a folder, a link, unreadable: certainly not a transcript we wrote
-        return None
 
 
 def _set_fingerprint(session: Session, job: Job, seen: Fingerprint) -> None:

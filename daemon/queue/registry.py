@@ -20,14 +20,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine, delete
+from sqlalchemy import Engine, delete, update
 from sqlmodel import col, select
 
 from daemon.queue.db import WorkerRow, WorkerState, reading, utcnow, writing
 
-# The longest a live worker goes without a heartbeat: the guard's longest wait (2 minutes), or one
-# slow window, with room to spare. Past this, `status` shows it as gone.
-STALE_AFTER = timedelta(minutes=5)
+# A live worker beats every few seconds from a thread of its own (processes/heartbeat.py), whatever
+# it is doing; this is room for a database busy for a while (SQLite's busy_timeout is 30 s). Past
+# this, `status` shows it as gone.
+STALE_AFTER = timedelta(minutes=2)
 FORGET_AFTER = timedelta(days=1)  # rows of workers gone this long are removed at start-up
 
 
@@ -90,6 +91,12 @@ class Registry:
             row.state, row.reason, row.rss_mb, row.current_job_id = state, reason, round(rss_mb, 1), job_id
             row.heartbeat_at = self.clock()
             session.add(row)
+
+    def beat(self, rss_mb: float) -> None:
+        """Only the heartbeat (and the RSS): the heartbeat thread's, between the worker's reports."""
+        with writing(self.engine) as session:
+            session.execute(update(WorkerRow).where(col(WorkerRow.id) == self.name)
+                            .values(heartbeat_at=self.clock(), rss_mb=round(rss_mb, 1)))
 
     def unregister(self) -> None:
         with writing(self.engine) as session:

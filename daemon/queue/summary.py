@@ -29,9 +29,17 @@ def eta_seconds(job: Job) -> float | None:
 def language(job: Job) -> str:
     """The language transcribed (detected, or set), or the one asked for until it is known;
     "ja→en" for a translation."""
-    settings = json.loads(job.settings or "{}")
+    settings = json.loads(job.settings or job.asked or "{}")
     spoken = job.language or settings.get("language") or "-"
     return f"{spoken}→en" if settings.get("task") == "translate" else spoken
+
+
+def ended_early(job: Job) -> str:
+    """Said after a transcript whose audio ended well before its header's duration (a cut download)."""
+    if job.announced_seconds is None:
+        return ""
+    return (f" (the audio ended at {clock(job.audio_seconds)} of the {clock(job.announced_seconds)} its header "
+            "announced: the file may be cut short)")
 
 
 def worker_state(worker: WorkerRow, now: datetime) -> str:

@@ -17,20 +17,31 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, make_url, text
+from sqlalchemy import ColumnElement, Engine, make_url, text
 from sqlmodel import Session
 
 from daemon.config import DATA_DIR, is_postgres
 from daemon.queue.db import sqlite
 from daemon.queue.db.errors import LockLost, SchemaMismatch
-from daemon.queue.db.schema import Job, JobStatus, OutputRow, SegmentRow, WorkerRow, WorkerState, utcnow
+from daemon.queue.db.schema import (
+    DeliveryRow,
+    Job,
+    JobStatus,
+    OutputName,
+    OutputRow,
+    SegmentRow,
+    WorkerRow,
+    WorkerState,
+    utcnow,
+)
+from daemon.storage import storage_trouble
 
-__all__ = ["Job", "JobStatus", "LockLost", "OutputRow", "SchemaMismatch", "SegmentRow", "WorkerRow", "WorkerState",  # re-exported
+__all__ = ["DeliveryRow", "Job", "JobStatus", "LockLost", "OutputName", "OutputRow", "SchemaMismatch", "SegmentRow", "WorkerRow", "WorkerState",  # re-exported
            "is_postgres", "utcnow"]
 
 # The newest migration: a reader of another version refuses the database instead of misreading it.
 # tests/test_postgres.py checks it against migrations/versions.
-HEAD = "0003"
+HEAD = "0004"
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -111,10 +122,11 @@ def _migrate(engine: Engine) -> None:
 
 
 def storage_error(e: BaseException) -> bool:
-    """A write failed because of the storage (disk full, I/O error, read-only file; a lost or
-    restarting PostgreSQL server), not because of the job being written: wait and try again."""
+    """A read or write failed because of the storage (disk full, I/O error, read-only file; a lost
+    share; a lost or restarting PostgreSQL server), not because of the job: wait and try again.
+    A job's own errors (a name too long, a folder that refuses writes: daemon/storage.py) are not."""
     if isinstance(e, OSError):
-        return True
+        return storage_trouble(e)
     orig = getattr(e, "orig", e)  # SQLAlchemy wraps the driver's exception
     if isinstance(orig, sqlite3.Error):
         return sqlite.storage_error(orig)
@@ -125,6 +137,13 @@ def storage_error(e: BaseException) -> bool:
 def shared(engine: Engine) -> bool:
     """Whether several machines may use this queue (PostgreSQL); a SQLite queue is one machine's."""
     return engine.dialect.name == "postgresql"
+
+
+def database_time(engine: Engine, seconds: float = 0.0) -> ColumnElement[Any]:
+    """The database's time, `seconds` from now, as SQL: leases and retry times are judged by one
+    clock, the server's, never by each machine's (SQLite's processes share one machine's)."""
+    backend = _postgres() if engine.dialect.name == "postgresql" else sqlite
+    return backend.clock(seconds)
 
 
 def checkpoint(engine: Engine) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, func, insert, select
 
-from daemon.queue.db.schema import Job, OutputRow, SegmentRow
+from daemon.queue.db.schema import Job, OutputName, OutputRow, SegmentRow
 
-# Workers are not copied: their rows describe processes, which register again where they run.
-TABLES = [Job.__table__, SegmentRow.__table__, OutputRow.__table__]  # in the order their references need
+# Workers are not copied: their rows describe processes, which register again where they run; nor
+# are announcements still to send (deliveries): they belong to the workers that finished the jobs.
+TABLES = [Job.__table__, SegmentRow.__table__, OutputRow.__table__, OutputName.__table__]  # references first
 BATCH_ROWS = 1000
 
 
@@ -24,12 +25,12 @@ def copy_queue(source: Engine, target: Engine) -> dict[str, int]:
         if dst.execute(select(func.count()).select_from(Job.__table__)).scalar():
             raise CopyError("the target queue already has jobs: copy into a new, empty database")
         for table in TABLES:
-            rows = src.execution_options(yield_per=BATCH_ROWS).execute(select(table).order_by(table.c.id))
+            rows = src.execution_options(yield_per=BATCH_ROWS).execute(select(table).order_by(*table.primary_key))
             for batch in rows.mappings().partitions():
                 dst.execute(insert(table), [dict(row) for row in batch])
                 copied[table.name] += len(batch)
         if target.dialect.name == "postgresql":
             from daemon.queue.db import postgres
 
-            postgres.continue_ids(dst, [table.name for table in TABLES])
+            postgres.continue_ids(dst, [table.name for table in TABLES if "id" in table.c])
     return copied

@@ -8,11 +8,13 @@ import os
 import socket
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import ColumnElement, Engine, create_engine, func, literal, make_url, text
 from sqlalchemy.engine import URL
+from sqlalchemy.types import Interval
 
 from daemon.queue.db.errors import LockLost
 
@@ -63,6 +65,11 @@ def _connect(engine: Engine) -> psycopg.Connection[Any]:
 def _key(name: str) -> int:
     """An advisory lock's 64-bit key for `name` (the same on every machine and every server version)."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def clock(seconds: float) -> ColumnElement[Any]:
+    """The server's time `seconds` from now (the statement's time, not the transaction's)."""
+    return func.statement_timestamp() + literal(timedelta(seconds=seconds), Interval())
 
 
 def begin_migration(conn: Any) -> None:

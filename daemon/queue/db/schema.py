@@ -95,17 +95,28 @@ class Job(SQLModel, table=True):
     # not count, so random crashes during a long job cannot fail it. Claims take these jobs last.
     crashes: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     resumed_from: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})  # processed_seconds at claim
-    # Who holds a running job, and until when: the holder renews the lease with every window; once it
-    # has expired, any worker may put the job back in the queue.
+    # Who holds a running job, and until when (the database's clock): the holder renews the lease
+    # from a heartbeat thread; once it has expired, any worker may put the job back in the queue.
     holder: str | None = Field(default=None, index=True)
     lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Storage trouble (disk full, a share gone) while this job was read or written, in a row: the
+    # job waits until retry_at (the database's clock, longer each time) behind the jobs that had
+    # none, so that one stuck job never holds the others up. `error` says why it waits.
+    storage_errors: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    retry_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     audio_seconds: float | None = None  # estimated from the container until the job is done
+    # What the file's header announced, when its audio ended well before that (a download that
+    # stopped): the transcript has what there was, and `status` and the JSON output say so.
+    announced_seconds: float | None = None
     processed_seconds: float = 0.0  # audio finished and checkpointed; a restart resumes here
     progress: float = 0.0  # processed_seconds / audio_seconds, 0.0 to 1.0
     rtf: float | None = None
     language: str | None = None  # the language transcribed: forced by the settings, or detected
-    # JSON: what the job's folder settings (folders.py) asked for when it was queued, completed with
-    # the worker's own settings when it starts. NULL: not looked up yet (a refused file, a retried job).
+    # JSON: what the job's folder settings (folders.py) asked for when it was queued. NULL: not
+    # looked up yet (a refused file, a retried job).
+    asked: str | None = None
+    # JSON: the complete settings the checkpoint and the transcript were made with (`asked`, and the
+    # worker's own settings for the rest); NULL until a worker starts the job.
     settings: str | None = None
     prompt: str = "[]"  # JSON token list carried into the next window, part of the checkpoint
     model: str | None = None  # the model and number format of the checkpoint, then of the transcript
@@ -149,6 +160,16 @@ class OutputRow(SQLModel, table=True):
     sha256: str | None = None
 
 
+class OutputName(SQLModel, table=True):
+    """Which input an output name belongs to, for good: the unique key is what stops two workers
+    from giving one name to two inputs at the same moment (queue/names.py)."""
+
+    __tablename__ = "output_names"
+
+    key: str = Field(primary_key=True)  # outputs.key: the name as a case- and normalisation-blind file system sees it
+    input: str  # jobs.path of the input whose transcript has this name
+
+
 class WorkerRow(SQLModel, table=True):
     """One row per worker, kept fresh by its heartbeat. `id` is the worker's holder name on jobs."""
 
@@ -183,3 +204,17 @@ class LockRow(SQLModel, table=True):
     pid: int
     since: datetime = Field(sa_type=UTCDateTime)
     heartbeat_at: datetime = Field(sa_type=UTCDateTime)  # the server's now() at the holder's last renewal
+
+
+class DeliveryRow(SQLModel, table=True):
+    """An announcement of a finished job not sent yet (a notification, the on_done command, the
+    webhook: `kind`), added in the transaction that finishes the job, taken (deleted) just before it
+    is sent: a worker killed in between sends it when it starts again, and none is sent twice."""
+
+    __tablename__ = "deliveries"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    kind: str  # formats/delivery.py: notify, command, webhook
+    worker: str = Field(index=True)  # the worker (slot name) whose settings say where it goes
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

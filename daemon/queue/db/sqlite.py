@@ -11,7 +11,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Dialect, Engine, Table, event
+from sqlalchemy import ColumnElement, Dialect, Engine, Table, event, func
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import SQLModel, create_engine
@@ -55,6 +55,12 @@ def readonly_engine(db_path: Path) -> Engine:
     url = f"file:{urllib.parse.quote(str(db_path.absolute()))}?mode=ro"
     return _engine("sqlite://", READ_PRAGMAS, creator=lambda: sqlite3.connect(
         url, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False))
+
+
+def clock(seconds: float) -> ColumnElement[Any]:
+    """The time `seconds` from now as schema.UTCDateTime stores it on SQLite (ISO 8601, UTC, to the
+    millisecond), so that it compares with the stored times as text."""
+    return func.strftime("%Y-%m-%dT%H:%M:%f+00:00", "now", f"{seconds:+.3f} seconds")
 
 
 def begin_migration(conn: Any) -> None:
@@ -153,8 +159,7 @@ def adopt_legacy(engine: Engine) -> None:
     procedure) with foreign keys off, under the write lock, so that two processes starting
     together do it once. What moved to another table is read before the rebuild drops it (the
     transcripts versions 0 and 1 kept in `jobs`, now rows of `outputs`). The current model is
-    schema 2 and an index migration 0002 makes only if it is missing: a migration that changes a
-    table must freeze the tables made here at schema 2 first."""
+    schema 2 and what later migrations add (an index, columns), which they add only if missing."""
     raw = engine.raw_connection()
     db: sqlite3.Connection = raw.driver_connection  # type: ignore[assignment]
     try:
