@@ -10,7 +10,10 @@ import pytest
 
 from daemon.engine.audio import SAMPLE_RATE, AudioError, stream_audio
 from daemon.files.inputs import AUDIO_EXTENSIONS
-from tests.speech import VIDEO_FORMATS, compose, sentences
+from tests.speech import VIDEO_FORMATS, UnsupportedFormat, compose, encoders_for, sentences
+
+# Committed encodings of the clip, for extensions whose encoder this PyAV build lacks (make_amr.py says why).
+ENCODED_DIR = Path(__file__).resolve().parent / "fixtures" / "encoded"
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +23,11 @@ def clip() -> np.ndarray:
 
 @pytest.mark.parametrize("ext", sorted(AUDIO_EXTENSIONS))
 def test_every_watched_extension_decodes(ext: str, clip: np.ndarray, tmp_path: Path) -> None:
-    path = compose(sentences()[:2]).write(tmp_path / f"clip{ext}", with_video=ext in VIDEO_FORMATS)
+    try:
+        encoders_for(ext, with_video=ext in VIDEO_FORMATS)
+        path = compose(sentences()[:2]).write(tmp_path / f"clip{ext}", with_video=ext in VIDEO_FORMATS)
+    except UnsupportedFormat:
+        path = ENCODED_DIR / f"two_sentences{ext}"
     audio = np.concatenate(list(stream_audio(path, SAMPLE_RATE * 30)))
     assert audio.dtype == np.float32
     assert abs(len(audio) - len(clip)) / SAMPLE_RATE < 0.25
