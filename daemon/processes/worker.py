@@ -19,17 +19,14 @@ from loguru import logger
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE  # in the worker only: importing whisper loads torch
 
 from daemon import logs
-from daemon.config import Config, ConfigError, cue_rules
+from daemon.config import Config, ConfigError
 from daemon.engine import precision
 from daemon.engine.audio import AudioError, probe_seconds
 from daemon.engine.transcribe import DecodeSettings, Engine
 from daemon.engine.weights import ModelError, ResolvedModel, load_resolved, resolve_model, smaller_models
 from daemon.files.folders import SETTINGS_FILE, SettingsError, settings_for
 from daemon.files.inputs import Fingerprint, fingerprint, refusal
-from daemon.files.outputs import OutputError, folder_for, write_atomic
-from daemon.files.outputs import refusal as output_refusal
-from daemon.formats import render
-from daemon.formats.delivery import Delivery, Ready
+from daemon.files.outputs import OutputError
 from daemon.processes.guards import (
     BACKOFF_MAX_SECONDS,
     BACKOFF_START_SECONDS,
@@ -42,7 +39,7 @@ from daemon.processes.guards import (
     rss_mb,
 )
 from daemon.processes.heartbeat import Heartbeat
-from daemon.queue import deliveries
+from daemon.processes.results import Results
 from daemon.queue.db import Job, JobStatus, Waiter, WorkerState, checkpoint, connect, describe, slots_dir, storage_error
 from daemon.queue.jobs import JobQueue, LeaseLost
 from daemon.queue.registry import Registry, take_slot
@@ -66,7 +63,6 @@ STORAGE_BACKOFF_MAX_SECONDS = 300.0
 # Headers of VBR MP3s without a table of contents only estimate, within about this.
 SHORT_AUDIO_MIN_SECONDS = 1.0
 SHORT_AUDIO_SHARE = 0.02
-DELIVERY_CLOSE_SECONDS = 5.0  # at shutdown, announcements still pending get this long (launchd waits 20 s)
 
 
 class Worker:
@@ -95,8 +91,7 @@ class Worker:
         self._last_beat = 0.0
         self._last_recovery = 0.0
         self._storage_backoff = STORAGE_BACKOFF_START_SECONDS
-        self.delivery = Delivery(cfg.notify, cfg.on_done, cfg.webhook, backlog=self._undelivered,
-                                 take=lambda job_id, kind: deliveries.take(self.queue, self.name, job_id, kind))
+        self.results = Results(cfg, self.queue, self.name)
 
     def initialize(self) -> None:
         self._recover()
@@ -121,10 +116,7 @@ class Worker:
                         row.heartbeat_at.isoformat(timespec="seconds"))
         self.report(Status(WorkerState.IDLE))
         self.heartbeat.start()
-        if left := self._undelivered():  # this worker's previous life finished them, then died
-            logger.info("announcing {} transcript(s) finished before the last stop", len(left))
-            for ready in left:
-                self.delivery.announce(ready)
+        self.results.announce_left()
         logger.info("worker ready ({}): model {} from {} on {}, {} weights ({:.0f} MB), {} torch threads; "
                     "queue {}", self.name, resolved.name, resolved.source, device, self.precision,
                     precision.weight_bytes(model) / MB, threads, describe(self.cfg.db))
@@ -216,7 +208,7 @@ class Worker:
 
     def shutdown(self) -> None:
         self.heartbeat.stop()
-        self.delivery.close(DELIVERY_CLOSE_SECONDS)
+        self.results.close()
         self.waiter.close()
         self.registry.unregister()
         self.queue.engine.dispose()
@@ -266,14 +258,6 @@ class Worker:
             if stopping:  # left `running`: this worker's next start takes it back
                 logger.warning("job {} could not be put back in the queue: {}", job_id, getattr(error, "orig", error))
                 return
-
-    def _undelivered(self) -> list[Ready]:
-        """Announcements this worker (its slot) has still to send, from the queue's database."""
-        if not self.delivery.kinds:
-            return []
-        return [Ready(job.id, source, tuple(written), job.language, job.duplicate_of)
-                for job, source, written in deliveries.pending(self.queue, self.name, self.delivery.kinds)
-                if job.id is not None]
 
     def _check_rss(self) -> None:
         """Long-lived whisper processes leak; past the cap, exit between jobs for a fresh start."""
@@ -328,11 +312,11 @@ class Worker:
             self._transcribe(job, seen, settings)
             return
         assert twin.id is not None
-        written = self._write(job, Transcript(tuple(self.queue.segments(twin.id)), twin.language, twin.model,
-                                              twin.audio_seconds, twin.announced_seconds))
-        self._written(job, written, JobStatus.DUPLICATE, duplicate_of=twin.id, audio_seconds=twin.audio_seconds,
-                      rtf=0.0, progress=1.0, language=twin.language, model=twin.model, precision=twin.precision,
-                      announced_seconds=twin.announced_seconds)
+        written = self.results.write(job, Transcript(tuple(self.queue.segments(twin.id)), twin.language, twin.model,
+                                                     twin.audio_seconds, twin.announced_seconds))
+        self.results.end(job, written, JobStatus.DUPLICATE, duplicate_of=twin.id, audio_seconds=twin.audio_seconds,
+                         rtf=0.0, progress=1.0, language=twin.language, model=twin.model, precision=twin.precision,
+                         announced_seconds=twin.announced_seconds)
 
     def _settings_of(self, job: Job) -> dict[str, str | None]:
         """The job's complete settings: what its folders asked for when it was queued (looked up now
@@ -395,46 +379,14 @@ class Worker:
                 logger.warning("job {}: {}: the audio ended at {:.1f} s of the {:.1f} s its header announced (cut "
                                "short while downloaded or copied?); transcribed what there is", job.id, path.name,
                                decoded, announced)
-            written = self._write(job, Transcript(tuple(self.queue.segments(job.id)), language, self.model_name,
-                                                  decoded, announced))
+            transcript = Transcript(tuple(self.queue.segments(job.id)), language, self.model_name, decoded, announced)
+            written = self.results.write(job, transcript)
         except AudioError as e:
             self.queue.fail(job.id, self.name, f"{path.name}: {e}")
             logger.warning("job {} failed: {}: {}", job.id, path.name, e)
             return
-        self._written(job, written, JobStatus.DONE, progress=1.0, audio_seconds=decoded, model=self.model_name,
-                      precision=self.precision, announced_seconds=announced)
-
-    def _write(self, job: Job, transcript: Transcript) -> dict[str, Path]:
-        """Render the transcript in every format of `formats`, choose their names in this worker's
-        outbox, write each atomically; format → path."""
-        assert job.id is not None
-        rules = cue_rules(self.cfg)
-        texts = {fmt: render(fmt, transcript, rules) for fmt in self.cfg.formats}
-        folder = folder_for(self.queue.location(job), self.cfg.inbox, self.cfg.outbox)
-        written = self.queue.reserve_outputs(job.id, self.name, folder, texts)
-        for fmt, path in written.items():
-            try:
-                write_atomic(path, texts[fmt])
-            except OSError as e:
-                if storage_error(e):  # disk full, I/O error: wait and try again
-                    raise
-                raise output_refusal(e, path) from e  # the job's own: it can never be written there
-        return written
-
-    def _written(self, job: Job, written: dict[str, Path], status: JobStatus, **fields: object) -> None:
-        """Where every job whose files are written ends: marked done (or a duplicate), logged with the
-        files' names, and announced (delivery.py: in the background, when the user asked for it)."""
-        assert job.id is not None
-        ended = self.queue.finish(job.id, self.name, status, deliveries=self.delivery.kinds, **fields)
-        self.delivery.announce(Ready(job.id, self.queue.location(job), tuple(written.values()), ended.language,
-                                     ended.duplicate_of))
-        files = ", ".join(str(path) for path in written.values())
-        if status == JobStatus.DUPLICATE:
-            logger.info("job {}: same content as job {}; rendered its transcript to {}", job.id, ended.duplicate_of,
-                        files)
-        else:
-            logger.info("job {}: done, {:.1f} s of audio at {:.2f}x real time → {}", job.id,
-                        ended.audio_seconds or 0.0, ended.rtf or 0.0, files)
+        self.results.end(job, written, JobStatus.DONE, progress=1.0, audio_seconds=decoded, model=self.model_name,
+                         precision=self.precision, announced_seconds=announced)
 
 
 def _announced(expected: float | None, decoded: float) -> float | None:

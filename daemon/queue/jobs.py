@@ -1,4 +1,4 @@
-"""The job queue: enqueue, claim under a lease, checkpoint, finish. Portable SQL only; what one
+"""The job queue: enqueue, claim under a lease, checkpoint, finish (its reads: reads.py). Portable SQL only; what one
 backend alone speaks stays in daemon/queue/db.
 
 A running job belongs to the worker named in `holder` until `lease_until`, by the database's clock.
@@ -20,7 +20,6 @@ from typing import Any
 from sqlalchemy import ColumnElement, Engine, delete, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
-from sqlmodel.sql.expression import SelectOfScalar
 
 from daemon.files.folders import dumps
 from daemon.files.inputs import Fingerprint, as_text, canonical, fingerprint
@@ -28,7 +27,6 @@ from daemon.queue.db import (
     DeliveryRow,
     Job,
     JobStatus,
-    OutputRow,
     SegmentRow,
     announce,
     database_time,
@@ -38,7 +36,8 @@ from daemon.queue.db import (
     writing,
 )
 from daemon.queue.names import outputs_present, reserve
-from daemon.transcript import Checkpoint, Segment, Window, Word
+from daemon.queue.reads import JobReads, words_json
+from daemon.transcript import Window
 
 MAX_ATTEMPTS = 3
 # A busy worker renews its lease from a heartbeat thread every few seconds (worker.py), whatever
@@ -67,14 +66,14 @@ class Enqueued:
     created: bool
 
 
-class JobQueue:
+class JobQueue(JobReads):
     def __init__(self, engine: Engine, clock: Callable[[], datetime] = utcnow, *, lease: timedelta = LEASE,
                  inbox: Path | None = None, fence: Callable[[Session], None] | None = None) -> None:
         """`inbox`: paths inside it are kept relative to it, so that machines that mount a shared inbox
         at different places agree on which file a job is; without it every path is kept absolute.
         `fence`: called inside each transaction that adds a job; it raises (db.LockLost) when this
         process may no longer add jobs (the active watcher's lock, standby.py)."""
-        self.engine = engine
+        super().__init__(engine)
         self.fence = fence
         self.clock = clock
         self.lease = lease
@@ -326,7 +325,7 @@ class JobQueue:
             seq = session.exec(select(func.count()).where(SegmentRow.job_id == job_id)).one()
             for i, seg in enumerate(window.segments, start=seq):
                 session.add(SegmentRow(job_id=job_id, seq=i, start=seg.start, end=seg.end, text=seg.text,
-                                       words=_words_json(seg.words)))
+                                       words=words_json(seg.words)))
             job.processed_seconds = window.checkpoint.offset_seconds
             job.prompt = json.dumps(window.checkpoint.prompt)
             job.language = window.checkpoint.language
@@ -419,46 +418,6 @@ class JobQueue:
                 announce(session)
             return list(stuck)
 
-    # ------------------------------------------------------------------ reading
-
-    def segments(self, job_id: int) -> list[Segment]:
-        with reading(self.engine) as session:
-            rows = session.exec(select(SegmentRow).where(SegmentRow.job_id == job_id).order_by(col(SegmentRow.seq)))
-            return [Segment(r.start, r.end, r.text, words=_words(r.words)) for r in rows]
-
-    def outputs(self, job_id: int) -> list[Path]:
-        """The files written for a job, in the order they were written."""
-        return self.outputs_of([job_id]).get(job_id, [])
-
-    def outputs_of(self, ids: Iterable[int]) -> dict[int, list[Path]]:
-        """The files of each of these jobs that has any, in the order they were written: one query."""
-        found: dict[int, list[Path]] = {}
-        with reading(self.engine) as session:
-            for job_id, path in session.exec(select(OutputRow.job_id, OutputRow.path)
-                                             .where(col(OutputRow.job_id).in_(list(ids))).order_by(col(OutputRow.id))):
-                found.setdefault(job_id, []).append(Path(path))
-        return found
-
-    @staticmethod
-    def checkpoint_of(job: Job) -> Checkpoint:
-        return Checkpoint(job.processed_seconds, tuple(json.loads(job.prompt)), job.language)
-
-    def jobs(self, limit: int = 50, *, status: JobStatus | None = None, search: str = "", offset: int = 0) -> list[Job]:
-        """The newest jobs first; `status` and `search` (in the path, any case) narrow them down."""
-        with reading(self.engine) as session:
-            query = _matching(select(Job), status, search).order_by(col(Job.id).desc())
-            return list(session.exec(query.offset(offset).limit(limit)).all())
-
-    def counts(self, search: str = "") -> dict[JobStatus, int]:
-        """How many jobs are in each state (those `search` finds); states with none are left out."""
-        with reading(self.engine) as session:
-            query = _matching(select(Job.status, func.count()), None, search).group_by(col(Job.status))
-            return {JobStatus(status): count for status, count in session.exec(query).all()}
-
-    def get(self, ids: Iterable[int]) -> list[Job]:
-        with reading(self.engine) as session:
-            return list(session.exec(select(Job).where(col(Job.id).in_(list(ids)))).all())
-
     def _fenced(self, session: Session) -> None:
         if self.fence is not None:
             self.fence(session)
@@ -481,30 +440,12 @@ def _held(session: Session, job_id: int, holder: str) -> Job:
     return job
 
 
-def _matching(query: SelectOfScalar, status: JobStatus | None, search: str) -> SelectOfScalar:
-    if status is not None:
-        query = query.where(Job.status == status)
-    if search:
-        query = query.where(col(Job.path).icontains(search, autoescape=True))
-    return query
-
-
 def _latest_for_path(session: Session, key: str) -> Job | None:
     return session.exec(select(Job).where(Job.path == key).order_by(col(Job.id).desc()).limit(1)).first()
 
 
 def _has_segments(session: Session, job_id: int) -> bool:
     return session.exec(select(SegmentRow.id).where(SegmentRow.job_id == job_id).limit(1)).first() is not None
-
-
-def _words_json(words: Iterable[Word]) -> str:
-    """A segment's words for SegmentRow.words: times to the millisecond, probabilities to 4 places."""
-    return json.dumps([[round(w.start, 3), round(w.end, 3), w.text, round(w.probability, 4)] for w in words],
-                      ensure_ascii=False)
-
-
-def _words(stored: str) -> tuple[Word, ...]:
-    return tuple(Word(start, end, text, probability) for start, end, text, probability in json.loads(stored))
 
 
 def _set_fingerprint(session: Session, job: Job, seen: Fingerprint) -> None:
