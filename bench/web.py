@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import common
-import httpx
+import httpx2 as httpx  # the test extra's HTTP client (Starlette's TestClient uses it too)
 import psutil
 
 from daemon.queue.db import Job, JobStatus, OutputRow, SegmentRow, WorkerRow, connect, utcnow, writing
