@@ -1,10 +1,11 @@
-"""Chunked transcription: stream audio in pieces and run Whisper's seek loop over a sliding buffer.
+"""Chunked transcription: Whisper's seek loop over a sliding buffer of the audio (feed.py).
 
 This follows openai-whisper's `transcribe()` window by window (same decoding, temperature
 fallback, prompt carrying and timestamp-based seeking), but never holds the whole recording or
-its whole log-mel spectrogram: the buffer holds at most one window, a few seconds of look-ahead
-and one decoded piece. With VAD (vad.py) the model hears only speech: a window starts where speech
-starts and ends where it ends, and long pauses inside it are muted.
+its whole log-mel spectrogram: the buffer holds at most one window (one batch of them, with
+`batch_size` > 1), a few seconds of look-ahead and one decoded piece. With VAD (vad.py) the model
+hears only speech: a window starts where speech starts and ends where it ends, and long pauses
+inside it are muted.
 A sentence that runs over a window's end is dropped from that window and decoded whole at the
 start of the next one, so nothing is cut or repeated at chunk boundaries.
 
@@ -27,8 +28,9 @@ from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from daemon.config import ConfigError
 from daemon.engine import chinese, chunking, timing, vad
-from daemon.engine.audio import SAMPLE_RATE, stream_audio
+from daemon.engine.audio import SAMPLE_RATE
 from daemon.engine.decoder import Decoder
+from daemon.engine.feed import Feed
 from daemon.engine.repeats import drop_repeats
 from daemon.transcript import Checkpoint, Segment, Window, Word
 
@@ -93,53 +95,6 @@ def _snap(segments: list[Segment], keep: np.ndarray | None, start: int, offset: 
     return snapped
 
 
-class _Feed:
-    """The audio of a file from a resume offset on, read piece by piece into a buffer that the
-    engine consumes from the front. With a speech detector, each piece's speech probabilities are
-    computed as it is read (pieces sit at fixed positions of the file, so a resumed run gets the
-    same ones), and kept beside the audio, one per 10 ms frame."""
-
-    def __init__(self, path: Path, piece_samples: int, skip_samples: int,
-                 detector: vad.SpeechDetector | None) -> None:
-        self.pieces = stream_audio(path, piece_samples)
-        self.skip = skip_samples
-        self.detector = detector
-        self.decoded = 0  # samples decoded from the start of the file, skipped ones included
-        self.exhausted = False
-        self.audio = np.empty(0, np.float32)
-        self.probs = np.empty(0, np.float32)  # speech probability per 10 ms frame of `audio`
-        self._before = np.empty(0, np.float32)  # the end of the last piece: warms the detector up
-
-    @property
-    def seconds(self) -> float:
-        return self.decoded / SAMPLE_RATE
-
-    def fill(self, target: int) -> None:
-        """Top the buffer up to `target` samples, or with all that is left."""
-        while not self.exhausted and len(self.audio) < target:
-            piece = next(self.pieces, None)
-            if piece is None:
-                self.exhausted = True
-                break
-            self.decoded += len(piece)
-            if self.decoded <= self.skip:  # resuming: earlier runs finished this piece
-                self._before = piece[-vad.WARMUP_SAMPLES:]
-                continue
-            kept = max(0, len(piece) - (self.decoded - self.skip))  # a whole number of 10 ms frames
-            self.audio = np.concatenate([self.audio, piece[kept:]])
-            if self.detector is not None:
-                # Silence needs no detector: 3 hours of it stay nearly free.
-                probs = (np.zeros(len(piece) // HOP_LENGTH, np.float32) if chunking.is_silent(piece)
-                         else self.detector.probabilities(piece, self._before))
-                self.probs = np.concatenate([self.probs, probs[kept // HOP_LENGTH:]])
-            self._before = piece[-vad.WARMUP_SAMPLES:]
-
-    def drop(self, samples: int) -> None:
-        """Consume `samples` (a whole number of 10 ms frames) from the front of the buffer."""
-        self.audio = self.audio[samples:]
-        self.probs = self.probs[samples // HOP_LENGTH:]
-
-
 class Engine:
     def __init__(self, model: whisper.model.Whisper, settings: DecodeSettings = DecodeSettings()) -> None:
         self.model = model
@@ -160,58 +115,7 @@ class Engine:
         as never having stopped (sampling at temperature > 0 is seeded by the audio position).
         """
         self.check(self.settings)  # they may have been replaced for this job
-        if self.settings.batch_size > 1:
-            return self._batches(path, start)
-        return self._sequential(path, start)
-
-    def _sequential(self, path: Path, start: Checkpoint) -> Iterator[Window]:
-        """Whisper's own seek loop: each window starts where the last complete segment ended."""
-        offset = round(start.offset_seconds * SAMPLE_RATE)
-        prompt = list(start.prompt)
-        language = start.language or self.settings.language
-        decoder: Decoder | None = None
-        fixed: list[int] = []
-        feed = self._feed(path, offset)
-        while True:
-            feed.fill(self.window_samples + vad.LOOKAHEAD_SAMPLES)
-            content_frames = min(self.window_frames, len(feed.audio) // HOP_LENGTH)
-            if content_frames == 0:
-                return
-            keep = self._speech(feed)
-            first, last = self._voiced(feed, keep, 0, content_frames)
-            if first > 0:
-                # Silence and non-speech before the speech cost nothing: no model time, and
-                # nothing for the model to hallucinate over. The window starts where speech does.
-                feed.drop(first * HOP_LENGTH)
-                offset += first * HOP_LENGTH
-                yield Window((), Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), feed.seconds,
-                             model_seconds=0.0)
-                continue
-            content_frames = last  # and ends where it does
-            mel = self._mel(self._muted(feed, keep, 0, content_frames), content_frames)
-            if decoder is None:
-                language = language or self._detect_language(mel)
-                decoder = self._decoder(language)
-                fixed = self._fixed_prompt(decoder.tokenizer)
-            torch.manual_seed(offset)
-            features = self._encode(mel[None])
-            result = self._decode_with_fallback(decoder, features, self._prompt(fixed, prompt))
-            segments, advance = self._cut(decoder, features, result, offset / SAMPLE_RATE, content_frames,
-                                          self._onset(feed, 0, content_frames))
-            advance = self._unsaid(feed, keep, segments, offset, advance, content_frames)
-            kept, looped = drop_repeats(self._lines(prompt, decoder.tokenizer),
-                                        [s for s in _snap(segments, keep, 0, offset) if _worth_keeping(s)])
-            if looped:
-                prompt = []  # the carried text feeds the loop
-            elif self.settings.condition_on_previous_text and result.temperature <= PROMPT_RESET_TEMPERATURE:
-                prompt = (prompt + [t for s in kept for t in s.tokens])[-self.max_prompt:]
-            else:
-                prompt = []
-            consumed = max(advance, 1) * HOP_LENGTH
-            feed.drop(consumed)
-            offset += consumed
-            yield Window(kept, Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), feed.seconds,
-                         model_seconds=content_frames * HOP_LENGTH / SAMPLE_RATE)
+        return self._seek(path, start, self.settings.batch_size)
 
     def check(self, settings: DecodeSettings) -> None:
         """Settings this model cannot follow fail here, before any audio is read, saying what to change.
@@ -225,85 +129,104 @@ class Engine:
             raise ConfigError(f"the prompt is {length} tokens long; at most {self.max_prompt // 2} fit, leaving room "
                               "for the text carried from window to window. Keep it to names and terms.")
 
-    def _batches(self, path: Path, start: Checkpoint) -> Iterator[Window]:
-        """Read ahead a few windows, cut them at quiet points and decode the chunks as one batch.
+    def _seek(self, path: Path, start: Checkpoint, batch: int) -> Iterator[Window]:
+        """Whisper's seek loop, decoding up to `batch` windows at once; one pass of it per Window.
 
-        Chunks are independent of each other, which is what lets them share a batch; they all get
-        the previous batch's last text as their prompt, for context and style. A chunk with no
-        sound at all is not decoded. The checkpoint follows each batch.
+        One window (batch 1) is whisper's own loop: a window starts where speech does, and the next
+        one where the last complete segment of this one ended. Several windows are chunks cut at
+        quiet points (_spans): independent of each other, which is what lets them share a batch;
+        each is decoded to its end, seeking inside it the same way, before the pass ends. A window
+        with no sound at all is not decoded.
         """
-        batch = self.settings.batch_size
+        offset = round(start.offset_seconds * SAMPLE_RATE)  # the buffer's start in the file
         prompt = list(start.prompt)
-        offset = round(start.offset_seconds * SAMPLE_RATE)
         language = start.language or self.settings.language
         decoder: Decoder | None = None
         fixed: list[int] = []
         feed = self._feed(path, offset)
         while True:
-            feed.fill((batch + 1) * self.window_samples)  # one window of look-ahead for the cut
-            spans = [(a // HOP_LENGTH, b // HOP_LENGTH)  # in 10 ms frames from here on
-                     for a, b in chunking.plan(feed.audio, self.window_samples, feed.exhausted, batch)]
-            spans = [(a, b) for a, b in spans if b > a]
+            spans = self._spans(feed, batch)  # in 10 ms frames from the buffer's start
             if not spans:
                 return
-            keep = self._speech(feed)
-            voiced = [v for a, b in spans if (v := self._voiced(feed, keep, a, b))[0] < v[1]]
+            keep = feed.speech()
+            voiced = [v for a, b in spans if (v := feed.voiced(keep, a, b))[0] < v[1]]
+            seek = spans[-1][1]  # where the next pass starts
+            if batch == 1 and voiced and voiced[0][0] > 0:
+                # Silence and non-speech before the speech cost nothing: no model time, and nothing
+                # for the model to hallucinate over. The window starts where speech does.
+                seek, voiced = voiced[0][0], []
             segments: list[Segment] = []
+            temperature: float | None = None  # of the one window decoded (batch 1)
             model_frames = 0
             while voiced:
                 model_frames += sum(b - a for a, b in voiced)
-                mels = [self._mel(self._muted(feed, keep, a, b), b - a) for a, b in voiced]
+                mels = [self._mel(feed.muted(keep, a, b), b - a) for a, b in voiced]
                 if decoder is None:
                     language = language or self._detect_language(mels[0])
                     decoder = self._decoder(language)
                     fixed = self._fixed_prompt(decoder.tokenizer)
-                features, results = self._decode_batch(decoder, mels, [offset + a * HOP_LENGTH for a, _ in voiced],
-                                                       self._prompt(fixed, prompt))
+                encoded, results = self._decode(decoder, mels, [offset + a * HOP_LENGTH for a, _ in voiced],
+                                                self._prompt(fixed, prompt))
                 rest: list[tuple[int, int]] = []
-                for i, ((a, b), result) in enumerate(zip(voiced, results)):
-                    found, advance = self._cut(decoder, features[i:i + 1], result,
-                                               (offset + a * HOP_LENGTH) / SAMPLE_RATE, b - a, self._onset(feed, a, b))
+                for (a, b), features, result in zip(voiced, encoded, results, strict=True):
+                    found, advance = self._cut(decoder, features, result, (offset + a * HOP_LENGTH) / SAMPLE_RATE,
+                                               b - a, feed.onset(a, b))
                     segments.extend(s for s in _snap(found, keep, a, offset) if _worth_keeping(s))
-                    # Whisper stopped early or left a sentence unfinished: decode the rest again,
-                    # from its last timestamp, as whisper's own seek loop would.
-                    first, last = self._voiced(feed, keep, a + max(advance, 1), b)
-                    if first < last:
-                        rest.append((first, last))
+                    if batch == 1:  # the next window starts where this one stopped (a == 0)
+                        seek = max(self._unsaid(feed, keep, found, offset, advance, b), 1)
+                        temperature = result.temperature
+                    else:
+                        # Whisper stopped early or left a sentence unfinished: decode the rest of
+                        # the chunk again, from its last timestamp, as whisper's own seek loop would.
+                        first, last = feed.voiced(keep, a + max(advance, 1), b)
+                        if first < last:
+                            rest.append((first, last))
                 voiced = rest
             segments.sort(key=lambda seg: seg.start)
-            found, looped = drop_repeats(self._lines(prompt, decoder.tokenizer) if decoder else [], segments)
-            segments = list(found)
-            if looped:
-                prompt = []  # the carried text feeds the loop
-            elif segments and self.settings.condition_on_previous_text:
-                prompt = [t for seg in segments for t in seg.tokens][-self.max_prompt:]
-            consumed = spans[-1][1] * HOP_LENGTH
+            kept, looped = drop_repeats(self._lines(prompt, decoder.tokenizer) if decoder else [], segments)
+            prompt = self._carry(prompt, kept, looped, batch, temperature)
+            consumed = seek * HOP_LENGTH
             feed.drop(consumed)
             offset += consumed
-            yield Window(tuple(segments), Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), feed.seconds,
+            yield Window(kept, Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), feed.seconds,
                          model_seconds=model_frames * HOP_LENGTH / SAMPLE_RATE)
 
-    def _feed(self, path: Path, offset: int) -> _Feed:
+    def _spans(self, feed: Feed, batch: int) -> list[tuple[int, int]]:
+        """The windows of the next pass, in 10 ms frames from the buffer's start; none at the end of
+        the file. One window is the next `chunk_seconds`, read with VAD's look-ahead; several are
+        cut at quiet points (chunking.py), read with one window of look-ahead for the cut."""
+        if batch == 1:
+            feed.fill(self.window_samples + vad.LOOKAHEAD_SAMPLES)
+            frames = min(self.window_frames, len(feed.audio) // HOP_LENGTH)
+            return [(0, frames)] if frames else []
+        feed.fill((batch + 1) * self.window_samples)
+        spans = [(a // HOP_LENGTH, b // HOP_LENGTH)
+                 for a, b in chunking.plan(feed.audio, self.window_samples, feed.exhausted, batch)]
+        return [(a, b) for a, b in spans if b > a]
+
+    def _carry(self, carried: list[int], kept: tuple[Segment, ...], looped: bool, batch: int,
+               temperature: float | None) -> list[int]:
+        """The text the next pass is prompted with, after one that kept `kept` (`temperature`: of
+        its one window, None when it decoded none or several)."""
+        if looped:
+            return []  # the carried text feeds the loop
+        condition = self.settings.condition_on_previous_text
+        new = [t for seg in kept for t in seg.tokens]
+        if batch > 1:
+            # Chunks do not follow each other's text: they all get the last batch's, if it had any.
+            return new[-self.max_prompt:] if kept and condition else carried
+        if temperature is None:  # nothing decoded
+            return carried
+        # Whisper's own rule: the text goes on, unless it was decoded too hot to be trusted.
+        return (carried + new)[-self.max_prompt:] if condition and temperature <= PROMPT_RESET_TEMPERATURE else []
+
+    def _feed(self, path: Path, offset: int) -> Feed:
         if self.settings.vad and self._detector is None:
             self._detector = vad.SpeechDetector()
-        return _Feed(path, self.window_samples, offset, self._detector if self.settings.vad else None)
+        return Feed(path, self.window_samples, offset, self._detector if self.settings.vad else None,
+                    self.settings.vad_threshold)
 
-    def _speech(self, feed: _Feed) -> np.ndarray | None:
-        """Which 10 ms frames of the buffer are speech or near it; None without VAD. Judged over the
-        whole buffer from its start, which is where the last window ended: a resumed run starts at
-        one of those places and judges the same frames the same way."""
-        return vad.speech(feed.probs, self.settings.vad_threshold) if self.settings.vad else None
-
-    @staticmethod
-    def _voiced(feed: _Feed, keep: np.ndarray | None, start: int, end: int) -> tuple[int, int]:
-        """The frames of [start, end) worth decoding, from the first one of speech to the last;
-        (end, end) when there are none. Without VAD: all of them unless they are silent."""
-        if keep is None:
-            return (end, end) if chunking.is_silent(feed.audio[start * HOP_LENGTH:end * HOP_LENGTH]) else (start, end)
-        speech = np.flatnonzero(keep[start:end])
-        return (start + int(speech[0]), start + int(speech[-1]) + 1) if len(speech) else (end, end)
-
-    def _unsaid(self, feed: _Feed, keep: np.ndarray | None, segments: list[Segment], offset: int, advance: int,
+    def _unsaid(self, feed: Feed, keep: np.ndarray | None, segments: list[Segment], offset: int, advance: int,
                 content_frames: int) -> int:
         """Where to seek after a window: `advance`, unless the model ended it with a lone timestamp
         (Whisper then skips the rest of the window) that falls in a pause, and VAD hears speech after
@@ -320,32 +243,21 @@ class Engine:
             return advance
         return said if heard.sum() >= UNSAID_SPEECH_FRAMES else advance
 
-    def _onset(self, feed: _Feed, start: int, end: int) -> float:
-        """Seconds from frame `start` to the first frame of [start, end) the detector heard speech
-        in (0.0 without VAD): word timing starts the first word there (timing.word_times)."""
-        if not self.settings.vad:
-            return 0.0
-        speech = np.flatnonzero(feed.probs[start:end] >= self.settings.vad_threshold)
-        return float(speech[0]) * HOP_LENGTH / SAMPLE_RATE if len(speech) else 0.0
-
-    @staticmethod
-    def _muted(feed: _Feed, keep: np.ndarray | None, start: int, end: int) -> np.ndarray:
-        """The audio of frames [start, end), long pauses between speech silenced: the model
-        hears no noise or music to write words for, and the timestamps stay where they were."""
-        audio = feed.audio[start * HOP_LENGTH:end * HOP_LENGTH]
-        return audio if keep is None else audio * np.repeat(keep[start:end], HOP_LENGTH)
-
-    def _decode_batch(self, decoder: Decoder, mels: list[torch.Tensor], positions: list[int],
-                      prompt: list[int]) -> tuple[torch.Tensor, list[DecodingResult]]:
-        """The whole batch at the first temperature; chunks that fail the quality checks retry alone,
-        hotter. Returns the encoded chunks and their results."""
+    def _decode(self, decoder: Decoder, mels: list[torch.Tensor], positions: list[int],
+                prompt: list[int]) -> tuple[list[torch.Tensor], list[DecodingResult]]:
+        """The whole batch at the first temperature; windows that fail the quality checks retry
+        alone, hotter, seeded by their `positions` in the file. Returns each window's encoding
+        and result."""
         features = self._encode(torch.stack(mels))
         results = decoder.run(features, prompt, TEMPERATURES[0], self.settings.beam_size)
+        # A batch of one is its window's encoding: the decoder keeps the audio's keys and values
+        # it computed for it for the retries, the punctuation pass and word timing.
+        encoded = [features] if len(mels) == 1 else list(features.split(1))
         for i, result in enumerate(results):
             if self._needs_fallback(result):
                 torch.manual_seed(positions[i])
-                results[i] = self._decode_with_fallback(decoder, features[i:i + 1], prompt, TEMPERATURES[1:])
-        return features, results
+                results[i] = self._retry_hotter(decoder, encoded[i], prompt)
+        return encoded, results
 
     def _encode(self, mels: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -461,16 +373,15 @@ class Engine:
         silent = result.no_speech_prob > NO_SPEECH_THRESHOLD and unsure
         return not silent and (repetitive or unsure)
 
-    def _decode_with_fallback(self, decoder: Decoder, features: torch.Tensor, prompt: list[int],
-                              temperatures: tuple[float, ...] = TEMPERATURES) -> DecodingResult:
-        """`features`: one encoded window, encoded once for all temperatures."""
-        s = self.settings
+    def _retry_hotter(self, decoder: Decoder, features: torch.Tensor, prompt: list[int]) -> DecodingResult:
+        """Whisper's temperature fallback for one encoded window (`features`) that failed the quality
+        checks at the first temperature: the best of `best_of` samples at each next temperature,
+        until one passes them (the hottest one's otherwise)."""
         result: DecodingResult | None = None
-        for t in temperatures:
-            # best_of samples one after another, not as one batch of five: a hard window must not
+        for t in TEMPERATURES[1:]:
+            # The samples one after another, not as one batch of five: a hard window must not
             # need five decoders' memory at once, or peak memory would grow with the recording.
-            tries = [decoder.run(features, prompt, t, s.beam_size if t == 0 else None)[0]
-                     for _ in range(s.best_of if t > 0 else 1)]
+            tries = [decoder.run(features, prompt, t)[0] for _ in range(self.settings.best_of)]
             result = max(tries, key=lambda r: r.avg_logprob)
             if not self._needs_fallback(result):
                 break
