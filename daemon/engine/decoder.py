@@ -3,8 +3,8 @@
 openai-whisper's `DecodingTask` spends most of a token's time on overhead, not arithmetic:
 its key/value cache grows by `torch.cat` through forward hooks, it computes logits for every
 prompt position, and it runs each beam's attention over the audio and the prompt separately.
-This decoder keeps the same rules — prompt layout, suppressed tokens, timestamp rules,
-temperature sampling, beam search with whisper's ranking — so it picks the same tokens, with:
+This decoder keeps the same rules — prompt layout, and (search.py) suppressed tokens, timestamp
+rules, temperature sampling, beam search with whisper's ranking — so it picks the same tokens, with:
 
 - the cross-attention keys and values computed once per window, in the model's format (bf16
   reads half the bytes of fp32: a step is bound by what it reads), softmax in fp32;
@@ -31,15 +31,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from whisper.audio import CHUNK_LENGTH
 from whisper.decoding import DecodingResult
 from whisper.model import MultiHeadAttention, ResidualAttentionBlock, Whisper
 from whisper.tokenizer import Tokenizer
 from whisper.utils import compression_ratio
 
 from daemon.engine.precision import Int8Embedding, Int8Linear
-
-MAX_INITIAL_TIMESTAMP = 1.0  # seconds; whisper's default: the first cue starts within a second
+from daemon.engine.search import BeamSearch, Sampling, TokenRules
 
 
 def _by_head(x: Tensor, n_head: int) -> Tensor:
@@ -184,16 +182,7 @@ class Decoder:
         self.tokenizer = tokenizer
         self.n_ctx = model.dims.n_text_ctx
         self.sample_len = self.n_ctx // 2
-        t = tokenizer
-        suppress = set(t.non_speech_tokens) | {t.transcribe, t.translate, t.sot, t.sot_prev, t.sot_lm}
-        if t.no_speech is not None:
-            suppress.add(t.no_speech)  # its probability is read separately
-        if t.no_timestamps is not None:
-            suppress.add(t.no_timestamps)  # timestamps are always on
-        self.suppress = torch.tensor(sorted(suppress), device=model.device)
-        self.blank = torch.tensor(t.encode(" ") + [t.eot], device=model.device)
-        precision = CHUNK_LENGTH / model.dims.n_audio_ctx
-        self.last_initial_timestamp = t.timestamp_begin + round(MAX_INITIAL_TIMESTAMP / precision)
+        self.rules = TokenRules(model, tokenizer)
         self._audio: weakref.ref[Tensor] | None = None  # the encoded audio of _audio_kv
         self._audio_kv: list[tuple[Tensor, Tensor]] = []
 
@@ -229,10 +218,10 @@ class Decoder:
             logits = logits.repeat_interleave(group, 0)
             cache.share(group, begin)
 
-        search = _Beam(group, t.eot) if beam_size else _Sample(temperature, t.eot)
+        search = BeamSearch(group, t.eot) if beam_size else Sampling(temperature, t.eot)
         sum_logprobs = torch.zeros(len(tokens), device=device)
         for _ in range(self.sample_len):
-            self._filter(logits, tokens, begin)
+            self.rules.apply(logits, tokens, begin)
             tokens, rows, done = search.update(tokens, logits, sum_logprobs)
             if done or tokens.shape[1] > self.n_ctx:
                 break
@@ -370,121 +359,7 @@ class Decoder:
             return embedding.logits(hidden)
         return F.linear(hidden, embedding.weight).float()
 
-    def _filter(self, logits: Tensor, tokens: Tensor, begin: int) -> None:
-        """whisper's logit filters (SuppressBlank, SuppressTokens, ApplyTimestampRules), in place."""
-        ts = self.tokenizer.timestamp_begin
-        eot = self.tokenizer.eot
-        logits[:, self.suppress] = -np.inf
-        if tokens.shape[1] == begin:
-            logits[:, self.blank] = -np.inf
-            logits[:, :ts] = -np.inf  # the first token is a timestamp…
-            logits[:, self.last_initial_timestamp + 1:] = -np.inf  # …within the first second
-        else:
-            for k, row in enumerate(tokens[:, begin:].tolist()):
-                last = row[-1] >= ts
-                penultimate = len(row) < 2 or row[-2] >= ts
-                if last:
-                    if penultimate:
-                        logits[k, ts:] = -np.inf  # timestamps come in pairs
-                    else:
-                        logits[k, :eot] = -np.inf
-                stamps = [s for s in row if s >= ts]
-                if stamps:
-                    # never back in time, and no empty segments
-                    floor = stamps[-1] if last and not penultimate else stamps[-1] + 1
-                    logits[k, ts:floor] = -np.inf
-        # a timestamp when all timestamps together are likelier than any single text token
-        logprobs = F.log_softmax(logits, dim=-1)
-        timestamp = logprobs[:, ts:].logsumexp(-1)
-        text = logprobs[:, :ts].max(-1).values
-        logits[timestamp > text, :ts] = -np.inf
-
 
 def _ends_word(text: str) -> bool:
     """Whether `text` ends with a whole letter or digit (not a mark, a space or part of a character)."""
     return bool(text) and unicodedata.category(text[-1])[0] in "LN"
-
-
-class _Sample:
-    """Greedy at temperature 0, otherwise sampling; one row per window."""
-
-    def __init__(self, temperature: float, eot: int) -> None:
-        self.temperature = temperature
-        self.eot = eot
-
-    def update(self, tokens: Tensor, logits: Tensor, sum_logprobs: Tensor) -> tuple[Tensor, Tensor | None, bool]:
-        if self.temperature == 0:
-            chosen = logits.argmax(-1)
-        else:
-            chosen = torch.distributions.Categorical(logits=logits / self.temperature).sample()
-        logprobs = F.log_softmax(logits, dim=-1)
-        ended = tokens[:, -1] == self.eot
-        sum_logprobs += logprobs[torch.arange(len(chosen), device=chosen.device), chosen] * ~ended
-        chosen[ended] = self.eot
-        tokens = torch.cat([tokens, chosen[:, None]], dim=-1)
-        return tokens, None, bool((chosen == self.eot).all())
-
-    def finish(self, tokens: Tensor, sum_logprobs: Tensor, windows: int) -> tuple[list[list[list[int]]], list[list[float]]]:
-        rows = F.pad(tokens, (0, 1), value=self.eot).tolist()
-        return [[row] for row in rows], [[s] for s in sum_logprobs.tolist()]
-
-
-class _Beam:
-    """whisper's beam search (patience 1): keeps `size` live beams per window until `size` have ended."""
-
-    def __init__(self, size: int, eot: int) -> None:
-        self.size = size
-        self.eot = eot
-        self.finished: list[dict[tuple[int, ...], float]] | None = None
-
-    def update(self, tokens: Tensor, logits: Tensor, sum_logprobs: Tensor) -> tuple[Tensor, Tensor | None, bool]:
-        windows = tokens.shape[0] // self.size
-        if self.finished is None:
-            self.finished = [{} for _ in range(windows)]
-        logprobs = F.log_softmax(logits, dim=-1)
-        top_logprobs, top_tokens = logprobs.topk(self.size + 1)
-        prefixes = tokens.tolist()
-        sums = sum_logprobs.tolist()
-        kept: list[tuple[int, ...]] = []
-        sources: list[int] = []
-        for i in range(windows):
-            scores: dict[tuple[int, ...], float] = {}
-            origin: dict[tuple[int, ...], int] = {}
-            for row in range(i * self.size, (i + 1) * self.size):
-                for logprob, token in zip(top_logprobs[row].tolist(), top_tokens[row].tolist()):
-                    sequence = (*prefixes[row], token)
-                    scores[sequence] = sums[row] + logprob
-                    origin[sequence] = row
-            ended: dict[tuple[int, ...], float] = {}
-            live = 0
-            for sequence in sorted(scores, key=scores.__getitem__, reverse=True):
-                if sequence[-1] == self.eot:
-                    ended[sequence] = scores[sequence]
-                    continue
-                sum_logprobs[len(kept)] = scores[sequence]
-                kept.append(sequence)
-                sources.append(origin[sequence])
-                live += 1
-                if live == self.size:
-                    break
-            done = self.finished[i]
-            for sequence in sorted(ended, key=ended.__getitem__, reverse=True):
-                if len(done) >= self.size:
-                    break
-                done[sequence] = ended[sequence]
-        complete = all(len(done) >= self.size for done in self.finished)
-        reordered = torch.tensor(sources, device=tokens.device) if sources != list(range(len(sources))) else None
-        return torch.tensor(kept, device=tokens.device), reordered, complete
-
-    def finish(self, tokens: Tensor, sum_logprobs: Tensor, windows: int) -> tuple[list[list[list[int]]], list[list[float]]]:
-        assert self.finished is not None
-        rows = tokens.tolist()
-        sums = sum_logprobs.tolist()
-        for i, done in enumerate(self.finished):
-            # not enough beams ended: the best live ones count as ended here
-            live = range(i * self.size, (i + 1) * self.size)
-            for row in sorted(live, key=sums.__getitem__, reverse=True):
-                if len(done) >= self.size:
-                    break
-                done[(*rows[row], self.eot)] = sums[row]
-        return [[list(s) for s in done] for done in self.finished], [list(done.values()) for done in self.finished]
