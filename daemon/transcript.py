@@ -13,6 +13,7 @@ class Word:
     end: float
     text: str  # as the transcript writes it: with its leading space in spaced scripts, none in CJK
     probability: float = 1.0  # the mean of the model's probabilities of the word's tokens
+    speaker: str | None = None  # "Speaker 2": only when more than one voice was told apart
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,17 @@ class Segment:
     text: str  # when `words` is not empty: exactly "".join(w.text for w in words).strip()
     tokens: tuple[int, ...] = ()  # with timestamps: fed back as the next window's prompt
     words: tuple[Word, ...] = ()  # empty for segments stored before word timing existed
+    speaker: str | None = None  # the speaker of all its words (a segment two people share is split)
+
+
+@dataclass(frozen=True)
+class Voice:
+    """A voice print of a stretch of speech (engine/speakers): what telling speakers apart needs
+    of the audio, kept in the queue so that labels are made again without the audio or the model."""
+
+    start: float  # seconds from the start of the recording
+    end: float
+    vector: bytes  # the speaker embedding: float32 numbers, little-endian
 
 
 @dataclass(frozen=True)

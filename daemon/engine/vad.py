@@ -75,11 +75,7 @@ def speech(probs: np.ndarray, threshold: float) -> np.ndarray:
     speech with short pauses reaches the model exactly as it would without VAD. Judged from the
     frames given only, so the same frames always give the same answer."""
     frames_per_second = SAMPLE_RATE / HOP_LENGTH
-    raw = np.zeros(len(probs), bool)
-    on = False
-    for i, p in enumerate(probs):  # a 30 s window is 3000 frames: cheap next to the model
-        on = p >= threshold or (on and p >= threshold - HYSTERESIS)
-        raw[i] = on
+    raw = voiced(probs, threshold)
     keep = np.zeros(len(probs), bool)
     pad = round(PAD_SECONDS * frames_per_second)
     for start, end in runs(raw):
@@ -95,6 +91,16 @@ def speech(probs: np.ndarray, threshold: float) -> np.ndarray:
     if kept and len(keep) - kept[-1][1] < gap:
         keep[kept[-1][1]:] = True
     return keep
+
+
+def voiced(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """The 10 ms frames of speech itself, by Silero's hysteresis: no padding, no pauses bridged."""
+    raw = np.zeros(len(probs), bool)
+    on = False
+    for i, p in enumerate(probs):  # a 30 s window is 3000 frames: cheap next to the model
+        on = p >= threshold or (on and p >= threshold - HYSTERESIS)
+        raw[i] = on
+    return raw
 
 
 def runs(mask: np.ndarray) -> list[tuple[int, int]]:
