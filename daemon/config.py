@@ -34,7 +34,8 @@ MIN_TOKEN_CHARS = 12  # a guessable password on a page that serves transcripts i
 POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")  # a `db` that is not a SQLite file
 
 
-FORMATS = ("srt", "vtt", "txt", "json", "tsv")  # the files formats/ writes; each is also its files' suffix
+FORMATS = ("srt", "vtt", "txt", "json", "tsv", "rttm")  # the files formats/ writes; each is also its files' suffix
+MAX_SPEAKERS = 20  # `auto`'s upper bound: more distinct voices than this in one recording is noise
 
 
 class ConfigError(Exception):
@@ -68,7 +69,9 @@ class Config:
     task: str = "transcribe"  # or "translate": English text from speech in any language (multilingual models)
     prompt: str | None = None  # names, jargon and spellings the model should know; given to it on every window
     chinese_script: str = "simplified"  # simplified | traditional | as-is; load() picks the default from the locale
-    formats: tuple[str, ...] = ("srt",)  # the files written for each recording: srt, vtt, txt, json, tsv
+    formats: tuple[str, ...] = ("srt",)  # the files written for each recording: srt, vtt, txt, json, tsv, rttm
+    # Speaker labels: auto (when more than one voice is heard), off, a number ("3") or a range ("2-6").
+    speakers: str = "auto"
     # How subtitle cues (srt, vtt) are cut: see CueRules above.
     cue_line_chars: int = CUES.line_chars
     cue_cjk_line_chars: int = CUES.cjk_line_chars
@@ -263,6 +266,21 @@ def default_chinese_script(env: Mapping[str, str]) -> str:
     return "simplified"
 
 
+def speaker_bounds(speakers: str) -> tuple[int, int] | None:
+    """The least and the most speakers a `speakers` setting allows; None for off."""
+    value = speakers.strip().lower()
+    if value == "off":
+        return None
+    if value == "auto":
+        return 1, MAX_SPEAKERS
+    match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", value)
+    low, high = (int(match[1]), int(match[2] or match[1])) if match else (0, 0)
+    if not 1 <= low <= high <= MAX_SPEAKERS:
+        raise ConfigError(f"speakers is {speakers!r}: choose auto (labels when more than one voice is heard), off, "
+                          f"a number of speakers such as 3, or a range such as 2-6 (at most {MAX_SPEAKERS})")
+    return low, high
+
+
 def check_task_and_script(task: str, chinese_script: str) -> None:
     """The two choices a folder's settings file may also make (folders.py)."""
     if task not in TASKS:
@@ -293,6 +311,7 @@ def validate(cfg: Config) -> None:
     if cfg.batch_size < 1:
         raise ConfigError("batch_size must be at least 1")
     check_task_and_script(cfg.task, cfg.chinese_script)
+    speaker_bounds(cfg.speakers)
     if not 0 < cfg.vad_threshold < 1:
         raise ConfigError(f"vad_threshold is {cfg.vad_threshold}: it is a probability, between 0 and 1 "
                           "(0.5 by default; lower keeps more quiet speech, higher drops more noise)")

@@ -47,6 +47,12 @@ class Transcript:
     # What the file's header announced, when the audio ended well before that (a download that
     # stopped): the transcript is of `duration` seconds only, and says so. None otherwise.
     announced: float | None = None
+    name: str | None = None  # the recording's file name without its suffix: RTTM's file id
+
+    @property
+    def speakers(self) -> tuple[str, ...]:
+        """The speakers told apart, in order of first appearance; () when there are no labels."""
+        return tuple(dict.fromkeys(seg.speaker for seg in self.segments if seg.speaker))
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ People keep one folder per language or per client:
     inbox/
       interviews-zh/whisper-daemon.toml   language = "zh"
       clients/acme/whisper-daemon.toml    prompt = "Acme, Kubernetes, Jira"
+      memos/whisper-daemon.toml           speakers = "off"
 
 A nearer folder's file overrides a farther one's, key by key; the daemon's own settings fill in
 the rest when a worker starts the job. A job stores what it was queued with.
@@ -17,11 +18,11 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from daemon.config import CHINESE_SCRIPTS, TASKS, ConfigError, check_task_and_script, read_toml_file
+from daemon.config import CHINESE_SCRIPTS, TASKS, ConfigError, check_task_and_script, read_toml_file, speaker_bounds
 
 SETTINGS_FILE = "whisper-daemon.toml"
 # What a folder may set: how its recordings are transcribed, not where or by which model.
-KEYS = ("language", "prompt", "chinese_script", "task")
+KEYS = ("language", "prompt", "chinese_script", "task", "speakers")
 
 
 class SettingsError(Exception):
@@ -64,6 +65,7 @@ def check(data: Mapping[str, object], where: str) -> dict[str, str]:
             raise SettingsError(f"{where}: {key} must be text in quotes, e.g. {key} = \"...\"")
     try:
         check_task_and_script(str(data.get("task", TASKS[0])), str(data.get("chinese_script", CHINESE_SCRIPTS[0])))
+        speaker_bounds(str(data.get("speakers", "auto")))
     except ConfigError as e:
         raise SettingsError(f"{where}: {e}") from e
     return {key: str(value) for key, value in data.items()}

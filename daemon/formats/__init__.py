@@ -19,4 +19,6 @@ def render(fmt: str, transcript: Transcript, rules: CueRules) -> str:
         return data.json_text(transcript)
     if fmt == "tsv":
         return data.tsv(transcript)
+    if fmt == "rttm":
+        return data.rttm(transcript)
     raise ValueError(f"unknown output format {fmt!r}: choose from {', '.join(FORMATS)}")

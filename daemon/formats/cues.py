@@ -78,7 +78,7 @@ def words_of(segment: Segment) -> tuple[Word, ...]:
         start = segment.start + span * done / total
         done += len(core)
         lead = " " if spaced or (k == 0 and not UNSPACED.match(core)) else ""  # as whisper writes words
-        words.append(Word(start, segment.start + span * done / total, lead + core))
+        words.append(Word(start, segment.start + span * done / total, lead + core, speaker=segment.speaker))
     return tuple(words)
 
 
@@ -141,8 +141,10 @@ class _Words:
         # [k]: the latest a cue ending with word k may end, a gap before the next word
         self.latest = [s - rules.gap_seconds for s in self.starts[1:]] + [math.inf]
         # [k]: whether a cue must end with word k, whatever it costs: a long pause follows. Any other
-        # hard break between two words belongs here too; shape never puts a cue across one.
-        self.must_end = [b - a > PAUSE_SECONDS for a, b in zip(self.ends, self.starts[1:])] + [True]
+        # hard break between two words belongs here too; shape never puts a cue across one: a change
+        # of speaker is one (a cue never holds two people's words).
+        self.must_end = [b - a > PAUSE_SECONDS or w.speaker != after.speaker
+                         for a, b, w, after in zip(self.ends, self.starts[1:], self.words, self.words[1:])] + [True]
         texts = [w.text for w in self.words]  # prefix sums of characters, CJK ones, sentence ends:
         self.chars = [0, *accumulate(map(len, texts))]
         self.cjk = [0, *accumulate(len(_CJK.findall(t)) for t in texts)]

@@ -27,13 +27,30 @@ def _timed(cues: Sequence[Cue], separator: str) -> Iterator[tuple[str, tuple[str
         yield f"{_clock(start, separator)} --> {_clock(last_end, separator)}", lines
 
 
+def _speaker(cue: Cue) -> str | None:
+    return cue.words[0].speaker if cue.words else None  # a cue has one speaker (cues.py)
+
+
 def srt(cues: Sequence[Cue]) -> str:
-    """Numbered cues, a blank line between them; no cues, an empty file."""
-    return "\n".join(f"{n}\n{times}\n" + "".join(f"{line}\n" for line in lines)
-                     for n, (times, lines) in enumerate(_timed(cues, ","), 1))
+    """Numbered cues, a blank line between them; no cues, an empty file. A cue whose speaker is not
+    the previous cue's starts with the speaker's label, `[Speaker 2] …`, as subtitle services do."""
+    blocks, previous = [], None
+    for n, (cue, (times, lines)) in enumerate(zip(cues, _timed(cues, ",")), 1):
+        speaker = _speaker(cue)
+        if speaker and speaker != previous and lines:
+            lines = (f"[{speaker}] {lines[0]}", *lines[1:])
+        previous = speaker
+        blocks.append(f"{n}\n{times}\n" + "".join(f"{line}\n" for line in lines))
+    return "\n".join(blocks)
 
 
 def vtt(cues: Sequence[Cue]) -> str:
-    """The WEBVTT header, then the cues, each after a blank line."""
-    return "WEBVTT\n" + "".join(f"\n{times}\n" + "".join(f"{line.translate(_VTT_ESCAPES)}\n" for line in lines)
-                                for times, lines in _timed(cues, "."))
+    """The WEBVTT header, then the cues, each after a blank line; a labelled speaker's cue in a voice
+    span, `<v Speaker 2>…`, WebVTT's own way of saying who speaks."""
+    blocks = []
+    for cue, (times, lines) in zip(cues, _timed(cues, ".")):
+        text = [line.translate(_VTT_ESCAPES) for line in lines]
+        if (speaker := _speaker(cue)) and text:
+            text[0] = f"<v {speaker.translate(_VTT_ESCAPES)}>{text[0]}"
+        blocks.append(f"\n{times}\n" + "".join(f"{line}\n" for line in text))
+    return "WEBVTT\n" + "".join(blocks)

@@ -11,18 +11,22 @@ PARAGRAPH_PAUSE_SECONDS = 2.0
 
 
 def txt(transcript: Transcript) -> str:
-    """One paragraph per stretch of speech, paragraphs separated by a blank line; "" for no speech."""
+    """One paragraph per stretch of speech, paragraphs separated by a blank line; "" for no speech.
+    With speakers, a new paragraph at each change of speaker, beginning with the label: `Speaker 2: …`."""
     paragraphs: list[str] = []
     last_end: float | None = None
+    speaker: str | None = None
     for seg in transcript.segments:
         words = " ".join(seg.text.split())  # a line break inside a segment would split its paragraph
         if not words:
             continue
-        if last_end is None or seg.start - last_end > PARAGRAPH_PAUSE_SECONDS:
+        if seg.speaker != speaker:
+            paragraphs.append(f"{seg.speaker}: {words}" if seg.speaker else words)
+        elif last_end is None or seg.start - last_end > PARAGRAPH_PAUSE_SECONDS:
             paragraphs.append(words)
         else:
             paragraphs[-1] = _join(paragraphs[-1], words)
-        last_end = seg.end
+        last_end, speaker = seg.end, seg.speaker
     return "\n\n".join(paragraphs) + "\n" if paragraphs else ""
 
 
