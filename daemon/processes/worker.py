@@ -19,7 +19,7 @@ from loguru import logger
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE  # in the worker only: importing whisper loads torch
 
 from daemon import logs
-from daemon.config import Config, ConfigError
+from daemon.config import Config, ConfigError, speaker_bounds
 from daemon.engine import precision
 from daemon.engine.audio import AudioError, probe_seconds
 from daemon.engine.transcribe import DecodeSettings, Engine
@@ -40,6 +40,7 @@ from daemon.processes.guards import (
 )
 from daemon.processes.heartbeat import Heartbeat
 from daemon.processes.results import Results
+from daemon.processes.speakers import Speakers
 from daemon.queue.db import Job, JobStatus, Waiter, WorkerState, checkpoint, connect, describe, slots_dir, storage_error
 from daemon.queue.jobs import JobQueue, LeaseLost
 from daemon.queue.registry import Registry, take_slot
@@ -92,6 +93,7 @@ class Worker:
         self._last_recovery = 0.0
         self._storage_backoff = STORAGE_BACKOFF_START_SECONDS
         self.results = Results(cfg, self.queue, self.name)
+        self.speakers = Speakers(self.queue, self.name, cfg.vad_threshold)
 
     def initialize(self) -> None:
         self._recover()
@@ -312,8 +314,9 @@ class Worker:
             self._transcribe(job, seen, settings)
             return
         assert twin.id is not None
-        written = self.results.write(job, Transcript(tuple(self.queue.segments(twin.id)), twin.language, twin.model,
-                                                     twin.audio_seconds, twin.announced_seconds))
+        segments = self.speakers.relabel(twin.id, tuple(self.queue.segments(twin.id)), str(settings["speakers"]))
+        written = self.results.write(job, Transcript(segments, twin.language, twin.model, twin.audio_seconds,
+                                                     twin.announced_seconds, name=path.stem))
         self.results.end(job, written, JobStatus.DUPLICATE, duplicate_of=twin.id, audio_seconds=twin.audio_seconds,
                          rtf=0.0, progress=1.0, language=twin.language, model=twin.model, precision=twin.precision,
                          announced_seconds=twin.announced_seconds)
@@ -326,12 +329,13 @@ class Worker:
                  else json.loads(job.asked))
         where = f" (check {SETTINGS_FILE} in its folder)" if asked else ""
         defaults = {"language": self.cfg.language, "task": self.cfg.task, "prompt": self.cfg.prompt or "",
-                    "chinese_script": self.cfg.chinese_script}
+                    "chinese_script": self.cfg.chinese_script, "speakers": self.cfg.speakers}
         settings = defaults | asked
         try:
             settings["language"] = _language_code(settings["language"], self.engine.model.is_multilingual,
                                                   self.model_name)
-            self.engine.check(replace(self.engine.settings, **settings))
+            speaker_bounds(str(settings["speakers"]))
+            self.engine.check(replace(self.engine.settings, **_decoding(settings)))
         except ConfigError as e:
             raise ConfigError(f"{e}{where}") from e
         return settings
@@ -347,7 +351,7 @@ class Worker:
             logger.info("job {}: transcribing {}", job.id, path.name)
         expected = probe_seconds(path)
         self.engine.settings = replace(self.engine.settings, batch_size=self.guard.batch_size(self.cfg.batch_size),
-                                       **settings)
+                                       **_decoding(settings))
         began = window_began = self.clock()
         processed = decoded = start.offset_seconds  # resumed at the very end: no window, nothing new decoded
         language = start.language
@@ -379,7 +383,8 @@ class Worker:
                 logger.warning("job {}: {}: the audio ended at {:.1f} s of the {:.1f} s its header announced (cut "
                                "short while downloaded or copied?); transcribed what there is", job.id, path.name,
                                decoded, announced)
-            transcript = Transcript(tuple(self.queue.segments(job.id)), language, self.model_name, decoded, announced)
+            segments = self.speakers.label(job.id, path, tuple(self.queue.segments(job.id)), str(settings["speakers"]))
+            transcript = Transcript(segments, language, self.model_name, decoded, announced, name=path.stem)
             written = self.results.write(job, transcript)
         except AudioError as e:
             self.queue.fail(job.id, self.name, f"{path.name}: {e}")
@@ -387,6 +392,11 @@ class Worker:
             return
         self.results.end(job, written, JobStatus.DONE, progress=1.0, audio_seconds=decoded, model=self.model_name,
                          precision=self.precision, announced_seconds=announced)
+
+
+def _decoding(settings: dict[str, str | None]) -> dict[str, str | None]:
+    """The job's settings the engine decodes with: all but the speakers setting, applied after it."""
+    return {key: value for key, value in settings.items() if key != "speakers"}
 
 
 def _announced(expected: float | None, decoded: float) -> float | None:

@@ -28,6 +28,7 @@ from daemon.queue.db import (
     Job,
     JobStatus,
     SegmentRow,
+    VoiceRow,
     announce,
     database_time,
     reading,
@@ -268,7 +269,7 @@ class JobQueue(JobReads):
         `queued`), to be that job's duplicate once it is done."""
         stored = dumps(settings)
         with writing(self.engine) as session:
-            job = _held(session, job_id, holder)
+            job = held(session, job_id, holder)
             newer = session.exec(select(Job.id).where(Job.path == job.path, col(Job.id) > job_id)
                                  .order_by(col(Job.id).desc()).limit(1)).first()
             if newer is not None:
@@ -321,7 +322,7 @@ class JobQueue(JobReads):
                     model: str, precision: str) -> None:
         """Commit a window's segments and the checkpoint after it in one transaction; renews the lease."""
         with writing(self.engine) as session:
-            job = _held(session, job_id, holder)
+            job = held(session, job_id, holder)
             seq = session.exec(select(func.count()).where(SegmentRow.job_id == job_id)).one()
             for i, seg in enumerate(window.segments, start=seq):
                 session.add(SegmentRow(job_id=job_id, seq=i, start=seg.start, end=seg.end, text=seg.text,
@@ -349,14 +350,14 @@ class JobQueue(JobReads):
     def reserve_outputs(self, job_id: int, holder: str, folder: Path, texts: Mapping[str, str]) -> dict[str, Path]:
         """Choose where this job's files go and record them before they are written (names.reserve)."""
         with writing(self.engine) as session:
-            return reserve(session, _held(session, job_id, holder), folder, texts)
+            return reserve(session, held(session, job_id, holder), folder, texts)
 
     def finish(self, job_id: int, holder: str, status: JobStatus, deliveries: Iterable[str] = (),
                **fields: object) -> Job:
         """End a job; `deliveries`: the announcements of it to send (queue/deliveries.py), kept in
         the same transaction, so that a worker killed just after this sends them when it starts."""
         with writing(self.engine) as session:
-            job = _held(session, job_id, holder)
+            job = held(session, job_id, holder)
             self._end(job, status, **fields)
             session.add(job)
             session.add_all(DeliveryRow(job_id=job_id, kind=kind, worker=holder, created_at=self.clock())
@@ -370,7 +371,7 @@ class JobQueue(JobReads):
     def release(self, job_id: int, holder: str) -> None:
         """Put a job back because the worker is stopping; the interrupted try does not count."""
         with writing(self.engine) as session:
-            job = _held(session, job_id, holder)
+            job = held(session, job_id, holder)
             job.status, job.holder, job.lease_until = JobStatus.QUEUED, None, None
             job.attempts = max(0, job.attempts - 1)
             session.add(job)
@@ -382,7 +383,7 @@ class JobQueue(JobReads):
         row, and then after the jobs that had none. `reason` shows in `status` meanwhile. Returns
         the wait in seconds."""
         with writing(self.engine) as session:
-            job = _held(session, job_id, holder)
+            job = held(session, job_id, holder)
             job.storage_errors += 1
             wait = min(RETRY_START_SECONDS * 2 ** (job.storage_errors - 1), RETRY_MAX_SECONDS)
             job.status, job.holder, job.lease_until = JobStatus.QUEUED, None, None
@@ -431,7 +432,7 @@ class JobQueue(JobReads):
             setattr(job, name, value)
 
 
-def _held(session: Session, job_id: int, holder: str) -> Job:
+def held(session: Session, job_id: int, holder: str) -> Job:
     """The job, its row locked until this transaction ends (PostgreSQL; SQLite's writer holds the
     whole database), if `holder` still holds it."""
     job = session.exec(select(Job).where(col(Job.id) == job_id).with_for_update()).one()
@@ -455,6 +456,7 @@ def _set_fingerprint(session: Session, job: Job, seen: Fingerprint) -> None:
 
 def _reset_progress(session: Session, job: Job) -> None:
     session.exec(delete(SegmentRow).where(col(SegmentRow.job_id) == job.id))  # type: ignore[call-overload]
+    session.exec(delete(VoiceRow).where(col(VoiceRow.job_id) == job.id))  # type: ignore[call-overload]
     job.processed_seconds = job.progress = job.resumed_from = 0.0
     job.prompt, job.language, job.rtf, job.crashes = "[]", None, None, 0
     session.add(job)

@@ -30,18 +30,19 @@ from daemon.queue.db.schema import (
     OutputName,
     OutputRow,
     SegmentRow,
+    VoiceRow,
     WorkerRow,
     WorkerState,
     utcnow,
 )
 from daemon.storage import storage_trouble
 
-__all__ = ["DeliveryRow", "Job", "JobStatus", "LockLost", "OutputName", "OutputRow", "SchemaMismatch", "SegmentRow", "WorkerRow", "WorkerState",  # re-exported
+__all__ = ["DeliveryRow", "Job", "JobStatus", "LockLost", "OutputName", "OutputRow", "SchemaMismatch", "SegmentRow", "VoiceRow", "WorkerRow", "WorkerState",  # re-exported
            "is_postgres", "utcnow"]
 
 # The newest migration: a reader of another version refuses the database instead of misreading it.
 # tests/test_postgres.py checks it against migrations/versions.
-HEAD = "0004"
+HEAD = "0005"
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import TIMESTAMP, BigInteger, Column, Index, String, UniqueConstraint, text
+from sqlalchemy import TIMESTAMP, BigInteger, Column, Index, LargeBinary, String, UniqueConstraint, text
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -142,6 +142,21 @@ class SegmentRow(SQLModel, table=True):
     # JSON [[start, end, text, probability], …]: the segment's words (queue.py); "[]" for segments
     # stored before word timing existed.
     words: str = Field(default="[]", sa_column_kwargs={"server_default": "[]"})
+
+
+class VoiceRow(SQLModel, table=True):
+    """A voice print of a job's recording (engine/speakers), kept so that its speaker labels are made
+    again without the audio: by a duplicate of it, or after a stop between the prints and the files."""
+
+    __tablename__ = "voices"
+    __table_args__ = (UniqueConstraint("job_id", "seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    seq: int  # order within the job: time order
+    start: float
+    end: float
+    vector: bytes = Field(sa_type=LargeBinary)  # 192 float32 numbers, little-endian (768 bytes)
 
 
 class OutputRow(SQLModel, table=True):

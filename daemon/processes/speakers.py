@@ -1,0 +1,62 @@
+"""Speaker labels in the worker: after a job's last window, its voice prints are made (a second,
+cheap pass over the audio: engine/speakers), kept in the queue, and its words labelled from them.
+A stop before the files are written redoes only this pass, never the transcription; a duplicate
+is labelled from its twin's kept prints. Speaker labelling is checked once per worker, in a child
+process (engine/speakers/probe.py): where it cannot run, transcripts come without labels and the
+log says why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loguru import logger
+
+from daemon.config import speaker_bounds
+from daemon.engine.speakers import attribution, probe
+from daemon.engine.speakers.voices import VoicePrinter
+from daemon.queue import voices
+from daemon.queue.jobs import JobQueue
+from daemon.transcript import Segment
+
+
+class Speakers:
+    def __init__(self, queue: JobQueue, holder: str, vad_threshold: float) -> None:
+        self.queue, self.holder, self.vad_threshold = queue, holder, vad_threshold
+        self.unavailable: str | None = None
+        self._probed = False
+        self._printer: VoicePrinter | None = None  # loaded with the first job that wants labels (~30 MB)
+
+    def available(self) -> bool:
+        if not self._probed:
+            self._probed = True
+            self.unavailable = probe.failure()
+            if self.unavailable:
+                logger.warning("speaker labels are off on this machine: {}; transcripts come without them",
+                               self.unavailable)
+        return self.unavailable is None
+
+    def label(self, job_id: int, path: Path, segments: tuple[Segment, ...], setting: str) -> tuple[Segment, ...]:
+        """The job's segments labelled from the voice prints of `path`, which are kept for its duplicates."""
+        bounds = speaker_bounds(setting)
+        if bounds is None or not segments or not self.available():
+            return segments
+        if self._printer is None:
+            self._printer = VoicePrinter()
+        prints = self._printer.voices(path, self.vad_threshold)
+        voices.save(self.queue, job_id, self.holder, prints)
+        labelled = attribution.labelled(segments, prints, bounds)
+        logger.info("job {}: {} voice prints, {}", job_id, len(prints),
+                    _told(len({s.speaker for s in labelled if s.speaker})))
+        return labelled
+
+    def relabel(self, twin_id: int, segments: tuple[Segment, ...], setting: str) -> tuple[Segment, ...]:
+        """A duplicate's segments labelled from its twin's kept prints (the same settings made them)."""
+        bounds = speaker_bounds(setting)
+        if bounds is None or not segments or not self.available():
+            return segments
+        return attribution.labelled(segments, voices.of(self.queue, twin_id), bounds)
+
+
+def _told(speakers: int) -> str:
+    return f"{speakers} speakers labelled" if speakers else "one voice: no labels"
