@@ -123,6 +123,9 @@ def daemon_env(tmp_path: Path, model_cache: Path) -> dict[str, str]:
         WHISPER_DAEMON_CACHE_DIR=str(model_cache),
         WHISPER_DAEMON_MODEL=TEST_MODEL,
         WHISPER_DAEMON_QUIET_SECONDS="0.5",
+        # Speaker labels cost a check in a child process per worker and a pass per job: tests/test_speakers.py
+        # turns them on; the other tests are about other things.
+        WHISPER_DAEMON_SPEAKERS="off",
         PYTHONUNBUFFERED="1",
     )
     (tmp_path / "inbox").mkdir()

@@ -8,6 +8,7 @@ log says why.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from loguru import logger
@@ -41,13 +42,14 @@ class Speakers:
         bounds = speaker_bounds(setting)
         if bounds is None or not segments or not self.available():
             return segments
+        began = time.monotonic()
         if self._printer is None:
             self._printer = VoicePrinter()
         prints = self._printer.voices(path, self.vad_threshold)
         voices.save(self.queue, job_id, self.holder, prints)
         labelled = attribution.labelled(segments, prints, bounds)
-        logger.info("job {}: {} voice prints, {}", job_id, len(prints),
-                    _told(len({s.speaker for s in labelled if s.speaker})))
+        logger.info("job {}: {} voice prints, {} in {:.2f} s", job_id, len(prints),
+                    _told(len({s.speaker for s in labelled if s.speaker})), time.monotonic() - began)
         return labelled
 
     def relabel(self, twin_id: int, segments: tuple[Segment, ...], setting: str) -> tuple[Segment, ...]:
