@@ -27,7 +27,10 @@ from common import mb, pct
 from pyannote.core import Annotation, Segment
 from pyannote.metrics.diarization import DiarizationErrorRate
 
-BUILD = common.REPO.parent / "shared" / "speakers" / "build.py"
+# ../shared/speakers beside the project (/work/main), or two levels up from a worktree (/work/wt/x)
+BUILD = next((p for p in (common.REPO.parent / "shared" / "speakers" / "build.py",
+                          common.REPO.parent.parent / "shared" / "speakers" / "build.py") if p.is_file()),
+             common.REPO.parent / "shared" / "speakers" / "build.py")
 SET = common.OUT / "speakers"
 FORMATS = "json,rttm,srt,txt"
 TARGETS = {"der": 0.10, "words": 0.95, "time_share": 0.15, "rss_mb": 250.0}

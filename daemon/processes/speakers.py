@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from threading import Event
 
 from loguru import logger
 
 from daemon.config import speaker_bounds
 from daemon.engine.speakers import attribution, probe
-from daemon.engine.speakers.voices import VoicePrinter
+from daemon.engine.speakers.voices import Stopped, VoicePrinter
 from daemon.queue import voices
 from daemon.queue.jobs import JobQueue
 from daemon.transcript import Segment
@@ -37,15 +38,20 @@ class Speakers:
                                self.unavailable)
         return self.unavailable is None
 
-    def label(self, job_id: int, path: Path, segments: tuple[Segment, ...], setting: str) -> tuple[Segment, ...]:
-        """The job's segments labelled from the voice prints of `path`, which are kept for its duplicates."""
+    def label(self, job_id: int, path: Path, segments: tuple[Segment, ...], setting: str,
+              stop: Event) -> tuple[Segment, ...] | None:
+        """The job's segments labelled from the voice prints of `path`, which are kept for its duplicates;
+        None when `stop` was set meanwhile (a minute of prints for an hour of audio: a stop must not wait)."""
         bounds = speaker_bounds(setting)
         if bounds is None or not segments or not self.available():
             return segments
         began = time.monotonic()
         if self._printer is None:
             self._printer = VoicePrinter()
-        prints = self._printer.voices(path, self.vad_threshold)
+        try:
+            prints = self._printer.voices(path, self.vad_threshold, stop)
+        except Stopped:
+            return None
         voices.save(self.queue, job_id, self.holder, prints)
         labelled = attribution.labelled(segments, prints, bounds)
         logger.info("job {}: {} voice prints, {} in {:.2f} s", job_id, len(prints),

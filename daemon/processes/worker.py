@@ -383,7 +383,12 @@ class Worker:
                 logger.warning("job {}: {}: the audio ended at {:.1f} s of the {:.1f} s its header announced (cut "
                                "short while downloaded or copied?); transcribed what there is", job.id, path.name,
                                decoded, announced)
-            segments = self.speakers.label(job.id, path, tuple(self.queue.segments(job.id)), str(settings["speakers"]))
+            segments = self.speakers.label(job.id, path, tuple(self.queue.segments(job.id)), str(settings["speakers"]),
+                                           self.stop)
+            if segments is None:  # all its windows are kept: next time only the speaker labels are made
+                self.queue.release(job.id, self.name)
+                logger.info("job {}: stopped while labelling speakers; it resumes there next time", job.id)
+                return
             transcript = Transcript(segments, language, self.model_name, decoded, announced, name=path.stem)
             written = self.results.write(job, transcript)
         except AudioError as e:

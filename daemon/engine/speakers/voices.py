@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from threading import Event
 
 import numpy as np
 import torch
@@ -30,6 +31,10 @@ HOP_FRAMES = WINDOW_FRAMES
 MIN_FRAMES = round(0.5 * FRAMES_PER_SECOND)  # shorter bursts print poorly: their words take their neighbours' labels
 PIECE_SAMPLES = 30 * SAMPLE_RATE
 BATCH = 32  # windows embedded together: batching is 2-3x faster than one by one, and memory stays small
+
+
+class Stopped(Exception):
+    """Asked to stop between two pieces of audio: the prints are made again next time."""
 
 
 def plan(speech: np.ndarray) -> list[tuple[int, int]]:
@@ -55,15 +60,23 @@ class VoicePrinter:
     def __init__(self, detector: vad.SpeechDetector | None = None) -> None:
         self.model = campplus.load()
         self.detector = detector or vad.SpeechDetector()
+        self.stop = Event()
 
-    def voices(self, path: Path, threshold: float = 0.5) -> list[Voice]:
-        """The voice prints of `path`, in time order."""
+    def voices(self, path: Path, threshold: float = 0.5, stop: Event | None = None) -> list[Voice]:
+        """The voice prints of `path`, in time order; Stopped once `stop` is set."""
+        self.stop = stop or Event()
         windows = plan(vad.voiced(self._probabilities(path), threshold))
         return list(self._embed(path, windows))
 
+    def _pieces(self, path: Path) -> Iterator[np.ndarray]:
+        for piece in stream_audio(path, PIECE_SAMPLES):
+            if self.stop.is_set():
+                raise Stopped
+            yield piece
+
     def _probabilities(self, path: Path) -> np.ndarray:
         probs, before = [], np.empty(0, np.float32)
-        for piece in stream_audio(path, PIECE_SAMPLES):
+        for piece in self._pieces(path):
             probs.append(np.zeros(len(piece) // HOP_LENGTH, np.float32) if chunking.is_silent(piece)
                          else self.detector.probabilities(piece, before))
             before = piece[-vad.WARMUP_SAMPLES:]
@@ -75,7 +88,7 @@ class VoicePrinter:
         pending = iter(windows)
         ready: list[tuple[int, int]] = []
         window = next(pending, None)
-        for piece in stream_audio(path, PIECE_SAMPLES):
+        for piece in self._pieces(path):
             buffer = np.concatenate([buffer, piece])
             while window is not None and window[1] * HOP_LENGTH <= at + len(buffer):
                 ready.append(window)
