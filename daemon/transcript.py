@@ -37,6 +37,15 @@ class Voice:
 
 
 @dataclass(frozen=True)
+class Turn:
+    """A stretch of one speaker's speech, as the voice prints heard it (RTTM's unit)."""
+
+    start: float
+    end: float
+    speaker: str
+
+
+@dataclass(frozen=True)
 class Transcript:
     """What every output format renders: a job's segments and what it was made with."""
 
@@ -48,6 +57,7 @@ class Transcript:
     # stopped): the transcript is of `duration` seconds only, and says so. None otherwise.
     announced: float | None = None
     name: str | None = None  # the recording's file name without its suffix: RTTM's file id
+    turns: tuple[Turn, ...] = ()  # who spoke when, from the speech itself; () without speaker labels
 
     @property
     def speakers(self) -> tuple[str, ...]:

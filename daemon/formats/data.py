@@ -54,17 +54,19 @@ def tsv(transcript: Transcript) -> str:
 
 def rttm(transcript: Transcript) -> str:
     """One `SPEAKER` line per turn: `SPEAKER <file> 1 <start> <duration> <NA> <NA> <speaker> <NA> <NA>`,
-    a turn being a speaker's words up to a change of speaker or a pause of RTTM_PAUSE_SECONDS. Names
+    a turn being one speaker's speech up to a change of speaker or a pause of RTTM_PAUSE_SECONDS: the
+    speakers' turns as the speech detection bounds them, or without them the words' times. Names
     have no spaces (`Speaker_2`); a recording without labels is all `Speaker_1`'s."""
     uri = re.sub(r"\s+", "_", transcript.name or "") or "recording"
     turns: list[list[Any]] = []  # [start, end, speaker]
-    for seg in transcript.segments:
-        for start, end, speaker in _spans(seg):
-            name = (speaker or "Speaker 1").replace(" ", "_")
-            if turns and turns[-1][2] == name and start - turns[-1][1] <= RTTM_PAUSE_SECONDS:
-                turns[-1][1] = max(turns[-1][1], end)
-            else:
-                turns.append([start, end, name])
+    spans = ([(t.start, t.end, t.speaker) for t in transcript.turns] if transcript.turns
+             else [span for seg in transcript.segments for span in _spans(seg)])
+    for start, end, speaker in spans:
+        name = (speaker or "Speaker 1").replace(" ", "_")
+        if turns and turns[-1][2] == name and start - turns[-1][1] <= RTTM_PAUSE_SECONDS:
+            turns[-1][1] = max(turns[-1][1], end)
+        else:
+            turns.append([start, end, name])
     return "".join(f"SPEAKER {uri} 1 {start:.3f} {max(end - start, 0.0):.3f} <NA> <NA> {name} <NA> <NA>\n"
                    for start, end, name in turns)
 

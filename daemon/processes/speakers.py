@@ -19,7 +19,9 @@ from daemon.engine.speakers import attribution, probe
 from daemon.engine.speakers.voices import Stopped, VoicePrinter
 from daemon.queue import voices
 from daemon.queue.jobs import JobQueue
-from daemon.transcript import Segment
+from daemon.transcript import Segment, Turn
+
+Labels = tuple[tuple[Segment, ...], tuple[Turn, ...]]  # the segments with speakers, and the speakers' turns
 
 
 class Speakers:
@@ -27,42 +29,44 @@ class Speakers:
         self.queue, self.holder, self.vad_threshold = queue, holder, vad_threshold
         self.unavailable: str | None = None
         self._probed = False
-        self._printer: VoicePrinter | None = None  # loaded with the first job that wants labels (~30 MB)
+        self._printer: VoicePrinter | None = None  # loaded with the first job that wants labels (~40 MB)
 
     def available(self) -> bool:
+        """Whether speaker labelling runs here: checked, then loaded, with the first job that wants it."""
         if not self._probed:
             self._probed = True
             self.unavailable = probe.failure()
             if self.unavailable:
                 logger.warning("speaker labels are off on this machine: {}; transcripts come without them",
                                self.unavailable)
+            else:
+                self._printer = VoicePrinter()  # ~4 s: the network is traced for inference once per worker
         return self.unavailable is None
 
     def label(self, job_id: int, path: Path, segments: tuple[Segment, ...], setting: str,
-              stop: Event) -> tuple[Segment, ...] | None:
+              stop: Event) -> Labels | None:
         """The job's segments labelled from the voice prints of `path`, which are kept for its duplicates;
         None when `stop` was set meanwhile (a minute of prints for an hour of audio: a stop must not wait)."""
         bounds = speaker_bounds(setting)
         if bounds is None or not segments or not self.available():
-            return segments
+            return segments, ()
         began = time.monotonic()
-        if self._printer is None:
-            self._printer = VoicePrinter()
+        assert self._printer is not None
         try:
             prints = self._printer.voices(path, self.vad_threshold, stop)
         except Stopped:
             return None
         voices.save(self.queue, job_id, self.holder, prints)
-        labelled = attribution.labelled(segments, prints, bounds)
+        labelled, turns = attribution.labelled(segments, prints, bounds)
         logger.info("job {}: {} voice prints, {} in {:.2f} s", job_id, len(prints),
                     _told(len({s.speaker for s in labelled if s.speaker})), time.monotonic() - began)
-        return labelled
+        return labelled, turns
 
-    def relabel(self, twin_id: int, segments: tuple[Segment, ...], setting: str) -> tuple[Segment, ...]:
+    def relabel(self, twin_id: int, segments: tuple[Segment, ...], setting: str) -> Labels:
         """A duplicate's segments labelled from its twin's kept prints (the same settings made them)."""
         bounds = speaker_bounds(setting)
         if bounds is None or not segments or not self.available():
-            return segments
+            return segments, ()
         return attribution.labelled(segments, voices.of(self.queue, twin_id), bounds)
 
 

@@ -314,9 +314,9 @@ class Worker:
             self._transcribe(job, seen, settings)
             return
         assert twin.id is not None
-        segments = self.speakers.relabel(twin.id, tuple(self.queue.segments(twin.id)), str(settings["speakers"]))
+        segments, turns = self.speakers.relabel(twin.id, tuple(self.queue.segments(twin.id)), str(settings["speakers"]))
         written = self.results.write(job, Transcript(segments, twin.language, twin.model, twin.audio_seconds,
-                                                     twin.announced_seconds, name=path.stem))
+                                                     twin.announced_seconds, name=path.stem, turns=turns))
         self.results.end(job, written, JobStatus.DUPLICATE, duplicate_of=twin.id, audio_seconds=twin.audio_seconds,
                          rtf=0.0, progress=1.0, language=twin.language, model=twin.model, precision=twin.precision,
                          announced_seconds=twin.announced_seconds)
@@ -383,13 +383,14 @@ class Worker:
                 logger.warning("job {}: {}: the audio ended at {:.1f} s of the {:.1f} s its header announced (cut "
                                "short while downloaded or copied?); transcribed what there is", job.id, path.name,
                                decoded, announced)
-            segments = self.speakers.label(job.id, path, tuple(self.queue.segments(job.id)), str(settings["speakers"]),
-                                           self.stop)
-            if segments is None:  # all its windows are kept: next time only the speaker labels are made
+            labels = self.speakers.label(job.id, path, tuple(self.queue.segments(job.id)), str(settings["speakers"]),
+                                         self.stop)
+            if labels is None:  # all its windows are kept: next time only the speaker labels are made
                 self.queue.release(job.id, self.name)
                 logger.info("job {}: stopped while labelling speakers; it resumes there next time", job.id)
                 return
-            transcript = Transcript(segments, language, self.model_name, decoded, announced, name=path.stem)
+            transcript = Transcript(labels[0], language, self.model_name, decoded, announced, name=path.stem,
+                                    turns=labels[1])
             written = self.results.write(job, transcript)
         except AudioError as e:
             self.queue.fail(job.id, self.name, f"{path.name}: {e}")

@@ -14,7 +14,7 @@ import numpy as np
 
 from daemon.engine.speakers import clustering
 from daemon.engine.speakers.voices import FRAMES_PER_SECOND
-from daemon.transcript import Segment, Voice, Word
+from daemon.transcript import Segment, Turn, Voice, Word
 
 
 def label(index: int) -> str:
@@ -78,10 +78,22 @@ def _split(seg: Segment, words: list[Word]) -> list[Segment]:
     return parts
 
 
-def labelled(segments: tuple[Segment, ...], voices: list[Voice], bounds: tuple[int, int]) -> tuple[Segment, ...]:
-    """`segments` with speakers, when the prints hold more than one voice; as they are otherwise
-    (a voice memo must not become "Speaker 1")."""
+def labelled(segments: tuple[Segment, ...], voices: list[Voice],
+             bounds: tuple[int, int]) -> tuple[tuple[Segment, ...], tuple[Turn, ...]]:
+    """`segments` with speakers and the speakers' turns, when the prints hold more than one voice;
+    the segments as they are and no turns otherwise (a voice memo must not become "Speaker 1")."""
     speakers = clustering.cluster(voices, bounds)
     if len(set(speakers.tolist())) < 2:
-        return segments
-    return attribute(segments, frame_speakers(voices, speakers))
+        return segments, ()
+    frames = frame_speakers(voices, speakers)
+    return attribute(segments, frames), turns(frames)
+
+
+def turns(frames: np.ndarray) -> tuple[Turn, ...]:
+    """Each run of frames of one speaker, as the speech detection bounds it (tighter than word times)."""
+    edges = np.flatnonzero(np.diff(frames)) + 1
+    found = []
+    for a, b in zip([0, *edges.tolist()], [*edges.tolist(), len(frames)]):
+        if frames[a] >= 0:
+            found.append(Turn(a / FRAMES_PER_SECOND, b / FRAMES_PER_SECOND, label(int(frames[a]))))
+    return tuple(found)

@@ -16,13 +16,13 @@ from daemon.transcript import Voice
 
 # Cosine distance between the average prints of two groups above which they are two people. CAM++
 # prints of one person's 1.5-s windows lie about 0.2-0.5 apart, of two people 0.7-1.0; the
-# development set (bench/speakers.py) is labelled right from 0.6 to 0.8; at 0.5 one reader became two.
-THRESHOLD = 0.6
+# development set (bench/speakers.py) is labelled right at 0.7; at 0.6 one reader became two.
+THRESHOLD = 0.7
 MAX_ANCHORS = 800  # 800 prints (10 minutes of speech): a 2.6 MB distance matrix, ~0.1 s to cluster
 # A group of fewer prints than this share of all of them (and fewer than MIN_PRINTS) is a stray
 # (a cough, a laugh, a burst of noise), not a person: its prints go to the nearest real group.
 MIN_SHARE = 0.02
-MIN_PRINTS = 3
+MIN_PRINTS = 2
 
 
 def vectors(voices: list[Voice]) -> np.ndarray:

@@ -24,34 +24,39 @@ from daemon.transcript import Voice
 
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH
 # 1.5 s windows: CAM++ tells voices apart well from about a second of speech, and longer windows
-# would straddle more changes of speaker. Side by side, not overlapping: half-overlapping ones cost
-# twice the time and labelled the development set no better (bench/speakers.py).
+# would straddle more changes of speaker. About one per SPACING_FRAMES of a stretch of speech, evenly
+# spread: people mostly change at a pause, which ends a stretch, and a print costs ~20 ms of CPU, so
+# windows side by side (or half-overlapping, the usual choice) cost 3 (6) times as much for the same
+# labels on the development set (bench/speakers.py).
 WINDOW_FRAMES = round(1.5 * FRAMES_PER_SECOND)
-HOP_FRAMES = WINDOW_FRAMES
+SPACING_FRAMES = 2 * WINDOW_FRAMES
 MIN_FRAMES = round(0.5 * FRAMES_PER_SECOND)  # shorter bursts print poorly: their words take their neighbours' labels
 PIECE_SAMPLES = 30 * SAMPLE_RATE
-BATCH = 32  # windows embedded together: batching is 2-3x faster than one by one, and memory stays small
+BATCH = 32  # windows embedded together: 2x faster than one by one, and 32 windows' features are 1.5 MB
 
 
 class Stopped(Exception):
     """Asked to stop between two pieces of audio: the prints are made again next time."""
 
 
-def plan(speech: np.ndarray) -> list[tuple[int, int]]:
-    """(first, end) frames of each window: WINDOW_FRAMES every HOP_FRAMES along each stretch of
-    speech, the last one ending with it; a stretch shorter than a window is one window of its own."""
-    windows = []
+Span = tuple[int, int]  # (first, end) 10 ms frames
+
+
+def plan(speech: np.ndarray) -> list[tuple[Span, Span]]:
+    """Each stretch of speech cut in shares of about SPACING_FRAMES (one share, if shorter), and the
+    window each is printed from: WINDOW_FRAMES in its middle, or all of a share shorter than that.
+    A print stands for its whole share, so every frame of speech gets a speaker."""
+    planned = []
     for start, end in vad.runs(speech):
         if end - start < MIN_FRAMES:
             continue
-        if end - start <= WINDOW_FRAMES:
-            windows.append((start, end))
-            continue
-        starts = list(range(start, end - WINDOW_FRAMES + 1, HOP_FRAMES))
-        if starts[-1] + WINDOW_FRAMES < end:
-            starts.append(end - WINDOW_FRAMES)
-        windows += [(s, s + WINDOW_FRAMES) for s in starts]
-    return windows
+        count = max(1, round((end - start) / SPACING_FRAMES))
+        bounds = [start + round(k * (end - start) / count) for k in range(count + 1)]
+        for first, last in zip(bounds, bounds[1:]):
+            length = min(WINDOW_FRAMES, last - first)
+            middle = first + (last - first - length) // 2
+            planned.append(((first, last), (middle, middle + length)))
+    return planned
 
 
 class VoicePrinter:
@@ -65,8 +70,7 @@ class VoicePrinter:
     def voices(self, path: Path, threshold: float = 0.5, stop: Event | None = None) -> list[Voice]:
         """The voice prints of `path`, in time order; Stopped once `stop` is set."""
         self.stop = stop or Event()
-        windows = plan(vad.voiced(self._probabilities(path), threshold))
-        return list(self._embed(path, windows))
+        return list(self._embed(path, plan(vad.voiced(self._probabilities(path), threshold))))
 
     def _pieces(self, path: Path) -> Iterator[np.ndarray]:
         for piece in stream_audio(path, PIECE_SAMPLES):
@@ -82,37 +86,40 @@ class VoicePrinter:
             before = piece[-vad.WARMUP_SAMPLES:]
         return np.concatenate(probs) if probs else np.empty(0, np.float32)
 
-    def _embed(self, path: Path, windows: list[tuple[int, int]]) -> Iterator[Voice]:
-        """Cut each window out of the audio as it streams by, keeping only what the next ones need."""
+    def _embed(self, path: Path, planned: list[tuple[Span, Span]]) -> Iterator[Voice]:
+        """Cut each window out of the audio as it streams by, keeping only what the next ones need,
+        and embed them BATCH at a time."""
         buffer, at = np.empty(0, np.float32), 0  # the audio held, and the sample it starts at
-        pending = iter(windows)
-        ready: list[tuple[int, int]] = []
-        window = next(pending, None)
+        pending = iter(planned)
+        ready: list[tuple[Span, torch.Tensor]] = []  # shares whose windows are cut out, with their features
+        share, window = next(pending, (None, None))
         for piece in self._pieces(path):
             buffer = np.concatenate([buffer, piece])
-            while window is not None and window[1] * HOP_LENGTH <= at + len(buffer):
-                ready.append(window)
-                window = next(pending, None)
-            yield from self._prints(buffer, at, ready)
-            ready = []
+            while share is not None and window is not None and window[1] * HOP_LENGTH <= at + len(buffer):
+                ready.append((share, self._features(buffer, at, window)))
+                share, window = next(pending, (None, None))
+            if len(ready) >= BATCH:
+                yield from self._prints(ready)
+                ready = []
             keep_from = window[0] * HOP_LENGTH - at if window is not None else len(buffer)
             buffer, at = buffer[keep_from:], at + keep_from
         # The file may end a frame short of what its speech probabilities counted.
-        yield from self._prints(buffer, at, [w for w in [window, *pending] if w is not None])
+        rest = [(share, window), *pending] if share is not None and window is not None else []
+        yield from self._prints(ready + [(s, self._features(buffer, at, w)) for s, w in rest])
 
-    def _prints(self, buffer: np.ndarray, at: int, windows: list[tuple[int, int]]) -> Iterator[Voice]:
-        features = [fbank(torch.from_numpy(buffer[s * HOP_LENGTH - at:e * HOP_LENGTH - at].copy()))
-                    for s, e in windows]
-        vectors: list[np.ndarray] = [np.empty(0)] * len(windows)
-        by_length: dict[int, list[int]] = {}
-        for i, f in enumerate(features):  # windows of one length go through the network together
-            by_length.setdefault(len(f), []).append(i)
-        with torch.inference_mode():
-            for same in by_length.values():
-                for b in range(0, len(same), BATCH):
-                    batch = same[b:b + BATCH]
-                    out = self.model(torch.stack([features[i] for i in batch])).numpy()
-                    for i, v in zip(batch, out):
-                        vectors[i] = v
-        for (s, e), v in zip(windows, vectors):
-            yield Voice(s / FRAMES_PER_SECOND, e / FRAMES_PER_SECOND, v.astype("<f4").tobytes())
+    @staticmethod
+    def _features(buffer: np.ndarray, at: int, window: Span) -> torch.Tensor:
+        """A shorter stretch of speech is repeated to a whole window (the usual padding of speaker
+        verification): the network then takes every window in one batch, twice as fast as alone."""
+        first, end = window
+        audio = buffer[first * HOP_LENGTH - at:end * HOP_LENGTH - at]
+        return fbank(torch.from_numpy(np.resize(audio, WINDOW_FRAMES * HOP_LENGTH) if len(audio) else audio.copy()))
+
+    def _prints(self, ready: list[tuple[Span, torch.Tensor]]) -> Iterator[Voice]:
+        """The prints of the windows cut out, each with the share of speech it stands for."""
+        for b in range(0, len(ready), BATCH):
+            batch = ready[b:b + BATCH]
+            with torch.inference_mode():
+                vectors = self.model(torch.stack([features for _, features in batch])).numpy()
+            for ((first, end), _), v in zip(batch, vectors):
+                yield Voice(first / FRAMES_PER_SECOND, end / FRAMES_PER_SECOND, v.astype("<f4").tobytes())
