@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, func, insert, select
 
-from daemon.queue.db.schema import Job, OutputName, OutputRow, SegmentRow
+from daemon.queue.db.schema import Job, OutputName, OutputRow, SegmentRow, VoiceRow
 
 # Workers are not copied: their rows describe processes, which register again where they run; nor
 # are announcements still to send (deliveries): they belong to the workers that finished the jobs.
-TABLES = [Job.__table__, SegmentRow.__table__, OutputRow.__table__, OutputName.__table__]  # references first
+TABLES = [Job.__table__, SegmentRow.__table__, VoiceRow.__table__, OutputRow.__table__,  # references first
+          OutputName.__table__]
 BATCH_ROWS = 1000
 
 
@@ -18,7 +19,7 @@ class CopyError(Exception):
 
 
 def copy_queue(source: Engine, target: Engine) -> dict[str, int]:
-    """Copy every job (with its checkpoint), segment and output row, ids kept, into `target`, which
+    """Copy every job (with its checkpoint), segment, voice print and output row, ids kept, into `target`, which
     must hold no jobs yet; one transaction, so a failed copy leaves `target` as it was. Rows copied per table."""
     copied = dict.fromkeys((table.name for table in TABLES), 0)
     with source.connect() as src, target.begin() as dst:
