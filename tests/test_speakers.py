@@ -158,6 +158,24 @@ def test_words_go_to_speakers_by_time_and_a_shared_segment_is_split() -> None:
     assert clustering.cluster(_voices([3] * 4 + [7] * 4 + [11] * 4), (1, 20)).tolist() == [0] * 4 + [1] * 4 + [2] * 4
 
 
+def test_voice_prints_of_a_file_are_always_the_same_and_stop_when_asked() -> None:
+    """The prints stand for every stretch of speech, are the same each time (a resumed job gets the
+    same labels) and stop between two pieces of audio when the worker is asked to stop."""
+    from threading import Event
+
+    from daemon.engine.speakers.voices import Stopped, VoicePrinter
+
+    printer = VoicePrinter()
+    prints = printer.voices(CONVERSATION)
+    assert printer.voices(CONVERSATION) == prints
+    heard = sum(v.end - v.start for v in prints)
+    assert 0.85 * sum(b - a for a, b, _ in _reference()) < heard, heard
+    stop = Event()
+    stop.set()
+    with pytest.raises(Stopped):
+        printer.voices(CONVERSATION, stop=stop)
+
+
 # --------------------------------------------------------------------------- the probe
 
 

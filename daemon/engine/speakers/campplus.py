@@ -176,6 +176,9 @@ def load() -> torch.jit.ScriptModule:
     model = CAMPPlus()
     state = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
     model.load_state_dict({k: v.float() for k, v in state.items()})
-    with warnings.catch_warnings(), torch.inference_mode():  # the tracer warns of shapes it turns to numbers:
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the network's are computed again per call
+    with warnings.catch_warnings(), torch.inference_mode():
+        # The tracer warns of shapes it turns to numbers (the network's are computed again per call),
+        # and torch 2.9+ of TorchScript's deprecation (torch.compile needs a compiler at run time).
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         return torch.jit.optimize_for_inference(torch.jit.trace(model.eval(), torch.zeros(1, 150, 80)))
