@@ -116,13 +116,14 @@ def _cer(reference: str, hypothesis: str) -> float:
     return cer(reference, hypothesis)
 
 
-def cost(model: str) -> dict[str, Any]:
+def cost(model: str, threads: int) -> dict[str, Any]:
     audio, _ = common.recording(5, 0)
     result: dict[str, Any] = {}
     for setting in ("off", "auto"):
         with tempfile.TemporaryDirectory(prefix="bench-spk-cost-") as tmp:
             (run,) = common.daemon_transcribe_all([audio], model, Path(tmp), settings={
-                "WHISPER_DAEMON_SPEAKERS": setting, "WHISPER_DAEMON_FORMATS": FORMATS})
+                "WHISPER_DAEMON_SPEAKERS": setting, "WHISPER_DAEMON_FORMATS": FORMATS,
+                "WHISPER_DAEMON_THREADS": str(threads)})
             log = (Path(tmp) / "log" / "worker.log").read_text()
             found = re.search(r"voice prints, (.*) in ([\d.]+) s", log)
             result[setting] = {"wall_seconds": run.measurement.wall_seconds, "peak_rss_mb": run.measurement.peak_rss_mb,
@@ -140,17 +141,49 @@ def cost(model: str) -> dict[str, Any]:
     return {**result, "time_share": share, "rss_delta_mb": delta}
 
 
+PASS_ALONE = """
+import sys
+from pathlib import Path
+from daemon.engine.speakers import attribution, clustering
+from daemon.engine.speakers.voices import VoicePrinter
+prints = VoicePrinter().voices(Path(sys.argv[1]))
+frames = attribution.frame_speakers(prints, clustering.cluster(prints, (1, 20)))
+print(len(prints), len(attribution.turns(frames)))
+"""
+
+
+def memory() -> dict[str, Any]:
+    """Peak RSS of a process that loads the speaker pass and runs it on a 5- and a 65-minute meeting."""
+    result = {}
+    for minutes in (5, 65):
+        audio, _ = common.recording(minutes, 0)
+        m = common.measure([common.PYTHON, "-c", PASS_ALONE, str(audio)], cwd=common.REPO)
+        result[minutes] = {"peak_rss_mb": m.peak_rss_mb, "wall_seconds": m.wall_seconds, "out": m.stdout.strip()}
+    ratio = result[65]["peak_rss_mb"] / result[5]["peak_rss_mb"]
+    print(common.table(["meeting", "peak RSS MB", "wall s", "prints, turns"],
+                       [[f"{k} min", mb(v["peak_rss_mb"]), f"{v['wall_seconds']:.1f}", v["out"]]
+                        for k, v in result.items()]))
+    print(f"speaker pass alone, 65-min / 5-min peak RSS: {ratio:.3f} (target <= 1.10)")
+    return {**result, "ratio": ratio}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="base")
     parser.add_argument("--skip-cost", action="store_true")
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="the worker's torch threads (0: one per core); "
+                        "1 keeps figures steady on a machine others load")
+    parser.add_argument("--memory", action="store_true", help="also: peak RSS of the speaker pass alone, "
+                        "5- vs 65-minute meeting")
     args = parser.parse_args()
     data: dict[str, Any] = {"machine": common.machine(), "model": args.model}
     if not args.skip_accuracy:
         data["accuracy"] = accuracy(args.model)
     if not args.skip_cost:
-        data["cost"] = cost(args.model)
+        data["cost"] = cost(args.model, args.threads)
+    if args.memory:
+        data["memory"] = memory()
     print(common.write_result("speakers", data))
 
 
