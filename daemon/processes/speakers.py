@@ -32,7 +32,9 @@ class Speakers:
         self._printer: VoicePrinter | None = None  # loaded with the first job that wants labels (~40 MB)
 
     def available(self) -> bool:
-        """Whether speaker labelling runs here: checked, then loaded, with the first job that wants it."""
+        """Whether speaker labelling runs here: checked, then loaded, once. The worker asks before it
+        loads Whisper when its own setting wants labels, so the check's child process (torch and CAM++,
+        ~300 MB) never adds to the worker's peak memory; a folder's setting may ask later."""
         if not self._probed:
             self._probed = True
             self.unavailable = probe.failure()
@@ -40,7 +42,7 @@ class Speakers:
                 logger.warning("speaker labels are off on this machine: {}; transcripts come without them",
                                self.unavailable)
             else:
-                self._printer = VoicePrinter()  # ~4 s: the network is traced for inference once per worker
+                self._printer = VoicePrinter()
         return self.unavailable is None
 
     def label(self, job_id: int, path: Path, segments: tuple[Segment, ...], setting: str,

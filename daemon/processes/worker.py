@@ -102,6 +102,8 @@ class Worker:
         if not self._wait_until_model_fits(resolved):
             return  # asked to stop while waiting: run() returns at once
         threads = precision.use_threads(self.cfg.threads)
+        if self.cfg.speakers != "off":
+            self.speakers.available()
         model, device = precision.to_device(load_resolved(resolved), precision.pick_device())
         language = _language_code(self.cfg.language, model.is_multilingual, resolved.name)
         self.precision = precision.choose(self.cfg.precision, device)
