@@ -311,8 +311,8 @@ def test_where_speaker_labelling_cannot_run_the_worker_transcribes_without_it(
     shutil.copy(CONVERSATION, tmp_path / "inbox" / "standup.flac")
     worker = Worker(cfg)
     worker.queue.enqueue(tmp_path / "inbox" / "standup.flac")
-    worker.initialize()
     monkeypatch.setenv("PYTHONPATH", sigill_env["PYTHONPATH"])  # for the children started from now on
+    worker.initialize()  # checks speaker labelling: its setting wants labels
     try:
         assert worker.run_once()
     finally:
