@@ -25,14 +25,14 @@ from daemon.transcript import Voice
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH
 # 1.5 s windows: CAM++ tells voices apart well from about a second of speech, and longer windows
 # would straddle more changes of speaker. About one per SPACING_FRAMES of a stretch of speech, evenly
-# spread: people mostly change at a pause, which ends a stretch, and a print costs ~20 ms of CPU, so
+# spread: people mostly change at a pause, which ends a stretch, and a print costs ~25 ms of CPU, so
 # windows side by side (or half-overlapping, the usual choice) cost 3 (6) times as much for the same
 # labels on the development set (bench/speakers.py).
 WINDOW_FRAMES = round(1.5 * FRAMES_PER_SECOND)
 SPACING_FRAMES = 2 * WINDOW_FRAMES
 MIN_FRAMES = round(0.5 * FRAMES_PER_SECOND)  # shorter bursts print poorly: their words take their neighbours' labels
 PIECE_SAMPLES = 30 * SAMPLE_RATE
-BATCH = 32  # windows embedded together: 2x faster than one by one, and 32 windows' features are 1.5 MB
+BATCH = 32  # windows embedded together: 1.5x as fast as one by one, and 32 windows' features are 1.5 MB
 
 
 class Stopped(Exception):
@@ -110,7 +110,7 @@ class VoicePrinter:
     @staticmethod
     def _features(buffer: np.ndarray, at: int, window: Span) -> torch.Tensor:
         """A shorter stretch of speech is repeated to a whole window (the usual padding of speaker
-        verification): the network then takes every window in one batch, twice as fast as alone."""
+        verification): the network then takes every window in one batch, 1.5x as fast as alone."""
         first, end = window
         audio = buffer[first * HOP_LENGTH - at:end * HOP_LENGTH - at]
         return fbank(torch.from_numpy(np.resize(audio, WINDOW_FRAMES * HOP_LENGTH) if len(audio) else audio.copy()))
