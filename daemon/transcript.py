@@ -84,3 +84,6 @@ class Window:
     # Seconds of audio given to the model in this window, summed over the mels it ran on; 0.0 when
     # the window was skipped without running it. Wall time per model second is the CPU's pace.
     model_seconds: float
+    # VAD's speech probability of each 10 ms frame the window moved past (float32 bytes; None without
+    # VAD): the speaker pass reuses them rather than run the detector over the file again.
+    speech: bytes | None = None

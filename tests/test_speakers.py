@@ -176,6 +176,26 @@ def test_voice_prints_of_a_file_are_always_the_same_and_stop_when_asked() -> Non
         printer.voices(CONVERSATION, stop=stop)
 
 
+def test_prints_made_from_the_transcriptions_speech_scores_match_those_made_alone() -> None:
+    """The speaker pass reuses the speech probabilities the transcription computed (Window.speech),
+    from wherever a resumed job started, and scores only what comes before: the prints are the
+    same as those of a pass that scored the whole file itself."""
+    from whisper.audio import HOP_LENGTH
+
+    from daemon.engine import vad
+    from daemon.engine.audio import SAMPLE_RATE
+    from daemon.engine.feed import Feed
+    from daemon.engine.speakers.voices import VoicePrinter
+
+    piece = 6 * SAMPLE_RATE  # chunk_seconds = 6: several pieces, so a resume lands in the middle
+    printer = VoicePrinter(piece)
+    alone = printer.voices(CONVERSATION)
+    for skip in (0, 3 * piece + 4800):  # from the start, and resumed 0.3 s into the fourth piece
+        feed = Feed(CONVERSATION, piece, skip, vad.SpeechDetector(), 0.5)
+        feed.fill(10 ** 9)
+        assert printer.voices(CONVERSATION, heard=(skip // HOP_LENGTH, feed.probs)) == alone, skip
+
+
 # --------------------------------------------------------------------------- the probe
 
 

@@ -186,10 +186,11 @@ class Engine:
             kept, looped = drop_repeats(self._lines(prompt, decoder.tokenizer) if decoder else [], segments)
             prompt = self._carry(prompt, kept, looped, batch, temperature)
             consumed = seek * HOP_LENGTH
+            speech = feed.probs[:seek].astype("<f4").tobytes() if feed.detector is not None else None
             feed.drop(consumed)
             offset += consumed
             yield Window(kept, Checkpoint(offset / SAMPLE_RATE, tuple(prompt), language), feed.seconds,
-                         model_seconds=model_frames * HOP_LENGTH / SAMPLE_RATE)
+                         model_seconds=model_frames * HOP_LENGTH / SAMPLE_RATE, speech=speech)
 
     def _spans(self, feed: Feed, batch: int) -> list[tuple[int, int]]:
         """The windows of the next pass, in 10 ms frames from the buffer's start; none at the end of

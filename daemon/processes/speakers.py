@@ -12,9 +12,12 @@ import time
 from pathlib import Path
 from threading import Event
 
+import numpy as np
 from loguru import logger
+from whisper.audio import HOP_LENGTH
 
 from daemon.config import speaker_bounds
+from daemon.engine.audio import SAMPLE_RATE
 from daemon.engine.speakers import attribution, probe
 from daemon.engine.speakers.voices import Stopped, VoicePrinter
 from daemon.queue import voices
@@ -25,8 +28,9 @@ Labels = tuple[tuple[Segment, ...], tuple[Turn, ...]]  # the segments with speak
 
 
 class Speakers:
-    def __init__(self, queue: JobQueue, holder: str, vad_threshold: float) -> None:
+    def __init__(self, queue: JobQueue, holder: str, vad_threshold: float, piece_samples: int) -> None:
         self.queue, self.holder, self.vad_threshold = queue, holder, vad_threshold
+        self.piece_samples = piece_samples  # the engine's: what it scored speech in
         self.unavailable: str | None = None
         self._probed = False
         self._printer: VoicePrinter | None = None  # loaded with the first job that wants labels (~40 MB)
@@ -42,20 +46,24 @@ class Speakers:
                 logger.warning("speaker labels are off on this machine: {}; transcripts come without them",
                                self.unavailable)
             else:
-                self._printer = VoicePrinter()
+                self._printer = VoicePrinter(self.piece_samples)
         return self.unavailable is None
 
     def label(self, job_id: int, path: Path, segments: tuple[Segment, ...], setting: str,
-              stop: Event) -> Labels | None:
+              stop: Event, heard_from: float = 0.0, heard: list[bytes] | None = None) -> Labels | None:
         """The job's segments labelled from the voice prints of `path`, which are kept for its duplicates;
-        None when `stop` was set meanwhile (a minute of prints for an hour of audio: a stop must not wait)."""
+        None when `stop` was set meanwhile (a minute of prints for an hour of audio: a stop must not wait).
+        `heard`: the speech probabilities (Window.speech) of the windows decoded from `heard_from` seconds
+        on, None when one came without them."""
         bounds = speaker_bounds(setting)
         if bounds is None or not segments or not self.available():
             return segments, ()
         began = time.monotonic()
         assert self._printer is not None
         try:
-            prints = self._printer.voices(path, self.vad_threshold, stop)
+            known = None if heard is None else (round(heard_from * SAMPLE_RATE) // HOP_LENGTH,
+                                                 np.frombuffer(b"".join(heard), "<f4"))
+            prints = self._printer.voices(path, self.vad_threshold, stop, known)
         except Stopped:
             return None
         voices.save(self.queue, job_id, self.holder, prints)

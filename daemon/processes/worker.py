@@ -21,7 +21,7 @@ from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE  # in the worker only:
 from daemon import logs
 from daemon.config import Config, ConfigError, speaker_bounds
 from daemon.engine import precision
-from daemon.engine.audio import AudioError, probe_seconds
+from daemon.engine.audio import SAMPLE_RATE, AudioError, probe_seconds
 from daemon.engine.transcribe import DecodeSettings, Engine
 from daemon.engine.weights import ModelError, ResolvedModel, load_resolved, resolve_model, smaller_models
 from daemon.files.folders import SETTINGS_FILE, SettingsError, settings_for
@@ -93,7 +93,7 @@ class Worker:
         self._last_recovery = 0.0
         self._storage_backoff = STORAGE_BACKOFF_START_SECONDS
         self.results = Results(cfg, self.queue, self.name)
-        self.speakers = Speakers(self.queue, self.name, cfg.vad_threshold)
+        self.speakers = Speakers(self.queue, self.name, cfg.vad_threshold, int(cfg.chunk_seconds * SAMPLE_RATE))
 
     def initialize(self) -> None:
         self._recover()
@@ -357,8 +357,13 @@ class Worker:
         began = window_began = self.clock()
         processed = decoded = start.offset_seconds  # resumed at the very end: no window, nothing new decoded
         language = start.language
+        heard: list[bytes] | None = []  # the windows' speech probabilities: the speaker pass needs them
         try:
             for window in self.engine.windows(path, start):
+                if heard is not None and window.speech is not None:
+                    heard.append(window.speech)
+                else:
+                    heard = None
                 now = self.clock()
                 # The CPU's pace shows only in windows the model ran on in full: a skipped window's
                 # milliseconds say nothing, and a short one (a lone sentence) still pays a whole encoder pass.
@@ -386,7 +391,7 @@ class Worker:
                                "short while downloaded or copied?); transcribed what there is", job.id, path.name,
                                decoded, announced)
             labels = self.speakers.label(job.id, path, tuple(self.queue.segments(job.id)), str(settings["speakers"]),
-                                         self.stop)
+                                         self.stop, start.offset_seconds, heard)
             if labels is None:  # all its windows are kept: next time only the speaker labels are made
                 self.queue.release(job.id, self.name)
                 logger.info("job {}: stopped while labelling speakers; it resumes there next time", job.id)

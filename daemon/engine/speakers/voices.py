@@ -1,8 +1,10 @@
 """Voice prints of a recording: CAM++ embeddings of short windows over the speech Silero VAD finds.
 
 Two streaming passes over the file, so memory does not grow with its length: the first scores
-speech (one byte per 10 ms frame is kept: 0.4 MB an hour), the second cuts the planned windows
-out of the audio as it streams by and embeds them. Windows sit at fixed places of the speech, so
+speech (one float per 10 ms frame is kept: 1.4 MB an hour), the second cuts the planned windows
+out of the audio as it streams by and embeds them. The first pass is mostly skipped: the
+transcription has scored the speech already (Window.speech), and only what an earlier run of a
+resumed job scored is scored again, in the same pieces, so it comes out the same. Windows sit at fixed places of the speech, so
 the same file always gives the same prints, whether or not the job was stopped on the way.
 """
 
@@ -31,7 +33,7 @@ FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH
 WINDOW_FRAMES = round(1.5 * FRAMES_PER_SECOND)
 SPACING_FRAMES = 2 * WINDOW_FRAMES
 MIN_FRAMES = round(0.5 * FRAMES_PER_SECOND)  # shorter bursts print poorly: their words take their neighbours' labels
-PIECE_SAMPLES = 30 * SAMPLE_RATE
+PIECE_SAMPLES = 30 * SAMPLE_RATE  # the engine's pieces at the default chunk_seconds
 BATCH = 32  # windows embedded together: 1.5x as fast as one by one, and 32 windows' features are 1.5 MB
 
 
@@ -40,6 +42,7 @@ class Stopped(Exception):
 
 
 Span = tuple[int, int]  # (first, end) 10 ms frames
+Heard = tuple[int, np.ndarray]  # speech probabilities of the 10 ms frames from the first one given on
 
 
 def plan(speech: np.ndarray) -> list[tuple[Span, Span]]:
@@ -60,31 +63,47 @@ def plan(speech: np.ndarray) -> list[tuple[Span, Span]]:
 
 
 class VoicePrinter:
-    """CAM++ and Silero VAD, loaded once per worker (about 30 MB together)."""
+    """CAM++, loaded once per worker (about 30 MB with Silero VAD, which only a resumed job or one
+    transcribed without VAD needs)."""
 
-    def __init__(self, detector: vad.SpeechDetector | None = None) -> None:
+    def __init__(self, piece_samples: int = PIECE_SAMPLES) -> None:
         self.model = campplus.load()
-        self.detector = detector or vad.SpeechDetector()
+        self.piece_samples = piece_samples  # the pieces the transcription scored speech in
+        self._detector: vad.SpeechDetector | None = None  # only for what the transcription did not score
         self.stop = Event()
 
-    def voices(self, path: Path, threshold: float = 0.5, stop: Event | None = None) -> list[Voice]:
-        """The voice prints of `path`, in time order; Stopped once `stop` is set."""
+    def voices(self, path: Path, threshold: float = 0.5, stop: Event | None = None,
+               heard: Heard | None = None) -> list[Voice]:
+        """The voice prints of `path`, in time order; Stopped once `stop` is set. `heard`: the speech
+        probabilities the transcription computed, from the frame it started at to the end."""
         self.stop = stop or Event()
-        return list(self._embed(path, plan(vad.voiced(self._probabilities(path), threshold))))
+        return list(self._embed(path, plan(vad.voiced(self._probabilities(path, heard), threshold))))
 
-    def _pieces(self, path: Path) -> Iterator[np.ndarray]:
-        for piece in stream_audio(path, PIECE_SAMPLES):
+    def _pieces(self, path: Path, piece_samples: int = PIECE_SAMPLES) -> Iterator[np.ndarray]:
+        for piece in stream_audio(path, piece_samples):
             if self.stop.is_set():
                 raise Stopped
             yield piece
 
-    def _probabilities(self, path: Path) -> np.ndarray:
-        probs, before = [], np.empty(0, np.float32)
-        for piece in self._pieces(path):
+    def _probabilities(self, path: Path, heard: Heard | None) -> np.ndarray:
+        """Speech probabilities of every frame; those before the `heard` ones scored as the engine's
+        Feed scores them, piece by piece from the file's start."""
+        first, known = heard if heard is not None else (None, np.empty(0, np.float32))
+        probs, before, frames = [known[:0]], np.empty(0, np.float32), 0
+        pieces = self._pieces(path, self.piece_samples) if first != 0 else iter(())
+        for piece in pieces:
             probs.append(np.zeros(len(piece) // HOP_LENGTH, np.float32) if chunking.is_silent(piece)
-                         else self.detector.probabilities(piece, before))
-            before = piece[-vad.WARMUP_SAMPLES:]
-        return np.concatenate(probs) if probs else np.empty(0, np.float32)
+                         else self._detect().probabilities(piece, before))
+            before, frames = piece[-vad.WARMUP_SAMPLES:], frames + len(probs[-1])
+            if first is not None and frames >= first:
+                break
+        scored = np.concatenate(probs)
+        return scored if first is None else np.concatenate([scored[:first], known])
+
+    def _detect(self) -> vad.SpeechDetector:
+        if self._detector is None:
+            self._detector = vad.SpeechDetector()
+        return self._detector
 
     def _embed(self, path: Path, planned: list[tuple[Span, Span]]) -> Iterator[Voice]:
         """Cut each window out of the audio as it streams by, keeping only what the next ones need,
