@@ -5,7 +5,11 @@ file should cost (almost) no more memory than the short one: target long/short <
 openai-whisper's CLI, which decodes the whole file and its whole spectrogram up front, is run on
 the same two files for comparison (--skip-cli skips it: on 60 minutes it takes a long while).
 
+With `--speakers auto` (the daemon's default) the worker also labels speakers, whose pass streams
+the file again: the ratio holds with it on.
+
     .venv/bin/python bench/memory_flat.py [--long-minutes 60] [--short-minutes 5] [--model tiny.en] [--skip-cli]
+                                          [--speakers auto|off]
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--format", default=".m4a")
     parser.add_argument("--skip-cli", action="store_true", help="do not run openai-whisper's CLI for comparison")
+    parser.add_argument("--speakers", default="auto", help="the worker's speakers setting")
     args = parser.parse_args()
 
     machine = common.machine()
@@ -47,7 +52,8 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {"ours": {}}
     for label, (audio, reference) in files.items():
         with tempfile.TemporaryDirectory(prefix="bench-mem-") as tmp:
-            run = common.daemon_transcribe(audio, args.model, Path(tmp), language=language)
+            (run,) = common.daemon_transcribe_all([audio], args.model, Path(tmp), language,
+                                                  {"WHISPER_DAEMON_SPEAKERS": args.speakers})
             text = common.srt_text(run.srt_path)
         results["ours"][label] = {"audio": str(audio), "audio_seconds": run.job["audio_seconds"],
                                   "words_vs_reference": word_ratio(reference, text), **run.measurement.summary()}
@@ -77,14 +83,15 @@ def main() -> None:
     ours_ratio = results["ours"]["ratio_long_short"]
     verdict = "PASS" if ours_ratio <= TARGET else "FAIL"
 
-    print(f"\nPeak RSS, model {args.model}, {args.long_minutes:g} min vs {args.short_minutes:g} min "
-          f"(whole processes, model load included)\n")
+    print(f"\nPeak RSS, model {args.model}, speakers {args.speakers}, {args.long_minutes:g} min vs "
+          f"{args.short_minutes:g} min (whole processes, model load included)\n")
     print(common.table(["run", "audio s", "wall s", "sampled MB", "ru_maxrss MB", "peak MB", "words/ref"], rows))
     print(f"\nours long/short = {ours_ratio:.3f} (target <= {TARGET:.2f}): {verdict}")
     if "cli" in results:
         print(f"openai-whisper CLI long/short = {results['cli']['ratio_long_short']:.3f}")
     path = common.write_result("memory_flat", {
         "params": {"long_minutes": args.long_minutes, "short_minutes": args.short_minutes, "model": args.model,
+                   "speakers": args.speakers,
                    "seed": args.seed, "format": args.format, "skip_cli": args.skip_cli, "checkpoint": str(checkpoint)},
         "machine": machine, "target": TARGET, "verdict": verdict, "results": results,
     })

@@ -7,9 +7,12 @@ the number of speakers is checked, and every word of the JSON is given the speak
 lies in. The same files again with `speakers = off`: the words must not change (same WER).
 Cost: the 5-minute meeting of bench/ (four espeak-ng voices) with speakers off and auto, in the same
 run: the speaker pass's seconds (the worker logs them) against the transcription's, and the peak RSS.
+Overlap (--overlap): a real two-person conversation in which people talk over each other, the
+30-second sample with its reference RTTM that pyannote.audio's wheel carries (MIT; fetched from
+PyPI into bench/out, never committed): DER with and without the overlapped stretches scored.
 
     .venv/bin/python -m pip install pyannote.metrics==4.2.0   # (bench/requirements.txt)
-    .venv/bin/python bench/speakers.py [--model base] [--skip-cost]
+    .venv/bin/python bench/speakers.py [--model base] [--skip-cost] [--overlap]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import re
 import subprocess
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,7 @@ BUILD = next((p for p in (common.REPO.parent / "shared" / "speakers" / "build.py
              common.REPO.parent / "shared" / "speakers" / "build.py")
 SET = common.OUT / "speakers"
 FORMATS = "json,rttm,srt,txt"
+SAMPLE_WHEEL = "pyannote.audio==3.3.2"  # its wheel carries sample.wav and sample.rttm
 TARGETS = {"der": 0.10, "words": 0.95, "time_share": 0.15, "rss_mb": 250.0}
 
 
@@ -110,6 +115,34 @@ def accuracy(model: str) -> dict[str, Any]:
     return {"files": per_file, "der": total_der, "words_right": right / total}
 
 
+def overlap(model: str) -> dict[str, Any]:
+    sample = common.OUT / "pyannote-sample"
+    if not (sample / "sample.rttm").exists():
+        with tempfile.TemporaryDirectory(prefix="bench-spk-wheel-") as tmp:
+            subprocess.run([common.PYTHON, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, SAMPLE_WHEEL],
+                           check=True)
+            with zipfile.ZipFile(next(Path(tmp).glob("*.whl"))) as wheel:
+                sample.mkdir(parents=True, exist_ok=True)
+                for name in ("sample.wav", "sample.rttm"):
+                    (sample / name).write_bytes(wheel.read(f"pyannote/audio/sample/{name}"))
+    reference = rttm((sample / "sample.rttm").read_text())
+    with tempfile.TemporaryDirectory(prefix="bench-spk-overlap-") as tmp:
+        (run,) = common.daemon_transcribe_all([sample / "sample.wav"], model, Path(tmp), settings={
+            "WHISPER_DAEMON_SPEAKERS": "auto", "WHISPER_DAEMON_FORMATS": FORMATS})
+        hypothesis = rttm(next(Path(p) for p in run.job["outputs"] if p.endswith(".rttm")).read_text())
+    speech = reference.get_timeline().support().duration()
+    overlapped = reference.get_overlap().duration()
+    scored = DiarizationErrorRate(collar=0.25)(reference, hypothesis, detailed=True)
+    clean = DiarizationErrorRate(collar=0.25, skip_overlap=True)(reference, hypothesis)
+    parts = {k: scored[k] / scored["total"] for k in ("confusion", "missed detection", "false alarm")}
+    print(f"real conversation with overlap (pyannote.audio's sample, {len(reference.labels())} people, "
+          f"{overlapped:.1f} s of {speech:.1f} s of speech overlapped): found {len(hypothesis.labels())} speakers; "
+          f"DER {pct(scored['diarization error rate'])} (" + ", ".join(f"{k} {pct(v)}" for k, v in parts.items())
+          + f"); without the overlapped stretches {pct(clean)}")
+    return {"der": scored["diarization error rate"], "der_without_overlap": clean, "parts": parts,
+            "speakers": len(hypothesis.labels()), "overlap_seconds": overlapped, "speech_seconds": speech}
+
+
 def _cer(reference: str, hypothesis: str) -> float:
     from tests.speech import cer
 
@@ -174,6 +207,7 @@ def main() -> None:
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="the worker's torch threads (0: one per core); "
                         "1 keeps figures steady on a machine others load")
+    parser.add_argument("--overlap", action="store_true", help="also: DER on a real conversation with overlap")
     parser.add_argument("--memory", action="store_true", help="also: peak RSS of the speaker pass alone, "
                         "5- vs 65-minute meeting")
     args = parser.parse_args()
@@ -182,6 +216,8 @@ def main() -> None:
         data["accuracy"] = accuracy(args.model)
     if not args.skip_cost:
         data["cost"] = cost(args.model, args.threads)
+    if args.overlap:
+        data["overlap"] = overlap(args.model)
     if args.memory:
         data["memory"] = memory()
     print(common.write_result("speakers", data))

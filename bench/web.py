@@ -10,7 +10,8 @@ running transcription.
 3. Cost: a worker transcribes the same meeting with and without a page process that an open
    browser polls (/live every 2 s, as the page's script does), alternating A B, B A over --repeat
    pairs; the ratio of the job's own time (finished_at - started_at) in each pair, and their median;
-   and the page process's CPU seconds against the worker's, which a busy machine does not skew.
+   and the page process's CPU seconds while the worker ran (the page is loaded before it starts, as
+   an open browser has it) against the worker's, which a busy machine does not skew.
 
     .venv/bin/python bench/web.py [--jobs 10000] [--requests 30] [--minutes 2] [--repeat 3] [--skip-cost | --only-cost]
 """
@@ -152,24 +153,27 @@ def transcribe_once(audio: Path, tmp: Path, with_page: bool) -> dict[str, float]
     common.enqueue(audio, env)
     page: subprocess.Popen[str] | None = None
     stop = threading.Event()
+    page_cpu = 0.0
     if with_page:
         page, url = serve(env, tmp)
+        client = httpx.Client(timeout=30)
+        for path in ("/", "/live"):  # the browser has the page open already: its start-up is not the job's cost
+            client.get(url + path).raise_for_status()
 
         def poll() -> None:
-            with httpx.Client(timeout=30) as client:
-                while not stop.wait(POLL_SECONDS):
-                    client.get(url + "/live")
+            while not stop.wait(POLL_SECONDS):
+                client.get(url + "/live").raise_for_status()
+            client.close()
 
         threading.Thread(target=poll, daemon=True).start()
+        page_cpu = -sum(psutil.Process(page.pid).cpu_times()[:2])
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    page_cpu = 0.0
     try:
         subprocess.run([common.PYTHON, "-m", "daemon", "work", "--exit-when-empty"], env=env, cwd=common.REPO,
                        check=True, capture_output=True)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the worker, reaped; the page is still running
-        if page is not None:
-            times = psutil.Process(page.pid).cpu_times()
-            page_cpu = times.user + times.system
+        if page is not None:  # its CPU while the worker ran
+            page_cpu += sum(psutil.Process(page.pid).cpu_times()[:2])
     finally:
         stop.set()
         if page is not None:
