@@ -96,6 +96,34 @@ def test_auto_picks_the_fastest_format_within_the_tolerance(monkeypatch: pytest.
     assert precision.choose("auto", "mps") == "fp16"
 
 
+def test_the_cpus_choice_is_measured_once_and_remembered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe's answer is kept in the cache folder: the next start takes it without measuring (a
+    start on a busy machine keeps the quiet one's choice), and another thread count measures again.
+    Timings are injected, as above, so the two measurements differ."""
+    from daemon.engine.remembered import Remembered
+
+    measured: list[int] = []
+
+    def timings() -> dict[str, float]:
+        measured.append(1)
+        return {"fp32": 9.0, "bf16": 2.5 if len(measured) == 1 else 90.0, "fp16": INF}
+
+    monkeypatch.setattr(precision, "measure_cpu", timings)
+    monkeypatch.setattr(precision, "measure_step", lambda weights: {weights: 1e-4, "int8": float("inf")})
+    threads = torch.get_num_threads()
+    assert precision.choose("auto", "cpu", Remembered(tmp_path)) == "bf16"
+    assert precision.choose("auto", "cpu", Remembered(tmp_path)) == "bf16"  # a new start: remembered
+    assert len(measured) == 1
+    try:
+        torch.set_num_threads(threads + 1)
+        assert precision.choose("auto", "cpu", Remembered(tmp_path)) == "fp32"  # measured again: slower bf16
+    finally:
+        torch.set_num_threads(threads)
+    assert len(measured) == 2
+    assert precision.choose("auto", "cpu", Remembered(None)) == "fp32"  # nothing kept: measured each time
+    assert len(measured) == 3
+
+
 def test_auto_picks_the_fastest_format_on_this_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """What `auto` picks agrees with the timings it took and with the test's own timings."""
     measured: list[dict[str, float]] = []

@@ -199,6 +199,9 @@ def test_prints_made_from_the_transcriptions_speech_scores_match_those_made_alon
 # --------------------------------------------------------------------------- the probe
 
 
+SIGILL_WHY = "the speaker check was killed by SIGILL (an instruction this CPU does not have)"
+
+
 @pytest.fixture
 def sigill_env(tmp_path: Path) -> dict[str, str]:
     """An environment in which every new Python process dies of SIGILL as it starts, as one does
@@ -213,7 +216,24 @@ def test_the_probe_says_why_when_its_child_dies(sigill_env: dict[str, str]) -> N
     from daemon.engine.speakers import probe
 
     assert probe.failure() is None  # this CPU runs it
-    assert probe.failure(sigill_env) == "the speaker check was killed by SIGILL (an instruction this CPU does not have)"
+    assert probe.failure(sigill_env) == SIGILL_WHY
+
+
+def test_a_yes_from_the_probe_is_remembered_and_a_no_is_asked_again(tmp_path: Path,
+                                                                     sigill_env: dict[str, str]) -> None:
+    """A start after the first skips the check's child (~3 s) on the same CPU, torch and code; the
+    children of sigill_env would die, so a yes there can only be a remembered one."""
+    from daemon.engine.remembered import FILE_NAME, Remembered
+    from daemon.engine.speakers import probe
+
+    remembered = Remembered(tmp_path)
+    assert probe.failure(sigill_env, remembered) == SIGILL_WHY
+    assert not (tmp_path / FILE_NAME).exists()  # a no is not kept: the next start asks again
+    assert probe.failure(remembered=remembered) is None
+    assert probe.failure(sigill_env, remembered) is None  # remembered: no child was started
+    (key,) = json.loads((tmp_path / FILE_NAME).read_text())
+    (tmp_path / FILE_NAME).write_text(json.dumps({key[::-1]: "works"}))  # another CPU's (or version's) answer
+    assert probe.failure(sigill_env, remembered) == SIGILL_WHY
 
 
 # --------------------------------------------------------------------------- end to end, with the real model
@@ -327,7 +347,12 @@ def test_where_speaker_labelling_cannot_run_the_worker_transcribes_without_it(
     """The probe's child really dies of SIGILL (sigill_env); the worker, in this process, lives on."""
     from daemon.processes.worker import Worker
 
-    cfg = config.load({"formats": ALL_FORMATS}, env={**daemon_env, "WHISPER_DAEMON_SPEAKERS": "auto"})
+    # A cache folder without the check's yes from earlier tests (it is remembered): the check runs.
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "models").symlink_to(Path(daemon_env["WHISPER_DAEMON_CACHE_DIR"]) / "models")
+    cfg = config.load({"formats": ALL_FORMATS}, env={**daemon_env, "WHISPER_DAEMON_SPEAKERS": "auto",
+                                                     "WHISPER_DAEMON_CACHE_DIR": str(cache)})
     shutil.copy(CONVERSATION, tmp_path / "inbox" / "standup.flac")
     worker = Worker(cfg)
     worker.queue.enqueue(tmp_path / "inbox" / "standup.flac")
@@ -339,7 +364,7 @@ def test_where_speaker_labelling_cannot_run_the_worker_transcribes_without_it(
         worker.shutdown()
     (job,) = worker.queue.jobs()
     assert job.status.value == "done"
-    assert worker.speakers.unavailable == "the speaker check was killed by SIGILL (an instruction this CPU does not have)"
+    assert worker.speakers.unavailable == SIGILL_WHY
     outputs = _outputs(tmp_path / "outbox", "standup")
     _unlabelled(outputs)
     assert wer((FIXTURES / "conversation.txt").read_text(), outputs["txt"]) <= 0.25

@@ -34,6 +34,8 @@ from loguru import logger
 from torch import Tensor
 from whisper.model import Whisper
 
+from daemon.engine.remembered import Remembered, source
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROBE_SIZE = 512  # a matmul the size of base's attention projections
 PROBE_REPEATS = 20
@@ -105,13 +107,27 @@ def measure_step(weights: str) -> dict[str, float]:
     return fastest_tries(products, STEP_REPEATS)
 
 
-def choose(requested: str, device: str) -> str:
+def choose(requested: str, device: str, remembered: Remembered | None = None) -> str:
     """Resolve `auto` (and the half format under an `int8` decoder) for this device; explicit
-    formats are kept. On a GPU, `auto` and `int8` are fp16: int8 kernels here are the CPU's."""
+    formats are kept. On a GPU, `auto` and `int8` are fp16: int8 kernels here are the CPU's.
+    The CPU's answer is measured once and `remembered` (keyed by the CPU, torch, the thread count and
+    this module's code), so later starts skip the probe and keep the same choice."""
     if requested not in ("auto", INT8):
         return requested
     if device in ("cuda", "mps"):
         return "fp16"
+    remembered = remembered or Remembered(None)
+    key = remembered.key("precision", requested, torch.__version__, torch.get_num_threads(), source(__file__))
+    if (kept := remembered.get(key)) is not None:
+        logger.info("precision {} → {} (measured at an earlier start on this CPU; {} keeps it)", requested, kept,
+                    remembered.path)
+        return kept
+    chosen = _measure_choice(requested)
+    remembered.put(key, chosen)
+    return chosen
+
+
+def _measure_choice(requested: str) -> str:
     threads = torch.get_num_threads()
     # One thread: a product split over two threads waits for the slower, and on a busy machine
     # every run has one thread held up, however many runs are tried. One thread compares the

@@ -18,6 +18,7 @@ from whisper.audio import HOP_LENGTH
 
 from daemon.config import speaker_bounds
 from daemon.engine.audio import SAMPLE_RATE
+from daemon.engine.remembered import Remembered
 from daemon.engine.speakers import attribution, probe
 from daemon.engine.speakers.voices import Stopped, VoicePrinter
 from daemon.queue import voices
@@ -28,20 +29,23 @@ Labels = tuple[tuple[Segment, ...], tuple[Turn, ...]]  # the segments with speak
 
 
 class Speakers:
-    def __init__(self, queue: JobQueue, holder: str, vad_threshold: float, piece_samples: int) -> None:
+    def __init__(self, queue: JobQueue, holder: str, vad_threshold: float, piece_samples: int,
+                 remembered: Remembered) -> None:
         self.queue, self.holder, self.vad_threshold = queue, holder, vad_threshold
         self.piece_samples = piece_samples  # the engine's: what it scored speech in
+        self.remembered = remembered  # the check's answer from an earlier start
         self.unavailable: str | None = None
         self._probed = False
-        self._printer: VoicePrinter | None = None  # loaded with the first job that wants labels (~40 MB)
+        self._printer: VoicePrinter | None = None  # its network loads with the first job that needs it (~40 MB)
 
     def available(self) -> bool:
-        """Whether speaker labelling runs here: checked, then loaded, once. The worker asks before it
-        loads Whisper when its own setting wants labels, so the check's child process (torch and CAM++,
-        ~300 MB) never adds to the worker's peak memory; a folder's setting may ask later."""
+        """Whether speaker labelling runs here: checked once (remembered from an earlier start when it
+        can be). The worker asks before it loads Whisper when its own setting wants labels, so the
+        check's child process (torch and CAM++, ~300 MB) never adds to the worker's peak memory; a
+        folder's setting may ask later."""
         if not self._probed:
             self._probed = True
-            self.unavailable = probe.failure()
+            self.unavailable = probe.failure(remembered=self.remembered)
             if self.unavailable:
                 logger.warning("speaker labels are off on this machine: {}; transcripts come without them",
                                self.unavailable)

@@ -22,6 +22,7 @@ from daemon import logs
 from daemon.config import Config, ConfigError, speaker_bounds
 from daemon.engine import precision
 from daemon.engine.audio import SAMPLE_RATE, AudioError, probe_seconds
+from daemon.engine.remembered import Remembered
 from daemon.engine.transcribe import DecodeSettings, Engine
 from daemon.engine.weights import ModelError, ResolvedModel, load_resolved, resolve_model, smaller_models
 from daemon.files.folders import SETTINGS_FILE, SettingsError, settings_for
@@ -93,7 +94,9 @@ class Worker:
         self._last_recovery = 0.0
         self._storage_backoff = STORAGE_BACKOFF_START_SECONDS
         self.results = Results(cfg, self.queue, self.name)
-        self.speakers = Speakers(self.queue, self.name, cfg.vad_threshold, int(cfg.chunk_seconds * SAMPLE_RATE))
+        self.remembered = Remembered(cfg.cache_dir)  # start-up checks' answers from earlier starts
+        self.speakers = Speakers(self.queue, self.name, cfg.vad_threshold, int(cfg.chunk_seconds * SAMPLE_RATE),
+                                 self.remembered)
 
     def initialize(self) -> None:
         self._recover()
@@ -106,7 +109,7 @@ class Worker:
             self.speakers.available()
         model, device = precision.to_device(load_resolved(resolved), precision.pick_device())
         language = _language_code(self.cfg.language, model.is_multilingual, resolved.name)
-        self.precision = precision.choose(self.cfg.precision, device)
+        self.precision = precision.choose(self.cfg.precision, device, self.remembered)
         model = precision.convert(model, self.precision)
         release_memory()  # what the loading and the conversion freed: a model's size, kept by glibc otherwise
         self.model_name = resolved.name
@@ -122,8 +125,9 @@ class Worker:
         self.heartbeat.start()
         self.results.announce_left()
         logger.info("worker ready ({}): model {} from {} on {}, {} weights ({:.0f} MB), {} torch threads; "
-                    "queue {}", self.name, resolved.name, resolved.source, device, self.precision,
-                    precision.weight_bytes(model) / MB, threads, describe(self.cfg.db))
+                    "queue {}; {:.2f} s after the process started", self.name, resolved.name, resolved.source, device,
+                    self.precision, precision.weight_bytes(model) / MB, threads, describe(self.cfg.db),
+                    time.time() - psutil.Process().create_time())
 
     def _wait_until_model_fits(self, resolved: ResolvedModel) -> bool:
         """Whether the model fits in free memory, waiting (paused, shown in `status`) until it does;

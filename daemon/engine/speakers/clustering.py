@@ -10,7 +10,6 @@ size, stays the same few megabytes for an hour of speech as for five minutes.
 from __future__ import annotations
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
 
 from daemon.transcript import Voice
 
@@ -39,8 +38,11 @@ def cluster(voices: list[Voice], bounds: tuple[int, int]) -> np.ndarray:
     v = vectors(voices)
     low, high = bounds
     anchors = v if len(v) <= MAX_ANCHORS else v[np.linspace(0, len(v) - 1, MAX_ANCHORS).round().astype(int)]
-    if len(anchors) < 2:
+    if len(anchors) < 2 or (low <= 1 and (anchors @ anchors.T).min() >= 1 - THRESHOLD):
+        # Every pair closer than THRESHOLD: average linkage would merge them all. A voice memo ends here.
         return np.zeros(len(v), int)
+    from scipy.cluster.hierarchy import fcluster, linkage  # 0.7 s to import: only when there is a tree to cut
+
     tree = linkage(anchors, method="average", metric="cosine")
     groups = fcluster(tree, t=THRESHOLD, criterion="distance")
     found = len(set(groups))

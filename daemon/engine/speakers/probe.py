@@ -1,21 +1,41 @@
 """Does speaker labelling run on this machine? Asked of a child process, once per worker.
 
 A native library built for instructions this CPU lacks dies with SIGILL, which no `except` can
-catch: the child takes the blow, and the worker transcribes without speakers and says why.
+catch: the child takes the blow, and the worker transcribes without speakers and says why. A yes
+is remembered (engine/remembered.py: keyed by the CPU, torch and this package's code and weights),
+so later starts skip the child's ~3 s; a no is asked again at every start.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
+
+from daemon.engine.remembered import Remembered, source
 
 TIMEOUT_SECONDS = 120  # loading torch and CAM++ takes ~3 s; a machine swapping hard, far longer
 
 
-def failure(env: dict[str, str] | None = None) -> str | None:
+def failure(env: dict[str, str] | None = None, remembered: Remembered | None = None) -> str | None:
     """None when speaker labelling works here; otherwise why it does not, for the log."""
+    remembered = remembered or Remembered(None)
+    package = Path(__file__).parent
+    key = remembered.key("speakers", importlib.metadata.version("torch"), importlib.metadata.version("numpy"),
+                         importlib.metadata.version("scipy"), source(*sorted(package.glob("*.py")),
+                                                                     *sorted(package.glob("*.pt"))))
+    if remembered.get(key) == "works":
+        return None
+    why = _ask_a_child(env)
+    if why is None:
+        remembered.put(key, "works")
+    return why
+
+
+def _ask_a_child(env: dict[str, str] | None) -> str | None:
     try:
         done = subprocess.run([sys.executable, "-m", "daemon.engine.speakers.probe"], capture_output=True,
                               text=True, timeout=TIMEOUT_SECONDS, env=env)

@@ -63,11 +63,11 @@ def plan(speech: np.ndarray) -> list[tuple[Span, Span]]:
 
 
 class VoicePrinter:
-    """CAM++, loaded once per worker (about 30 MB with Silero VAD, which only a resumed job or one
-    transcribed without VAD needs)."""
+    """CAM++, loaded once per worker when first needed (about 30 MB with Silero VAD, which only a
+    resumed job or one transcribed without VAD needs)."""
 
     def __init__(self, piece_samples: int = PIECE_SAMPLES) -> None:
-        self.model = campplus.load()
+        self._model: campplus.CAMPPlus | None = None  # loaded with the first recording that needs two prints
         self.piece_samples = piece_samples  # the pieces the transcription scored speech in
         self._detector: vad.SpeechDetector | None = None  # only for what the transcription did not score
         self.stop = Event()
@@ -77,7 +77,16 @@ class VoicePrinter:
         """The voice prints of `path`, in time order; Stopped once `stop` is set. `heard`: the speech
         probabilities the transcription computed, from the frame it started at to the end."""
         self.stop = stop or Event()
-        return list(self._embed(path, plan(vad.voiced(self._probabilities(path, heard), threshold))))
+        planned = plan(vad.voiced(self._probabilities(path, heard), threshold))
+        if len(planned) < 2:  # one print tells no voices apart: a short memo costs no network
+            return []
+        return list(self._embed(path, planned))
+
+    @property
+    def model(self) -> campplus.CAMPPlus:
+        if self._model is None:
+            self._model = campplus.load()
+        return self._model
 
     def _pieces(self, path: Path, piece_samples: int = PIECE_SAMPLES) -> Iterator[np.ndarray]:
         for piece in stream_audio(path, piece_samples):
