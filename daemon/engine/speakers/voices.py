@@ -4,8 +4,9 @@ Two streaming passes over the file, so memory does not grow with its length: the
 speech (one float per 10 ms frame is kept: 1.4 MB an hour), the second cuts the planned windows
 out of the audio as it streams by and embeds them. The first pass is mostly skipped: the
 transcription has scored the speech already (Window.speech), and only what an earlier run of a
-resumed job scored is scored again, in the same pieces, so it comes out the same. Windows sit at fixed places of the speech, so
-the same file always gives the same prints, whether or not the job was stopped on the way.
+resumed job scored is scored again, in the same pieces, so it comes out the same. Windows sit at
+fixed places of the speech, so the same file always gives the same prints, whether or not the job
+was stopped on the way.
 """
 
 from __future__ import annotations
