@@ -1,15 +1,20 @@
 """Which number format `precision = "auto"` may rightly pick on this CPU, judged by a measurement of
 its own: the same matrix product as daemon/engine/precision.py's probe, timed by torch.utils.benchmark, so a
-probe that timed the wrong thing could not vouch for itself."""
+probe that timed the wrong thing could not vouch for itself. And what a format does to the numbers
+beam search reads: the next-token distributions along a known text, compared with fp32's."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch.utils import benchmark
+from whisper.model import Whisper
+from whisper.tokenizer import get_tokenizer
 
 from daemon.engine import precision
+from daemon.engine.decoder import Decoder
 
 NOISE = 2.0  # two timings of one product on a busy 2-core machine can differ this much
 HALVES = ("bf16", "fp16")
@@ -33,3 +38,29 @@ def right_choices(seconds: Mapping[str, float], noise: float = NOISE) -> set[str
     keeps_up = precision.KEEPS_UP * fp32
     choices = {h for h in HALVES if seconds[h] <= noise * best_half and seconds[h] <= noise * keeps_up}
     return choices | ({"fp32"} if noise * best_half >= keeps_up else set())
+
+
+def next_token_logprobs(model: Whisper, mel: torch.Tensor, language: str, text: str) -> torch.Tensor:
+    """Log-probabilities of the next token at each position of `text` read by the model as the
+    transcript of `mel` (one window, N_FRAMES), through our decoder (teacher forcing):
+    (positions, vocabulary), the first position predicting the text's first token."""
+    tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages, language=language,
+                              task="transcribe")
+    sot = list(tokenizer.sot_sequence_including_notimestamps)
+    tokens = [*sot, *tokenizer.encode(text.strip())]
+    with torch.inference_mode():
+        audio = model.encoder(mel[None].to(model.encoder.conv1.weight.dtype))
+        cross = model.decoder.blocks[0].cross_attn
+        assert cross is not None
+        audio = audio.to(cross.key.weight.dtype)  # an int8 decoder's audio keys are in its model's format
+        decoder = Decoder(model, tokenizer)
+        _, layers = decoder._layers(audio, 1, len(tokens))
+        hidden = decoder._hidden(torch.tensor([tokens], device=audio.device), layers, 0, 1)
+        return F.log_softmax(decoder._logits(hidden[0, len(sot) - 1:-1]).float(), -1)
+
+
+def divergence(reference: torch.Tensor, other: torch.Tensor) -> tuple[int, float]:
+    """(positions whose likeliest token differs, summed KL(reference ‖ other)) of two
+    next_token_logprobs of the same text."""
+    changed = int((reference.argmax(-1) != other.argmax(-1)).sum())
+    return changed, float((reference.exp() * (reference - other)).sum())

@@ -11,8 +11,8 @@ rules, temperature sampling, beam search with whisper's ranking — so it picks 
 - a preallocated self-attention cache, one tensor for all layers, the prompt's part held once
   for all the beams of a window;
 - logits only for the positions that are read, through the int8 output projection when the
-  model has one (`precision.Int8Embedding`), and int8 products throughout under an int8
-  decoder (`precision.Int8Linear`);
+  model has one (`precision.Int8Embedding`), and int8 products for most projections under an
+  int8 decoder (`precision.Int8Linear`);
 - beams of one window attending to its audio and its prompt in one matrix product.
 
 In fp32 it picks the same tokens as `DecodingTask` (tests/test_decoder.py). tiny.en with 2 beams
@@ -64,8 +64,12 @@ def _norm(x: Tensor, ln: torch.nn.LayerNorm) -> Tensor:
 def _project(x: Tensor, linear: torch.nn.Linear | Int8Linear) -> Tensor:
     if isinstance(linear, Int8Linear):
         return linear.forward(x)
-    # F.linear on the parameters directly: a module call costs as much as a small product here
-    return F.linear(x, linear.weight, linear.bias)
+    # F.linear on the parameters directly: a module call costs as much as a small product here.
+    # Under an int8 decoder the states are fp32 and the MLP's second projection is in the model's format.
+    weight = linear.weight
+    if x.dtype == weight.dtype:
+        return F.linear(x, weight, linear.bias)
+    return F.linear(x.to(weight.dtype), weight, linear.bias).to(x.dtype)
 
 
 class _TextCache:

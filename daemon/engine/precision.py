@@ -11,10 +11,11 @@ level cache). Held as int8 rows with one scale per row, the product reads half a
 1.30 → 0.37 ms a token here, with the same transcripts on our benchmark clips.
 
 `int8` goes further on a CPU, where decoding is a few rows at a time and reading the weights is
-most of the work: every decoder projection, the output projection included, holds int8 weights
-(one scale per row) and multiplies in int8, each input quantized as it comes (dynamic quantization,
+most of the work: the decoder's projections, the output projection included, hold int8 weights
+(one scale per row) and multiply in int8, each input quantized as it comes (dynamic quantization,
 as CTranslate2's int8 does; fbgemm's kernels on x86, qnnpack's on ARM). The rest of the model stays
-in the half format (or fp32), and so do the keys and values of the audio, computed once a window.
+in the half format (or fp32), and so do the keys and values of the audio, computed once a window,
+and the MLP's second projection, whose inputs one int8 scale cannot hold (see `convert`).
 `auto` takes it when a decoding step's product is measured faster in int8 than in that format.
 A resolved choice names both: "int8+bf16" is an int8 decoder, the rest in bf16.
 """
@@ -250,13 +251,26 @@ class Int8Embedding(torch.nn.Module):
         return out.float().reshape(*hidden.shape[:-1], -1)
 
 
+def int8_encoder(encoder: torch.nn.Module) -> torch.nn.Module:
+    """`encoder` with its blocks' projections (attention and MLP) as Int8Linears made from their
+    weights; the convolutions stay."""
+    for block in encoder.blocks:
+        for name in ("query", "key", "value", "out"):
+            linear = getattr(block.attn, name)
+            setattr(block.attn, name, Int8Linear(*int8_rows(linear.weight), linear.bias))
+        for i in (0, 2):
+            block.mlp[i] = Int8Linear(*int8_rows(block.mlp[i].weight), block.mlp[i].bias)
+    return encoder
+
+
 def convert(model: Whisper, precision: str) -> Whisper:
     """Hold the weights in `precision` (a resolved choice); LayerNorms stay fp32 because whisper
     computes them in fp32.
 
     On a CPU, a half-precision model's token embedding becomes an `Int8Embedding`. Under an int8
     decoder (CPU only), its projections become `Int8Linear`s made from the fp32 weights, except the
-    audio's keys and values; its embeddings and states stay fp32, since the products are int8 anyway.
+    audio's keys and values and the MLP's second projection (both in `dtype`); its embeddings and
+    states stay fp32, since most products are int8 anyway.
     """
     int8, weights = formats(precision)
     dtype = DTYPES[weights]
@@ -274,8 +288,12 @@ def convert(model: Whisper, precision: str) -> Whisper:
                 for name in names:
                     linear = getattr(attention, name)
                     setattr(attention, name, Int8Linear(*int8_rows(linear.weight), linear.bias))
-            for i in (0, 2):  # the MLP's two projections, either side of its GELU
-                block.mlp[i] = Int8Linear(*int8_rows(block.mlp[i].weight), block.mlp[i].bias)
+            # The MLP's first projection; its second stays in `dtype`: the GELU's outputs it reads
+            # have a few channels far larger than the rest, which one int8 scale per input cannot
+            # hold (bench/precision_parts.py: in int8 it alone changed 6% of Mandarin's likeliest
+            # next tokens against fp32's, every other projection together under 1%).
+            block.mlp[0] = Int8Linear(*int8_rows(block.mlp[0].weight), block.mlp[0].bias)
+            block.mlp[2].to(dtype)
         embedding = Int8Embedding(decoder.token_embedding.weight.detach(), torch.float32, int8_logits=True)
         decoder.token_embedding = embedding  # type: ignore[assignment]
         decoder.positional_embedding.data = decoder.positional_embedding.float()

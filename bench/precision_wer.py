@@ -1,0 +1,105 @@
+"""Accuracy and time of resolved number formats: the engine in one process, model loaded once.
+
+Each variant is the fp32 model converted as the worker would (`precision.convert`), optionally with
+the encoder's projections in int8 (`+encoder-int8`, issue 25's lever 3). On the same audio, with the
+daemon's default decoding: WER on a synthetic meeting (tests.speech.meeting) and on the real English
+clips, CER on the real Mandarin clips (bench/realspeech.py's clips and scoring rules), and the
+seconds each variant took, its runs taken in turns (A B C, then C B A with --repeat 2), so a machine
+that slows down mid-run hits every variant alike.
+
+    .venv/bin/python bench/precision_wer.py [--model base] [--variants fp32 int8+bf16 ...] [--minutes 5]
+        [--parts meeting en zh] [--repeat 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import common
+import torch
+from precision_parts import fc2_int8
+from realspeech import clips
+
+from daemon.engine import precision
+from daemon.engine.transcribe import Engine
+from daemon.engine.weights import load_model
+from tests.speech import edit_distance, mandarin_characters, words
+
+ENCODER_INT8 = "+encoder-int8"
+FC2_INT8 = "+fc2-int8"  # an int8 decoder as before issue 25: the MLP's second projection in int8 too
+
+
+def build(fp32: torch.nn.Module, variant: str) -> torch.nn.Module:
+    model = copy.deepcopy(fp32)
+    name = variant.removesuffix(FC2_INT8).removesuffix(ENCODER_INT8)
+    if ENCODER_INT8 in variant:
+        precision.int8_encoder(model.encoder)  # from the fp32 weights, before convert sets the rest's format
+    return precision.convert(fc2_int8(model) if FC2_INT8 in variant else model, name)
+
+
+def errors(language: str, reference: str, text: str) -> tuple[int, int]:
+    if language == "zh":
+        ref, hyp = mandarin_characters(reference), mandarin_characters(text)
+    else:
+        ref, hyp = words(reference), words(text)
+    return edit_distance(ref, hyp), len(ref)
+
+
+def transcribe(model: torch.nn.Module, path: Path) -> str:
+    return " ".join(s.text for w in Engine(model).windows(path) for s in w.segments)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="base")
+    parser.add_argument("--variants", nargs="+", default=["fp32", "int8+bf16"])
+    parser.add_argument("--minutes", type=float, default=5)
+    parser.add_argument("--parts", nargs="+", default=["meeting", "en", "zh"], choices=["meeting", "en", "zh"])
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    threads = precision.use_threads()  # as the worker does
+    fp32, _ = load_model(args.model, common.MODEL_CACHE)
+    models = {v: build(fp32, v) for v in args.variants}
+    audio: dict[str, list[tuple[Path, str, str]]] = {}  # part: (path, language, reference)
+    if "meeting" in args.parts:
+        path, reference = common.recording(args.minutes, seed=0)
+        audio["meeting"] = [(path, "en", reference)]
+    for language in ("en", "zh"):
+        if language in args.parts:
+            audio[language] = [(c, language, c.with_suffix(".txt").read_text(encoding="utf-8")) for c in clips(language)]
+    seconds: dict[tuple[str, str], list[float]] = {}
+    scores: dict[tuple[str, str], tuple[int, int]] = {}
+    for repeat in range(args.repeat):
+        order = args.variants if repeat % 2 == 0 else args.variants[::-1]
+        for part, items in audio.items():
+            for variant in order:
+                began = time.perf_counter()
+                texts = [transcribe(models[variant], path) for path, _, _ in items]
+                seconds.setdefault((variant, part), []).append(time.perf_counter() - began)
+                counts = [errors(language, reference, text) for (_, language, reference), text in zip(items, texts)]
+                scores[(variant, part)] = (sum(e for e, _ in counts), sum(n for _, n in counts))
+                print(f"{variant} {part}: {scores[(variant, part)]} errors/reference, "
+                      f"{seconds[(variant, part)][-1]:.1f} s", flush=True)
+    first = args.variants[0]
+    rows = []
+    for variant in args.variants:
+        row: list[object] = [variant]
+        for part in audio:
+            e, n = scores[(variant, part)]
+            s = min(seconds[(variant, part)])
+            row += [f"{e / n:.2%} ({e})", f"{s:.1f}", f"{s / min(seconds[(first, part)]):.2f}x"]
+        rows.append(row)
+    header = ["variant"] + [h for part in audio for h in (f"{part} error rate", f"{part} s", f"{part} vs {first}")]
+    print(f"model {args.model}, {threads} threads, engine defaults; fastest of {args.repeat} run(s) in turns")
+    print(common.table(header, rows))
+    common.write_result("precision_wer", {
+        "model": args.model, "machine": common.machine(),
+        "results": {f"{v}/{p}": {"errors": scores[(v, p)][0], "reference": scores[(v, p)][1],
+                                 "seconds": seconds[(v, p)]} for v, p in scores}})
+
+
+if __name__ == "__main__":
+    main()
