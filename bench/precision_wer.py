@@ -8,7 +8,7 @@ seconds each variant took, its runs taken in turns (A B C, then C B A with --rep
 that slows down mid-run hits every variant alike.
 
     .venv/bin/python bench/precision_wer.py [--model base] [--variants fp32 int8+bf16 ...] [--minutes 5]
-        [--parts meeting en zh] [--repeat 1]
+        [--parts meeting en zh] [--repeat 1] [--threads 0]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import common
 import torch
-from precision_parts import fc2_int8
+from precision_parts import fc2_int8, int8_encoder
 from realspeech import clips
 
 from daemon.engine import precision
@@ -36,7 +36,7 @@ def build(fp32: torch.nn.Module, variant: str) -> torch.nn.Module:
     model = copy.deepcopy(fp32)
     name = variant.removesuffix(FC2_INT8).removesuffix(ENCODER_INT8)
     if ENCODER_INT8 in variant:
-        precision.int8_encoder(model.encoder)  # from the fp32 weights, before convert sets the rest's format
+        int8_encoder(model.encoder)  # from the fp32 weights, before convert sets the rest's format
     return precision.convert(fc2_int8(model) if FC2_INT8 in variant else model, name)
 
 
@@ -59,8 +59,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5)
     parser.add_argument("--parts", nargs="+", default=["meeting", "en", "zh"], choices=["meeting", "en", "zh"])
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core, as the worker)")
     args = parser.parse_args()
-    threads = precision.use_threads()  # as the worker does
+    threads = precision.use_threads(args.threads)
     fp32, _ = load_model(args.model, common.MODEL_CACHE)
     models = {v: build(fp32, v) for v in args.variants}
     audio: dict[str, list[tuple[Path, str, str]]] = {}  # part: (path, language, reference)

@@ -251,18 +251,6 @@ class Int8Embedding(torch.nn.Module):
         return out.float().reshape(*hidden.shape[:-1], -1)
 
 
-def int8_encoder(encoder: torch.nn.Module) -> torch.nn.Module:
-    """`encoder` with its blocks' projections (attention and MLP) as Int8Linears made from their
-    weights; the convolutions stay."""
-    for block in encoder.blocks:
-        for name in ("query", "key", "value", "out"):
-            linear = getattr(block.attn, name)
-            setattr(block.attn, name, Int8Linear(*int8_rows(linear.weight), linear.bias))
-        for i in (0, 2):
-            block.mlp[i] = Int8Linear(*int8_rows(block.mlp[i].weight), block.mlp[i].bias)
-    return encoder
-
-
 def convert(model: Whisper, precision: str) -> Whisper:
     """Hold the weights in `precision` (a resolved choice); LayerNorms stay fp32 because whisper
     computes them in fp32.
