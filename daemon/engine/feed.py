@@ -52,9 +52,7 @@ class Feed:
             kept = max(0, len(piece) - (self.decoded - self.skip))  # a whole number of 10 ms frames
             self.audio = np.concatenate([self.audio, piece[kept:]])
             if self.detector is not None:
-                # Silence needs no detector: 3 hours of it stay nearly free.
-                probs = (np.zeros(len(piece) // HOP_LENGTH, np.float32) if chunking.is_silent(piece)
-                         else self.detector.probabilities(piece, self._before))
+                probs = self.detector.probabilities(piece, self._before)
                 self.probs = np.concatenate([self.probs, probs[kept // HOP_LENGTH:]])
             self._before = piece[-vad.WARMUP_SAMPLES:]
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from whisper.audio import HOP_LENGTH
 
+from daemon.engine import chunking
 from daemon.engine.audio import SAMPLE_RATE
 
 FRAME_SAMPLES = 512  # Silero's frame at 16 kHz (32 ms)
@@ -50,6 +51,8 @@ class SpeechDetector:
     def probabilities(self, piece: np.ndarray, before: np.ndarray) -> np.ndarray:
         """Speech probability of each 10 ms frame of `piece`; `before` is the audio preceding it
         (at most WARMUP_SAMPLES; empty at the start of the file)."""
+        if chunking.is_silent(piece):  # silence needs no detector: 3 hours of it stay nearly free
+            return np.zeros(len(piece) // HOP_LENGTH, np.float32)
         frames = -(-len(piece) // FRAME_SAMPLES)
         streams = max(1, -(-frames // STREAM_FRAMES))
         padded = np.zeros(WARMUP_SAMPLES + streams * STREAM_FRAMES * FRAME_SAMPLES, np.float32)

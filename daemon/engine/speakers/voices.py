@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from whisper.audio import HOP_LENGTH
 
-from daemon.engine import chunking, vad
+from daemon.engine import vad
 from daemon.engine.audio import SAMPLE_RATE, stream_audio
 from daemon.engine.speakers import campplus
 from daemon.engine.speakers.fbank import fbank
@@ -102,8 +102,7 @@ class VoicePrinter:
         probs, before, frames = [known[:0]], np.empty(0, np.float32), 0
         pieces = self._pieces(path, self.piece_samples) if first != 0 else iter(())
         for piece in pieces:
-            probs.append(np.zeros(len(piece) // HOP_LENGTH, np.float32) if chunking.is_silent(piece)
-                         else self._detect().probabilities(piece, before))
+            probs.append(self._detect().probabilities(piece, before))
             before, frames = piece[-vad.WARMUP_SAMPLES:], frames + len(probs[-1])
             if first is not None and frames >= first:
                 break
