@@ -216,13 +216,13 @@ def cmd_watch(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_work(cfg: Config, args: argparse.Namespace) -> int:
     from daemon.engine.weights import ModelError, ModelUnavailable
-    from daemon.processes.worker import Worker
+    from daemon.processes.crew import Crew
 
     logs.setup(cfg.log_dir, "worker", foreground=sys.stderr.isatty() or PARENT_PID_ENV in os.environ)
-    worker = Worker(cfg, _stop_on_signals())
+    crew = Crew(cfg, _stop_on_signals())
     try:
-        worker.initialize()  # waits (paused) while the model does not fit in free memory yet
-        worker.run(exit_when_empty=args.exit_when_empty)
+        crew.initialize()  # waits (paused) while the model does not fit in free memory yet
+        crew.run(exit_when_empty=args.exit_when_empty)
     except ModelUnavailable as e:  # e.g. first boot, network not up yet: the service manager retries later
         logger.error("{} The worker exits with {} so that it is started again later.", e, EXIT_TEMPFAIL)
         return EXIT_TEMPFAIL
@@ -230,8 +230,8 @@ def cmd_work(cfg: Config, args: argparse.Namespace) -> int:
         logger.error("{}", e)
         return EXIT_CONFIG
     finally:
-        worker.shutdown()
-    return EXIT_TEMPFAIL if worker.recycle else 0
+        crew.shutdown()
+    return EXIT_TEMPFAIL if crew.recycle else 0
 
 
 def cmd_web(cfg: Config, args: argparse.Namespace) -> int:

@@ -177,7 +177,8 @@ class Guard:
     Throttling shows as windows that run slower than usual. The pace of a window is its wall
     time per second of audio the model ran on; windows the model skipped have none. The usual
     pace is the median of the last PACE_WINDOWS paces, so a few odd windows, fast or slow, do not
-    move it. SLOW_WINDOWS slow windows in a row mean throttling: back off. A pace that persists
+    move it; one usual pace for each number of jobs the worker runs at once, since they share the
+    cores. SLOW_WINDOWS slow windows in a row mean throttling: back off. A pace that persists
     becomes the usual one once it fills half the history (after two backoffs at most): it is
     this worker's pace now, whether a throttle that waiting does not cure or a baseline learnt
     from a few abnormally fast windows, and backing off forever would not help. Real heat is
@@ -199,7 +200,7 @@ class Guard:
         self.thermal = thermal
         self.clock = clock
         self.low_memory_mb = low_memory_mb
-        self.paces: deque[float] = deque(maxlen=PACE_WINDOWS)
+        self.paces: dict[int, deque[float]] = {}  # by the number of jobs that ran at once
         self.slow_windows = 0
         self.backoff = BACKOFF_START_SECONDS
 
@@ -219,16 +220,16 @@ class Guard:
         room = (self.memory().available_mb - self.low_memory_mb) // CHUNK_MB
         return int(max(1, min(requested, room)))
 
-    def check(self, model_pace: float | None = None) -> bool:
+    def check(self, model_pace: float | None = None, together: int = 1) -> bool:
         """Block while memory is tight or the machine throttles; False if asked to stop meanwhile.
 
         `model_pace`: wall seconds the last window took per second of audio the model ran on;
         None when the model did not run (a skipped silent window's milliseconds say nothing
-        about the CPU).
+        about the CPU). `together`: how many jobs shared the cores meanwhile.
         """
         if not self._memory_ok():
             return False
-        return self._throttle_ok(model_pace)
+        return self._throttle_ok(model_pace, together)
 
     def _memory_ok(self) -> bool:
         reason = self.pressure(self.memory(), resuming=False)
@@ -247,13 +248,14 @@ class Guard:
         self.report(Status(WorkerState.BUSY))
         return True
 
-    def _throttle_ok(self, model_pace: float | None) -> bool:
+    def _throttle_ok(self, model_pace: float | None, together: int) -> bool:
         reason = self.thermal()
         if model_pace is not None and model_pace > 0:
-            usual = statistics.median(self.paces) if self.paces else model_pace
+            paces = self.paces.setdefault(together, deque(maxlen=PACE_WINDOWS))
+            usual = statistics.median(paces) if paces else model_pace
             slow = model_pace > usual * SLOWDOWN_FACTOR
             self.slow_windows = self.slow_windows + 1 if slow else 0
-            self.paces.append(model_pace)
+            paces.append(model_pace)
             if reason is None and self.slow_windows >= SLOW_WINDOWS:
                 reason = (f"windows {model_pace / usual:.1f}× slower than this worker's usual pace "
                           f"for {self.slow_windows} windows: the CPU is being throttled or shared")

@@ -1,7 +1,9 @@
-"""The worker: one resident model, one job at a time, claimed from the queue.
+"""A worker: one job at a time, claimed from the queue, on a model resident in its process.
 
 Shaped like huey's consumer: `initialize()` once, `run_once()` per job, `shutdown()` at the end.
-Between windows it commits a checkpoint, then lets the guard pause or back off.
+Between windows it commits a checkpoint, then lets the guard pause or back off. A process may run
+several, one per thread, on one copy of the model (processes/crew.py): each is a worker of its
+own to the queue, with its own name, leases and checkpoints.
 """
 
 from __future__ import annotations
@@ -10,18 +12,20 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
 import psutil
 from loguru import logger
-from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE  # in the worker only: importing whisper loads torch
+from whisper.model import Whisper  # in the worker only: importing whisper loads torch
+from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
 from daemon import logs
 from daemon.config import Config, ConfigError, speaker_bounds
 from daemon.engine import precision
 from daemon.engine.audio import SAMPLE_RATE, AudioError, probe_seconds
+from daemon.engine.cores import Cores
 from daemon.engine.remembered import Remembered
 from daemon.engine.transcribe import DecodeSettings, Engine
 from daemon.engine.weights import ModelError, ResolvedModel, load_resolved, resolve_model, smaller_models
@@ -67,6 +71,18 @@ SHORT_AUDIO_MIN_SECONDS = 1.0
 SHORT_AUDIO_SHARE = 0.02
 
 
+@dataclass(frozen=True)
+class Resident:
+    """What the first worker of a process loads, and the others share: the model is only read."""
+
+    model: Whisper
+    name: str  # the model's
+    precision: str  # as resolved: "int8+bf16"
+    language: str | None  # the `language` setting as a code, checked against the model
+    device: str
+    cores: Cores
+
+
 class Worker:
     def __init__(self, cfg: Config, stop: threading.Event | None = None) -> None:
         self.cfg = cfg
@@ -86,6 +102,7 @@ class Worker:
         self.guard = Guard(self.report, self.stop.wait, low_memory_mb=cfg.min_available_mb)
         self.clock: Callable[[], float] = time.monotonic  # times windows; tests inject one that ignores other load
         self.engine: Engine | None = None
+        self.resident: Resident | None = None
         self.model_name = cfg.model
         self.precision = cfg.precision
         self.current_job: int | None = None
@@ -98,36 +115,47 @@ class Worker:
         self.speakers = Speakers(self.queue, self.name, cfg.vad_threshold, int(cfg.chunk_seconds * SAMPLE_RATE),
                                  self.remembered)
 
-    def initialize(self) -> None:
+    def initialize(self, resident: Resident | None = None) -> Resident | None:
+        """Load the model, or share `resident`, another worker's in this process; then join the queue.
+        Returns what it shares, None when asked to stop while waiting for memory to load the model."""
         self._recover()
+        if resident is None:
+            resident = self._load()
+            if resident is None:
+                return None  # run() returns at once
+            self.results.announce_left()  # once per process
+        self.resident = resident
+        self.model_name, self.precision = resident.name, resident.precision
+        self.engine = Engine(resident.model, DecodeSettings(language=resident.language, beam_size=self.cfg.beam_size,
+                                                            chunk_seconds=self.cfg.chunk_seconds, task=self.cfg.task,
+                                                            prompt=self.cfg.prompt or "",
+                                                            chinese_script=self.cfg.chinese_script, vad=self.cfg.vad,
+                                                            vad_threshold=self.cfg.vad_threshold))
+        for row in self.registry.register(resident.name, resident.precision):
+            logger.info("forgetting worker {} (pid {} on {}), gone since {}", row.id, row.pid, row.host,
+                        row.heartbeat_at.isoformat(timespec="seconds"))
+        self.report(Status(WorkerState.IDLE))
+        self.heartbeat.start()
+        return resident
+
+    def _load(self) -> Resident | None:
         _language_code(self.cfg.language)  # a wrong name fails before the model is loaded
         resolved = resolve_model(self.cfg.model, self.cfg.cache_dir / "models")
         if not self._wait_until_model_fits(resolved):
-            return  # asked to stop while waiting: run() returns at once
+            return None
         threads = precision.use_threads(self.cfg.threads)
         if self.cfg.speakers != "off":
             self.speakers.available()
         model, device = precision.to_device(load_resolved(resolved), precision.pick_device())
         language = _language_code(self.cfg.language, model.is_multilingual, resolved.name)
-        self.precision = precision.choose(self.cfg.precision, device, self.remembered)
-        model = precision.convert(model, self.precision)
+        chosen = precision.choose(self.cfg.precision, device, self.remembered)
+        model = precision.convert(model, chosen)
         release_memory()  # what the loading and the conversion freed: a model's size, kept by glibc otherwise
-        self.model_name = resolved.name
-        self.engine = Engine(model, DecodeSettings(language=language, beam_size=self.cfg.beam_size,
-                                                   chunk_seconds=self.cfg.chunk_seconds, task=self.cfg.task,
-                                                   prompt=self.cfg.prompt or "",
-                                                   chinese_script=self.cfg.chinese_script, vad=self.cfg.vad,
-                                                   vad_threshold=self.cfg.vad_threshold))
-        for row in self.registry.register(resolved.name, self.precision):
-            logger.info("forgetting worker {} (pid {} on {}), gone since {}", row.id, row.pid, row.host,
-                        row.heartbeat_at.isoformat(timespec="seconds"))
-        self.report(Status(WorkerState.IDLE))
-        self.heartbeat.start()
-        self.results.announce_left()
         logger.info("worker ready ({}): model {} from {} on {}, {} weights ({:.0f} MB), {} torch threads; "
                     "queue {}; {:.2f} s after the process started", self.name, resolved.name, resolved.source, device,
-                    self.precision, precision.weight_bytes(model) / MB, threads, describe(self.cfg.db),
+                    chosen, precision.weight_bytes(model) / MB, threads, describe(self.cfg.db),
                     time.time() - psutil.Process().create_time())
+        return Resident(model, resolved.name, chosen, language, device, Cores(threads))
 
     def _wait_until_model_fits(self, resolved: ResolvedModel) -> bool:
         """Whether the model fits in free memory, waiting (paused, shown in `status`) until it does;
@@ -317,7 +345,9 @@ class Worker:
             logger.info("job {}: {}; starting over", job.id, restarted)
         twin = self.queue.finished_twin(job, self.model_name)
         if twin is None:
-            self._transcribe(job, seen, settings)
+            assert self.resident is not None
+            with self.resident.cores.job():
+                self._transcribe(job, seen, settings)
             return
         assert twin.id is not None
         segments, turns = self.speakers.relabel(twin.id, tuple(self.queue.segments(twin.id)), str(settings["speakers"]))
@@ -348,7 +378,7 @@ class Worker:
 
     def _transcribe(self, job: Job, seen: Fingerprint, settings: dict[str, str | None]) -> None:
         """Window by window, committing each window's segments with its checkpoint."""
-        assert self.engine is not None and job.id is not None
+        assert self.engine is not None and self.resident is not None and job.id is not None
         path = self.queue.location(job)
         start = self.queue.checkpoint_of(job)
         if start.offset_seconds:
@@ -362,6 +392,8 @@ class Worker:
         processed = decoded = start.offset_seconds  # resumed at the very end: no window, nothing new decoded
         language = start.language
         heard: list[bytes] | None = []  # the windows' speech probabilities: the speaker pass needs them
+        cores = self.resident.cores
+        together = cores.share()
         try:
             for window in self.engine.windows(path, start):
                 if heard is not None and window.speech is not None:
@@ -384,10 +416,11 @@ class Worker:
                     logger.info("job {}: {} changed while it was being transcribed; it is read again", job.id,
                                 path.name)
                     return
-                if self.stop.is_set() or not self.guard.check(pace):
+                if self.stop.is_set() or not self.guard.check(pace, together):
                     self.queue.release(job.id, self.name)
                     logger.info("job {}: stopped at {:.1f} s; it resumes there next time", job.id, processed)
                     return
+                together = cores.share()
                 window_began = self.clock()
             announced = _announced(expected, decoded)
             if announced is not None:

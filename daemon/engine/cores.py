@@ -1,0 +1,40 @@
+"""The CPU cores shared by the jobs one process transcribes at once, on one copy of the weights.
+
+Decoding a window is a few rows at a time: it reads weights more than it computes, and much of it
+is Python. One job on two threads leaves the second core idle for much of each window, so two
+jobs on one thread each drain a backlog faster (bench/backlog_threads.py). Alone, a job takes
+every thread. torch's thread count belongs to the OS thread that sets it, so each job sets its
+own, before each window, from how many jobs are running then.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+class Cores:
+    def __init__(self, threads: int) -> None:
+        self.threads = threads  # torch threads for all the jobs together
+        self._running = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def job(self) -> Iterator[None]:
+        """While a job is transcribed in this thread."""
+        with self._lock:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+
+    def share(self) -> int:
+        """Give this thread its share of the threads for the next window; returns how many jobs share them."""
+        running = max(1, self._running)
+        torch.set_num_threads(max(1, self.threads // running))
+        return running

@@ -1,0 +1,78 @@
+"""A worker process: the workers that transcribe jobs at once on one copy of the model.
+
+On a CPU one job does not keep two cores busy (engine/cores.py), so by default a process with two
+cores or more runs two workers, each in a thread of its own: the first loads the model, the other
+shares it, and alone either takes every core. Each is a worker of its own to the queue (its own
+name, slot, leases and checkpoints), so a crash, a stop or a restart treats their jobs as it
+treats any worker's. The first runs in the main thread, where signals arrive.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from loguru import logger
+
+from daemon.config import Config
+from daemon.processes.worker import Worker
+
+
+def workers_for(concurrency: int, device: str, threads: int) -> int:
+    """How many jobs to transcribe at once: `concurrency`, or (0) two where the CPU computes and
+    has two torch threads to give, else one (a GPU runs one job's work at a time anyway)."""
+    if concurrency:
+        return concurrency
+    return 2 if device == "cpu" and threads >= 2 else 1
+
+
+class Crew:
+    def __init__(self, cfg: Config, stop: threading.Event) -> None:
+        self.cfg = cfg
+        self.stop = stop
+        self.workers = [Worker(cfg, stop)]
+        self._failures: list[BaseException] = []
+
+    @property
+    def recycle(self) -> bool:
+        return any(w.recycle for w in self.workers)
+
+    def initialize(self) -> None:
+        resident = self.workers[0].initialize()
+        if resident is None:
+            return  # asked to stop while waiting for memory: run() returns at once
+        for _ in range(1, workers_for(self.cfg.concurrency, resident.device, resident.cores.threads)):
+            worker = Worker(self.cfg, self.stop)
+            self.workers.append(worker)
+            worker.initialize(resident)
+        if len(self.workers) > 1:
+            logger.info("{} jobs at once on one copy of the model: workers {}", len(self.workers),
+                        ", ".join(w.name for w in self.workers))
+
+    def run(self, exit_when_empty: bool = False) -> None:
+        """Run every worker until stopped (or, with `exit_when_empty`, until none finds a job); an
+        error that stops one stops them all, and is raised here."""
+        threads = [threading.Thread(target=self._run, args=(w, exit_when_empty), name=f"worker {w.name}")
+                   for w in self.workers[1:]]
+        for thread in threads:
+            thread.start()
+        try:
+            self.workers[0].run(exit_when_empty)
+        except BaseException:
+            self.stop.set()
+            raise
+        finally:
+            for thread in threads:
+                thread.join()
+        if self._failures:
+            raise self._failures[0]
+
+    def _run(self, worker: Worker, exit_when_empty: bool) -> None:
+        try:
+            worker.run(exit_when_empty)
+        except BaseException as e:
+            self._failures.append(e)
+            self.stop.set()
+
+    def shutdown(self) -> None:
+        for worker in reversed(self.workers):
+            worker.shutdown()
