@@ -161,11 +161,12 @@ class Engine:
             while voiced:
                 model_frames += sum(b - a for a, b in voiced)
                 mels = [self._mel(feed.muted(keep, a, b), b - a) for a, b in voiced]
+                encoding = self._encode(torch.stack(mels))
                 if decoder is None:
-                    language = language or self._detect_language(mels[0])
+                    language = language or self._detect_language(encoding[0])  # read from the same encoding
                     decoder = self._decoder(language)
                     fixed = self._fixed_prompt(decoder.tokenizer)
-                encoded, results = self._decode(decoder, mels, [offset + a * HOP_LENGTH for a, _ in voiced],
+                encoded, results = self._decode(decoder, encoding, [offset + a * HOP_LENGTH for a, _ in voiced],
                                                 self._prompt(fixed, prompt))
                 rest: list[tuple[int, int]] = []
                 for (a, b), features, result in zip(voiced, encoded, results, strict=True):
@@ -244,16 +245,15 @@ class Engine:
             return advance
         return said if heard.sum() >= UNSAID_SPEECH_FRAMES else advance
 
-    def _decode(self, decoder: Decoder, mels: list[torch.Tensor], positions: list[int],
+    def _decode(self, decoder: Decoder, features: torch.Tensor, positions: list[int],
                 prompt: list[int]) -> tuple[list[torch.Tensor], list[DecodingResult]]:
-        """The whole batch at the first temperature; windows that fail the quality checks retry
-        alone, hotter, seeded by their `positions` in the file. Returns each window's encoding
-        and result."""
-        features = self._encode(torch.stack(mels))
+        """The whole batch of encoded windows at the first temperature; windows that fail the
+        quality checks retry alone, hotter, seeded by their `positions` in the file. Returns each
+        window's encoding and result."""
         results = decoder.run(features, prompt, TEMPERATURES[0], self.settings.beam_size)
         # A batch of one is its window's encoding: the decoder keeps the audio's keys and values
         # it computed for it for the retries, the punctuation pass and word timing.
-        encoded = [features] if len(mels) == 1 else list(features.split(1))
+        encoded = [features] if len(features) == 1 else list(features.split(1))
         for i, result in enumerate(results):
             if self._needs_fallback(result):
                 torch.manual_seed(positions[i])
@@ -361,10 +361,11 @@ class Engine:
                 lines[-1].append(token)
         return [tokenizer.decode(line) for line in lines if line]
 
-    def _detect_language(self, mel: torch.Tensor) -> str:
+    def _detect_language(self, features: torch.Tensor) -> str:
+        """The language most likely spoken in a window, from its encoding (whisper skips its encoder then)."""
         if not self.model.is_multilingual:
             return "en"
-        _, probs = self.model.detect_language(mel)
+        _, probs = self.model.detect_language(features)
         return max(probs, key=probs.get)  # type: ignore[arg-type]
 
     @staticmethod
