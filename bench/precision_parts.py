@@ -12,6 +12,7 @@ part that costs Mandarin shows. Times: one 30-s window through the encoder in ea
 decoding step's output projection (5 rows), A/B in turns in this process (fastest of N tries).
 
     .venv/bin/python bench/precision_parts.py [--model base] [--variants ...] [--clips 0] [--skip-times]
+        [--times encoder logits step] [--threads 0]
 """
 
 from __future__ import annotations
@@ -60,14 +61,15 @@ def int8_logits(model: Whisper, dynamic: bool) -> Whisper:
     return model
 
 
-def int8_encoder(encoder: torch.nn.Module) -> torch.nn.Module:
-    """`encoder` with its blocks' projections (attention and MLP) as Int8Linears made from their
-    weights; the convolutions stay (issue 25's lever 3, measured here, not built into `auto`)."""
+def int8_encoder(encoder: torch.nn.Module, fc2: bool = True) -> torch.nn.Module:
+    """`encoder` with its blocks' projections (attention and MLP; without `fc2`, not the MLP's second,
+    as in the int8 decoder) as Int8Linears made from their weights; the convolutions stay (issue 25's
+    lever 3, measured here, not built into `auto`)."""
     for block in encoder.blocks:
         for name in ("query", "key", "value", "out"):
             linear = getattr(block.attn, name)
             setattr(block.attn, name, precision.Int8Linear(*precision.int8_rows(linear.weight), linear.bias))
-        for i in (0, 2):
+        for i in (0, 2) if fc2 else (0,):
             block.mlp[i] = precision.Int8Linear(*precision.int8_rows(block.mlp[i].weight), block.mlp[i].bias)
     return encoder
 
@@ -102,6 +104,7 @@ def variants(fp32: Whisper) -> dict[str, Callable[[], Whisper]]:
     }
     made["encoder_bf16"] = copied(lambda m: setattr(m, "encoder", bf16_encoder(m.encoder)) or m)
     made["encoder_int8"] = copied(lambda m: setattr(m, "encoder", int8_encoder(m.encoder)) or m)
+    made["encoder_int8_but_fc2"] = copied(lambda m: setattr(m, "encoder", int8_encoder(m.encoder, fc2=False)) or m)
     made |= {f"{group}_int8": copied(lambda m, g=group: int8_group(m, g)) for group in GROUPS}  # type: ignore[misc]
     return made
 
@@ -111,11 +114,14 @@ def fastest(products: dict[str, Callable[[], object]], tries: int) -> dict[str, 
 
 
 def encoder_times(fp32: Whisper, tries: int) -> dict[str, float]:
-    """Seconds of one 30-s window through the encoder: fp32, bf16, int8 projections (fp32 and bf16)."""
+    """Seconds of one 30-s window through the encoder: fp32, bf16, int8 projections (the rest fp32 or
+    bf16), and all but the MLP's second projection in int8."""
     mel = torch.randn(1, fp32.dims.n_mels, N_FRAMES)
     encoders = {"fp32": copy.deepcopy(fp32.encoder), "bf16": copy.deepcopy(fp32.encoder).to(torch.bfloat16)}
     encoders["int8+fp32"] = int8_encoder(copy.deepcopy(fp32.encoder))
     encoders["int8+bf16"] = int8_encoder(copy.deepcopy(fp32.encoder)).to(torch.bfloat16)
+    encoders["int8+fp32, fc2 fp32"] = int8_encoder(copy.deepcopy(fp32.encoder), fc2=False)
+    encoders["int8+bf16, fc2 bf16"] = int8_encoder(copy.deepcopy(fp32.encoder), fc2=False).to(torch.bfloat16)
     for encoder in encoders.values():
         for module in encoder.modules():
             if isinstance(module, torch.nn.LayerNorm):
@@ -167,12 +173,17 @@ def step_times(fp32: Whisper, tries: int) -> dict[str, float]:
     return fastest({name: step(m) for name, m in models.items()}, tries)
 
 
+TIMES = {"encoder": ("encoder, one 30-s window", encoder_times), "logits": ("output projection, 5 rows", logits_times),
+         "step": ("decoding step, 5 beams", step_times)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="base")
     parser.add_argument("--variants", nargs="*", help="default: all")
     parser.add_argument("--clips", type=int, default=0, help="at most this many clips a language (0: all)")
     parser.add_argument("--skip-times", action="store_true")
+    parser.add_argument("--times", nargs="+", choices=list(TIMES), default=list(TIMES), help="which times (default: all)")
     parser.add_argument("--tries", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core, as the worker)")
     args = parser.parse_args()
@@ -207,8 +218,7 @@ def main() -> None:
         data["teacher_forced"] = scores
     if not args.skip_times:
         threads = torch.get_num_threads()
-        for what, measure in (("encoder, one 30-s window", encoder_times), ("output projection, 5 rows", logits_times),
-                              ("decoding step, 5 beams", step_times)):
+        for what, measure in (TIMES[t] for t in args.times):
             seconds = measure(fp32, args.tries)
             base = next(iter(seconds.values()))
             print(f"{what} ({threads} threads, fastest of {args.tries}):")
