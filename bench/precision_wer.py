@@ -1,7 +1,8 @@
 """Accuracy and time of resolved number formats: the engine in one process, model loaded once.
 
 Each variant is the fp32 model converted as the worker would (`precision.convert`), optionally with
-the encoder's projections in int8 (`+encoder-int8`, issue 25's lever 3). On the same audio, with the
+the encoder's projections in int8 (`+encoder-int8`, issue 25's lever 3), or with Mandarin read by the
+int8 decoder too, as before issue 25's lever 4 (`+int8-for-all`). On the same audio, with the
 daemon's default decoding: WER on a synthetic meeting (tests.speech.meeting) and on the real English
 clips, CER on the real Mandarin clips (bench/realspeech.py's clips and scoring rules), and the
 seconds each variant took, its runs taken in turns (A B C, then C B A with --repeat 2), so a machine
@@ -30,11 +31,12 @@ from tests.speech import edit_distance, mandarin_characters, words
 
 ENCODER_INT8 = "+encoder-int8"
 FC2_INT8 = "+fc2-int8"  # an int8 decoder as before issue 25: the MLP's second projection in int8 too
+INT8_FOR_ALL = "+int8-for-all"  # every language read by the int8 decoder (precision.IN_MODEL_FORMAT empty)
 
 
 def build(fp32: torch.nn.Module, variant: str) -> torch.nn.Module:
     model = copy.deepcopy(fp32)
-    name = variant.removesuffix(FC2_INT8).removesuffix(ENCODER_INT8)
+    name = variant.removesuffix(INT8_FOR_ALL).removesuffix(FC2_INT8).removesuffix(ENCODER_INT8)
     if ENCODER_INT8 in variant:
         int8_encoder(model.encoder)  # from the fp32 weights, before convert sets the rest's format
     return precision.convert(fc2_int8(model) if FC2_INT8 in variant else model, name)
@@ -48,8 +50,14 @@ def errors(language: str, reference: str, text: str) -> tuple[int, int]:
     return edit_distance(ref, hyp), len(ref)
 
 
-def transcribe(model: torch.nn.Module, path: Path) -> str:
-    return " ".join(s.text for w in Engine(model).windows(path) for s in w.segments)
+def transcribe(model: torch.nn.Module, path: Path, variant: str) -> str:
+    kept = precision.IN_MODEL_FORMAT
+    if INT8_FOR_ALL in variant:
+        precision.IN_MODEL_FORMAT = frozenset()
+    try:
+        return " ".join(s.text for w in Engine(model).windows(path) for s in w.segments)
+    finally:
+        precision.IN_MODEL_FORMAT = kept
 
 
 def main() -> None:
@@ -78,7 +86,7 @@ def main() -> None:
         for part, items in audio.items():
             for variant in order:
                 began = time.perf_counter()
-                texts = [transcribe(models[variant], path) for path, _, _ in items]
+                texts = [transcribe(models[variant], path, variant) for path, _, _ in items]
                 seconds.setdefault((variant, part), []).append(time.perf_counter() - began)
                 counts = [errors(language, reference, text) for (_, language, reference), text in zip(items, texts)]
                 scores[(variant, part)] = (sum(e for e, _ in counts), sum(n for _, n in counts))
