@@ -6,7 +6,8 @@ int8 decoder too, as before issue 25's lever 4 (`+int8-for-all`). On the same au
 daemon's default decoding: WER on a synthetic meeting (tests.speech.meeting) and on the real English
 clips, CER on the real Mandarin clips (bench/realspeech.py's clips and scoring rules), and the
 seconds each variant took, its runs taken in turns (A B C, then C B A with --repeat 2), so a machine
-that slows down mid-run hits every variant alike.
+that slows down mid-run hits every variant alike. The CPU seconds the process used are printed too:
+with --threads 1 on a shared machine they leave out the time spent waiting for a core.
 
     .venv/bin/python bench/precision_wer.py [--model base] [--variants fp32 int8+bf16 ...] [--minutes 5]
         [--parts meeting en zh] [--repeat 1] [--threads 0]
@@ -80,18 +81,20 @@ def main() -> None:
         if language in args.parts:
             audio[language] = [(c, language, c.with_suffix(".txt").read_text(encoding="utf-8")) for c in clips(language)]
     seconds: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}
     scores: dict[tuple[str, str], tuple[int, int]] = {}
     for repeat in range(args.repeat):
         order = args.variants if repeat % 2 == 0 else args.variants[::-1]
         for part, items in audio.items():
             for variant in order:
-                began = time.perf_counter()
+                began, began_cpu = time.perf_counter(), time.process_time()
                 texts = [transcribe(models[variant], path, variant) for path, _, _ in items]
                 seconds.setdefault((variant, part), []).append(time.perf_counter() - began)
+                cpu.setdefault((variant, part), []).append(time.process_time() - began_cpu)
                 counts = [errors(language, reference, text) for (_, language, reference), text in zip(items, texts)]
                 scores[(variant, part)] = (sum(e for e, _ in counts), sum(n for _, n in counts))
                 print(f"{variant} {part}: {scores[(variant, part)]} errors/reference, "
-                      f"{seconds[(variant, part)][-1]:.1f} s", flush=True)
+                      f"{seconds[(variant, part)][-1]:.1f} s, {cpu[(variant, part)][-1]:.1f} s CPU", flush=True)
     first = args.variants[0]
     rows = []
     for variant in args.variants:
@@ -107,7 +110,7 @@ def main() -> None:
     common.write_result("precision_wer", {
         "model": args.model, "machine": common.machine(),
         "results": {f"{v}/{p}": {"errors": scores[(v, p)][0], "reference": scores[(v, p)][1],
-                                 "seconds": seconds[(v, p)]} for v, p in scores}})
+                                 "seconds": seconds[(v, p)], "cpu_seconds": cpu[(v, p)]} for v, p in scores}})
 
 
 if __name__ == "__main__":
