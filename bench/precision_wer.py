@@ -2,11 +2,13 @@
 
 Each variant is the fp32 model converted as the worker would (`precision.convert`), optionally with
 the encoder's projections in int8 (`+encoder-int8`, issue 25's lever 3; `+encoder-int8-but-fc2`: all
-but its MLP's second projection). On the same audio, with the daemon's default decoding: WER on a
+but its MLP's second projection), or with Mandarin read by the int8 decoder too, as before issue
+25's lever 4 (`+int8-for-all`). On the same audio, with the daemon's default decoding: WER on a
 synthetic meeting (tests.speech.meeting) and on the real English clips, CER on the real Mandarin
 clips (bench/realspeech.py's clips and scoring rules), the seconds each variant took and the share
 of them its encoder took, its runs taken in turns (A B C, then C B A with --repeat 2), so a machine
-that slows down mid-run hits every variant alike.
+that slows down mid-run hits every variant alike. The CPU seconds the process used are printed too:
+with --threads 1 on a shared machine they leave out the time spent waiting for a core.
 
     .venv/bin/python bench/precision_wer.py [--model base] [--variants fp32 int8+bf16 ...] [--minutes 5]
         [--parts meeting en zh] [--repeat 1] [--threads 0]
@@ -32,11 +34,13 @@ from tests.speech import edit_distance, mandarin_characters, words
 ENCODER_INT8 = "+encoder-int8"
 ENCODER_INT8_BUT_FC2 = "+encoder-int8-but-fc2"  # the encoder's MLP's second projection stays, as the decoder's
 FC2_INT8 = "+fc2-int8"  # an int8 decoder as before issue 25: the MLP's second projection in int8 too
+INT8_FOR_ALL = "+int8-for-all"  # every language read by the int8 decoder (precision.IN_MODEL_FORMAT empty)
 
 
 def build(fp32: torch.nn.Module, variant: str) -> torch.nn.Module:
     model = copy.deepcopy(fp32)
-    name = variant.removesuffix(FC2_INT8).removesuffix(ENCODER_INT8_BUT_FC2).removesuffix(ENCODER_INT8)
+    name = (variant.removesuffix(INT8_FOR_ALL).removesuffix(FC2_INT8).removesuffix(ENCODER_INT8_BUT_FC2)
+            .removesuffix(ENCODER_INT8))
     if ENCODER_INT8 in variant:  # from the fp32 weights, before convert sets the rest's format
         int8_encoder(model.encoder, fc2=ENCODER_INT8_BUT_FC2 not in variant)
     return precision.convert(fc2_int8(model) if FC2_INT8 in variant else model, name)
@@ -66,8 +70,14 @@ def errors(language: str, reference: str, text: str) -> tuple[int, int]:
     return edit_distance(ref, hyp), len(ref)
 
 
-def transcribe(model: torch.nn.Module, path: Path) -> str:
-    return " ".join(s.text for w in Engine(model).windows(path) for s in w.segments)
+def transcribe(model: torch.nn.Module, path: Path, variant: str) -> str:
+    kept = precision.IN_MODEL_FORMAT
+    if INT8_FOR_ALL in variant:
+        precision.IN_MODEL_FORMAT = frozenset()
+    try:
+        return " ".join(s.text for w in Engine(model).windows(path) for s in w.segments)
+    finally:
+        precision.IN_MODEL_FORMAT = kept
 
 
 def main() -> None:
@@ -92,19 +102,22 @@ def main() -> None:
             audio[language] = [(c, language, c.with_suffix(".txt").read_text(encoding="utf-8")) for c in clips(language)]
     seconds: dict[tuple[str, str], list[float]] = {}
     encoder: dict[tuple[str, str], list[float]] = {}  # of those seconds, the encoder's
+    cpu: dict[tuple[str, str], list[float]] = {}
     scores: dict[tuple[str, str], tuple[int, int]] = {}
     for repeat in range(args.repeat):
         order = args.variants if repeat % 2 == 0 else args.variants[::-1]
         for part, items in audio.items():
             for variant in order:
-                began, encoding = time.perf_counter(), clocks[variant].seconds
-                texts = [transcribe(models[variant], path) for path, _, _ in items]
+                began, began_cpu, encoding = time.perf_counter(), time.process_time(), clocks[variant].seconds
+                texts = [transcribe(models[variant], path, variant) for path, _, _ in items]
                 seconds.setdefault((variant, part), []).append(time.perf_counter() - began)
+                cpu.setdefault((variant, part), []).append(time.process_time() - began_cpu)
                 encoder.setdefault((variant, part), []).append(clocks[variant].seconds - encoding)
                 counts = [errors(language, reference, text) for (_, language, reference), text in zip(items, texts)]
                 scores[(variant, part)] = (sum(e for e, _ in counts), sum(n for _, n in counts))
                 print(f"{variant} {part}: {scores[(variant, part)]} errors/reference, "
-                      f"{seconds[(variant, part)][-1]:.1f} s (encoder {encoder[(variant, part)][-1]:.1f} s)", flush=True)
+                      f"{seconds[(variant, part)][-1]:.1f} s (encoder {encoder[(variant, part)][-1]:.1f} s), "
+                      f"{cpu[(variant, part)][-1]:.1f} s CPU", flush=True)
     first = args.variants[0]
     rows = []
     for variant in args.variants:
@@ -122,8 +135,8 @@ def main() -> None:
     common.write_result("precision_wer", {
         "model": args.model, "machine": common.machine(),
         "results": {f"{v}/{p}": {"errors": scores[(v, p)][0], "reference": scores[(v, p)][1],
-                                 "seconds": seconds[(v, p)], "encoder_seconds": encoder[(v, p)]}
-                    for v, p in scores}})
+                                 "seconds": seconds[(v, p)], "encoder_seconds": encoder[(v, p)],
+                                 "cpu_seconds": cpu[(v, p)]} for v, p in scores}})
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 from torch.utils import benchmark
-from whisper.model import Whisper
+from whisper.model import TextDecoder, Whisper
 from whisper.tokenizer import get_tokenizer
 
 from daemon.engine import precision
@@ -40,9 +40,11 @@ def right_choices(seconds: Mapping[str, float], noise: float = NOISE) -> set[str
     return choices | ({"fp32"} if noise * best_half >= keeps_up else set())
 
 
-def next_token_logprobs(model: Whisper, mel: torch.Tensor, language: str, text: str) -> torch.Tensor:
+def next_token_logprobs(model: Whisper, mel: torch.Tensor, language: str, text: str,
+                        text_decoder: TextDecoder | None = None) -> torch.Tensor:
     """Log-probabilities of the next token at each position of `text` read by the model as the
-    transcript of `mel` (one window, N_FRAMES), through our decoder (teacher forcing):
+    transcript of `mel` (one window, N_FRAMES), through our decoder (teacher forcing; `text_decoder`:
+    the model's decoder in another format, as precision.text_decoder gives it):
     (positions, vocabulary), the first position predicting the text's first token."""
     tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages, language=language,
                               task="transcribe")
@@ -53,7 +55,7 @@ def next_token_logprobs(model: Whisper, mel: torch.Tensor, language: str, text: 
         cross = model.decoder.blocks[0].cross_attn
         assert cross is not None
         audio = audio.to(cross.key.weight.dtype)  # an int8 decoder's audio keys are in its model's format
-        decoder = Decoder(model, tokenizer)
+        decoder = Decoder(model, tokenizer, text_decoder)
         _, layers = decoder._layers(audio, 1, len(tokens))
         hidden = decoder._hidden(torch.tensor([tokens], device=audio.device), layers, 0, 1)
         return F.log_softmax(decoder._logits(hidden[0, len(sot) - 1:-1]).float(), -1)

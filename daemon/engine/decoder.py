@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from whisper.decoding import DecodingResult
-from whisper.model import MultiHeadAttention, ResidualAttentionBlock, Whisper
+from whisper.model import MultiHeadAttention, ResidualAttentionBlock, TextDecoder, Whisper
 from whisper.tokenizer import Tokenizer
 from whisper.utils import compression_ratio
 
@@ -179,10 +179,12 @@ class _Layer:
 
 
 class Decoder:
-    """Decodes windows of one model and tokenizer; `run` mirrors whisper's `DecodingTask.run`."""
+    """Decodes windows of one model and tokenizer; `run` mirrors whisper's `DecodingTask.run`.
+    `text`: the model's decoder in another format (precision.text_decoder), instead of its own."""
 
-    def __init__(self, model: Whisper, tokenizer: Tokenizer) -> None:
+    def __init__(self, model: Whisper, tokenizer: Tokenizer, text: TextDecoder | None = None) -> None:
         self.model = model
+        self.text = text or model.decoder
         self.tokenizer = tokenizer
         self.n_ctx = model.dims.n_text_ctx
         self.sample_len = self.n_ctx // 2
@@ -345,20 +347,20 @@ class Decoder:
             self._audio_kv = [
                 (_by_head(_project(audio, b.cross_attn.key), b.attn.n_head).transpose(-1, -2).contiguous(),
                  _by_head(_project(audio, b.cross_attn.value), b.attn.n_head).contiguous())
-                for b in self.model.decoder.blocks]
-        blocks = self.model.decoder.blocks
+                for b in self.text.blocks]
+        blocks = self.text.blocks
         cache = _TextCache(len(blocks), rows, positions, audio.shape[-1], audio.device)
         return cache, [_Layer(block, i, kv, cache) for i, (block, kv) in enumerate(zip(blocks, self._audio_kv))]
 
     def _hidden(self, tokens: Tensor, layers: list[_Layer], start: int, group: int) -> Tensor:
-        d = self.model.decoder
+        d = self.text
         x = d.token_embedding(tokens) + d.positional_embedding[start:start + tokens.shape[1]]
         for layer in layers:
             x = layer.forward(x, start, group)
         return _norm(x, d.ln)
 
     def _logits(self, hidden: Tensor) -> Tensor:
-        embedding = self.model.decoder.token_embedding
+        embedding = self.text.token_embedding
         if isinstance(embedding, Int8Embedding):
             return embedding.logits(hidden)
         return F.linear(hidden, embedding.weight).float()

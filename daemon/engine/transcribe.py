@@ -27,7 +27,7 @@ from whisper.decoding import DecodingResult
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from daemon.config import ConfigError
-from daemon.engine import chinese, chunking, timing, vad
+from daemon.engine import chinese, chunking, precision, timing, vad
 from daemon.engine.audio import SAMPLE_RATE
 from daemon.engine.decoder import Decoder
 from daemon.engine.feed import Feed
@@ -273,7 +273,7 @@ class Engine:
         if key not in self._decoders:  # building one costs ~0.3 s (tokenizer tables)
             tokenizer = get_tokenizer(self.model.is_multilingual, num_languages=self.model.num_languages,
                                       language=language, task=self.settings.task)
-            self._decoders[key] = Decoder(self.model, tokenizer)
+            self._decoders[key] = Decoder(self.model, tokenizer, precision.text_decoder(self.model, language))
         return self._decoders[key]
 
     def _script(self, tokenizer: Tokenizer) -> str:
