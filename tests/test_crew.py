@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import srt
+import torch
 
 from daemon import config
+from daemon.engine.cores import Cores
 from daemon.processes.crew import Crew, workers_for
 from daemon.processes.worker import Worker
 from daemon.queue.db import Job, JobStatus
@@ -120,3 +122,23 @@ def test_sigterm_while_two_jobs_run_leaves_both_to_resume(
         text = srt_text(tmp_path / "outbox" / Path(name).with_suffix(".srt"))
         other = next(talk for other, talk in talks.items() if other != name)
         assert wer(talks[name].text, text) <= MAX_WER and wer(other.text, text) >= MIN_WER_OTHER, (name, text)
+
+
+def test_a_job_alone_in_the_main_thread_gets_every_thread_and_one_beside_it_gets_one() -> None:
+    cores = Cores(2)
+    seen: dict[str, int] = {}
+
+    def beside() -> None:
+        with cores.job():
+            cores.share()
+            seen["beside"] = torch.get_num_threads()
+
+    with cores.job():
+        assert cores.share() == 1 and torch.get_num_threads() == 2  # alone, in the main thread
+        second = threading.Thread(target=beside)
+        second.start()
+        second.join()
+        with cores.job():  # another job beside this one while it runs
+            assert cores.share() == 2 and torch.get_num_threads() == 1
+    assert seen == {"beside": 1}
+    assert cores.running == 0

@@ -1,10 +1,11 @@
 """A worker process: the workers that transcribe jobs at once on one copy of the model.
 
 On a CPU one job does not keep two cores busy (engine/cores.py), so by default a process with two
-cores or more runs two workers, each in a thread of its own: the first loads the model, the other
-shares it, and alone either takes every core. Each is a worker of its own to the queue (its own
-name, slot, leases and checkpoints), so a crash, a stop or a restart treats their jobs as it
-treats any worker's. The first runs in the main thread, where signals arrive.
+cores or more runs two workers, each in a thread of its own: the first, in the main thread (where
+signals arrive, and where torch runs a lone job fastest on every core), loads the model; the
+second shares it and takes a job only while the first has one. Each is a worker of its own to the
+queue (its own name, slot, leases and checkpoints), so a crash, a stop or a restart treats their
+jobs as it treats any worker's.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class Crew:
         if resident is None:
             return  # asked to stop while waiting for memory: run() returns at once
         for _ in range(1, workers_for(self.cfg.concurrency, resident.device, resident.cores.threads)):
-            worker = Worker(self.cfg, self.stop)
+            worker = Worker(self.cfg, self.stop, second=True)
             self.workers.append(worker)
             worker.initialize(resident)
         if len(self.workers) > 1:
@@ -51,7 +52,8 @@ class Crew:
     def run(self, exit_when_empty: bool = False) -> None:
         """Run every worker until stopped (or, with `exit_when_empty`, until none finds a job); an
         error that stops one stops them all, and is raised here."""
-        threads = [threading.Thread(target=self._run, args=(w, exit_when_empty), name=f"worker {w.name}")
+        drained = threading.Event()  # the first worker found nothing left: the others end with their jobs
+        threads = [threading.Thread(target=self._run, args=(w, exit_when_empty, drained), name=f"worker {w.name}")
                    for w in self.workers[1:]]
         for thread in threads:
             thread.start()
@@ -61,14 +63,15 @@ class Crew:
             self.stop.set()
             raise
         finally:
+            drained.set()
             for thread in threads:
                 thread.join()
         if self._failures:
             raise self._failures[0]
 
-    def _run(self, worker: Worker, exit_when_empty: bool) -> None:
+    def _run(self, worker: Worker, exit_when_empty: bool, drained: threading.Event) -> None:
         try:
-            worker.run(exit_when_empty)
+            worker.run(exit_when_empty, drained)
         except BaseException as e:
             self._failures.append(e)
             self.stop.set()

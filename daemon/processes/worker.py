@@ -84,14 +84,18 @@ class Resident:
 
 
 class Worker:
-    def __init__(self, cfg: Config, stop: threading.Event | None = None) -> None:
+    def __init__(self, cfg: Config, stop: threading.Event | None = None, second: bool = False) -> None:
         self.cfg = cfg
         self.stop = stop or threading.Event()
+        # A second worker of its process (processes/crew.py) takes a job only beside another one:
+        # a job alone runs fastest in the main thread (engine/cores.py).
+        self.second = second
         engine = connect(cfg.db)
         self.queue = JobQueue(engine, lease=timedelta(seconds=cfg.lease_seconds), inbox=cfg.inbox)
         self.queue.adopt_absolute_paths()
         self.waiter = Waiter(engine)
-        self.idle_max = HEARTBEAT_SECONDS if self.waiter.wakes_on_work else IDLE_MAX_SECONDS
+        # A second worker waits for its first to take a job, which no announcement tells it.
+        self.idle_max = HEARTBEAT_SECONDS if self.waiter.wakes_on_work and not second else IDLE_MAX_SECONDS
         self.recover_seconds = min(RECOVER_SECONDS, cfg.lease_seconds / RECOVER_PER_LEASE)
         self.slot = take_slot(slots_dir(cfg.db))
         self.name = self.slot.name  # the holder of the jobs this worker runs
@@ -186,15 +190,16 @@ class Worker:
             logger.info("model {} fits in memory now: loading it", resolved.name)
         return True
 
-    def run(self, exit_when_empty: bool = False) -> None:
+    def run(self, exit_when_empty: bool = False, drained: threading.Event | None = None) -> None:
         """Work until stopped; idle waits back off from IDLE_MIN to `idle_max` and reset on work (or,
-        on PostgreSQL, when a job is announced)."""
+        on PostgreSQL, when a job is announced). `exit_when_empty`: return once nothing is left to
+        claim, and, for a second worker, once its process's first worker has found that (`drained`)."""
         delay = IDLE_MIN_SECONDS
         while not self.stop.is_set():
             if self.run_once():
                 delay = IDLE_MIN_SECONDS
                 continue
-            if exit_when_empty:
+            if exit_when_empty and (drained is None or drained.is_set()):
                 break
             if time.monotonic() - self._last_beat >= HEARTBEAT_SECONDS:
                 self.report(Status(WorkerState.IDLE))
@@ -204,6 +209,8 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim and process one job; False when the queue had nothing to claim (or we must stop)."""
+        if self.second and (self.resident is None or not self.resident.cores.running):
+            return False
         if not self.guard.check():  # don't start a job under memory pressure
             return False
         try:

@@ -9,6 +9,7 @@ NOTICE-campplus. It runs on our torch, so no other runtime or native library is 
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -175,3 +176,15 @@ def load() -> CAMPPlus:
     state = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.eval()
+
+
+_shared: list[CAMPPlus] = []
+_loading = threading.Lock()
+
+
+def shared() -> CAMPPlus:
+    """The network loaded once per process, for every worker in it: inference only reads it."""
+    with _loading:
+        if not _shared:
+            _shared.append(load())
+        return _shared[0]

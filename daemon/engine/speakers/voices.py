@@ -64,8 +64,8 @@ def plan(speech: np.ndarray) -> list[tuple[Span, Span]]:
 
 
 class VoicePrinter:
-    """CAM++, loaded once per worker when first needed (about 30 MB with Silero VAD, which only a
-    resumed job or one transcribed without VAD needs)."""
+    """CAM++, loaded once per process when first needed and shared by its workers (about 30 MB with
+    Silero VAD, which only a resumed job or one transcribed without VAD needs)."""
 
     def __init__(self, piece_samples: int = PIECE_SAMPLES) -> None:
         self._model: campplus.CAMPPlus | None = None  # loaded with the first recording that needs two prints
@@ -86,7 +86,7 @@ class VoicePrinter:
     @property
     def model(self) -> campplus.CAMPPlus:
         if self._model is None:
-            self._model = campplus.load()
+            self._model = campplus.shared()
         return self._model
 
     def _pieces(self, path: Path, piece_samples: int = PIECE_SAMPLES) -> Iterator[np.ndarray]:
