@@ -86,9 +86,9 @@ class Config:
     chunk_seconds: float = 30.0  # audio per window and per checkpoint (Whisper's window is 30 s)
     precision: str = "auto"  # auto | fp32 | fp16 | bf16 | int8 (an int8 decoder): the resident weights' number format
     threads: int = 0  # torch threads of a worker process; 0: one per physical core (two processes on one machine: 1 each)
-    # Jobs a worker process transcribes at once, sharing its threads and one copy of the model;
-    # 0: two on a CPU with two threads or more (a backlog drains faster: docs/benchmarks.md), else one.
-    concurrency: int = 0
+    # Jobs a worker process transcribes at once, sharing its threads and one copy of the model. 2 drained
+    # a backlog no faster on 2 cores (docs/benchmarks.md, issue 25 lever 2): measure before you raise it.
+    concurrency: int = 1
     batch_size: int = 1  # > 1 decodes chunks cut at quiet points together (slower on 2-core CPUs)
     quiet_seconds: float = 2.0  # a file is complete once its size and mtime hold this long
     rescan_seconds: float = 60.0  # safety net for missed filesystem events
@@ -311,9 +311,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"precision is {cfg.precision!r}: choose auto, fp32, fp16, bf16 or int8")
     if cfg.threads < 0:
         raise ConfigError(f"threads is {cfg.threads}: give the number of torch threads, or 0 for one per physical core")
-    if cfg.concurrency < 0:
-        raise ConfigError(f"concurrency is {cfg.concurrency}: give how many jobs a worker transcribes at once, or 0 "
-                          "to let it choose")
+    if cfg.concurrency < 1:
+        raise ConfigError(f"concurrency is {cfg.concurrency}: give how many jobs a worker transcribes at once (1 or "
+                          "more)")
     if cfg.batch_size < 1:
         raise ConfigError("batch_size must be at least 1")
     check_task_and_script(cfg.task, cfg.chinese_script)

@@ -16,7 +16,7 @@ import torch
 
 from daemon import config
 from daemon.engine.cores import Cores
-from daemon.processes.crew import Crew, workers_for
+from daemon.processes.crew import Crew
 from daemon.processes.worker import Worker
 from daemon.queue.db import Job, JobStatus
 from tests.conftest import CliRunner
@@ -26,15 +26,6 @@ from tests.speech import meeting, real_speech, wer
 MAX_WER = 0.15  # the transcript is its own recording's
 MIN_WER_OTHER = 0.6  # ...and clearly not another one's
 LAUNCHD_EXIT_TIMEOUT = 20.0
-
-
-def test_a_cpu_worker_runs_two_jobs_at_once_unless_told_otherwise() -> None:
-    assert workers_for(0, "cpu", 2) == 2
-    assert workers_for(0, "cpu", 8) == 2
-    assert workers_for(0, "cpu", 1) == 1  # one thread: nothing to share
-    assert workers_for(0, "mps", 8) == 1  # a GPU runs one job's work at a time anyway
-    assert workers_for(1, "cpu", 2) == 1
-    assert workers_for(3, "cpu", 2) == 3
 
 
 def _overlapped(jobs: list[Job]) -> bool:
@@ -97,7 +88,7 @@ def test_sigterm_while_two_jobs_run_leaves_both_to_resume(
         talk.write(tmp_path / "inbox" / name)
         cli("enqueue", str(tmp_path / "inbox" / name))
     db = tmp_path / "state" / "jobs.db"
-    worker = start("work", daemon_env)
+    worker = start("work", {**daemon_env, "WHISPER_DAEMON_CONCURRENCY": "2"})
 
     def both_checkpointed() -> list[dict[str, object]] | None:
         jobs = rows(db, "SELECT * FROM jobs WHERE status = 'running' AND processed_seconds > 0")

@@ -1,11 +1,12 @@
 """A worker process: the workers that transcribe jobs at once on one copy of the model.
 
-On a CPU one job does not keep two cores busy (engine/cores.py), so by default a process with two
-cores or more runs two workers, each in a thread of its own: the first, in the main thread (where
-signals arrive, and where torch runs a lone job fastest on every core), loads the model; the
-second shares it and takes a job only while the first has one. Each is a worker of its own to the
-queue (its own name, slot, leases and checkpoints), so a crash, a stop or a restart treats their
-jobs as it treats any worker's.
+One job does not keep two cores busy (engine/cores.py), so with `concurrency` above 1 a process
+runs that many workers, each in a thread of its own: the first, in the main thread (where signals
+arrive, and where torch runs a lone job fastest on every core), loads the model; the others share
+it and take a job only while the first has one. Each is a worker of its own to the queue (its own
+name, slot, leases and checkpoints), so a crash, a stop or a restart treats their jobs as it treats
+any worker's. The default is one: on 2 cores, two at once drained a backlog no faster, the GIL
+taking back what the second core gave (docs/benchmarks.md, issue 25 lever 2).
 """
 
 from __future__ import annotations
@@ -16,14 +17,6 @@ from loguru import logger
 
 from daemon.config import Config
 from daemon.processes.worker import Worker
-
-
-def workers_for(concurrency: int, device: str, threads: int) -> int:
-    """How many jobs to transcribe at once: `concurrency`, or (0) two where the CPU computes and
-    has two torch threads to give, else one (a GPU runs one job's work at a time anyway)."""
-    if concurrency:
-        return concurrency
-    return 2 if device == "cpu" and threads >= 2 else 1
 
 
 class Crew:
@@ -41,7 +34,7 @@ class Crew:
         resident = self.workers[0].initialize()
         if resident is None:
             return  # asked to stop while waiting for memory: run() returns at once
-        for _ in range(1, workers_for(self.cfg.concurrency, resident.device, resident.cores.threads)):
+        for _ in range(1, self.cfg.concurrency):
             worker = Worker(self.cfg, self.stop, second=True)
             self.workers.append(worker)
             worker.initialize(resident)
