@@ -79,7 +79,6 @@ class Resident:
     name: str  # the model's
     precision: str  # as resolved: "int8+bf16"
     language: str | None  # the `language` setting as a code, checked against the model
-    device: str
     cores: Cores
 
 
@@ -159,7 +158,7 @@ class Worker:
                     "queue {}; {:.2f} s after the process started", self.name, resolved.name, resolved.source, device,
                     chosen, precision.weight_bytes(model) / MB, threads, describe(self.cfg.db),
                     time.time() - psutil.Process().create_time())
-        return Resident(model, resolved.name, chosen, language, device, Cores(threads))
+        return Resident(model, resolved.name, chosen, language, Cores(threads))
 
     def _wait_until_model_fits(self, resolved: ResolvedModel) -> bool:
         """Whether the model fits in free memory, waiting (paused, shown in `status`) until it does;
