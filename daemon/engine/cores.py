@@ -1,8 +1,9 @@
 """The CPU cores shared by the jobs one process transcribes at once, on one copy of the weights.
 
 Decoding a window is a few rows at a time: it reads weights more than it computes, and much of it
-is Python. One job on two threads leaves the second core idle for much of each window, so two
-jobs on one thread each drain a backlog faster (bench/backlog.py). torch's thread count belongs to
+is Python. One job on two threads leaves the second core idle for much of each window: two jobs
+on one thread each, in the bare engine, took 0.80-0.85x the time; in the whole worker the gain did
+not stand above the spread (bench/backlog.py, docs/benchmarks.md). torch's thread count belongs to
 the OS thread that sets it, so each job sets its own before each window, from how many jobs are
 running then. Only the process's main thread gets more than one: a team of torch threads started
 from any other thread runs slower than one thread alone (libgomp; here a bf16 decoding product took
